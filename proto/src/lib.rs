@@ -1,0 +1,44 @@
+//! # sessiond-proto: the wire contract between sessiond and its clients
+//!
+//! Everything a client needs to talk to the daemon, and nothing more: no tokio in the core (an
+//! optional `tokio` feature adds async frame reading), no daemon internals. The normative
+//! description for implementers in other languages is `PROTOCOL.md` beside this crate; golden
+//! frames for every message kind are in `vectors/`, and the tests prove these types encode to
+//! exactly those bytes.
+//!
+//! How the pieces meet:
+//!
+//! - [`frame`] cuts a byte stream into frames (4-byte big-endian length + one MessagePack map)
+//!   and enforces the size limit before buffering.
+//! - [`envelope`] defines the six frame types (`hello`, `welcome`, `request`, `response`,
+//!   `error`, `event`) and [`envelope::FrameHead`], read first to route a frame.
+//! - [`methods`] defines each method as a type with its params and result.
+//! - [`error`] holds the stable error codes; [`version`] the protocol version rule.
+//! - [`paths`] says where the socket and the daemon's files live, and checks that their
+//!   directories are private.
+//!
+//! ```
+//! use sessiond_proto::{frame, envelope::Request, methods::{Method, Ping, PingParams}};
+//! let bytes = frame::encode(&Request::new(1, Ping::NAME, PingParams {})).unwrap();
+//! assert_eq!(&bytes[..4], &(bytes.len() as u32 - 4).to_be_bytes());
+//! ```
+//!
+//! Not for: connecting, autostarting or retrying; that is the `sessiond_client` library.
+
+pub mod envelope;
+pub mod error;
+pub mod frame;
+pub mod methods;
+pub mod paths;
+pub mod version;
+
+pub use error::ErrorCode;
+pub use version::{ProtocolVersion, PROTOCOL_VERSION};
+
+/// Milliseconds since the Unix epoch, the unit of every timestamp on the wire.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

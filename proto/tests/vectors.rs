@@ -1,0 +1,271 @@
+//! Golden frames: each typed message must encode to exactly the bytes in `vectors/NAME.msgpack`,
+//! decode from them back to the same value, and read as `vectors/NAME.json` when viewed as
+//! generic data. PROTOCOL.md's hex examples must match the same files.
+//!
+//! After an intended change, regenerate with
+//! `SESSIOND_BLESS_VECTORS=1 cargo test -p sessiond-proto --test vectors`, review the diff, and
+//! note the change in CHANGELOG.md: these bytes are what third-party clients were built against.
+
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use sessiond_proto::envelope::{ErrorFrame, Event, Hello, Lagged, Request, Response, Welcome};
+use sessiond_proto::methods::*;
+use sessiond_proto::{frame, ErrorCode, ProtocolVersion, PROTOCOL_VERSION};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn blessing() -> bool {
+    std::env::var_os("SESSIOND_BLESS_VECTORS").is_some()
+}
+
+/// Renders a payload as generic JSON, the form third-party implementers read.
+fn as_json(payload: &[u8]) -> serde_json::Value {
+    let mut de = rmp_serde::Deserializer::new(payload);
+    serde_json::Value::deserialize(&mut de).expect("vector payload is valid MessagePack")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .chunks(16)
+        .map(|line| {
+            line.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+struct Checker {
+    failures: Vec<String>,
+    names: Vec<&'static str>,
+}
+
+impl Checker {
+    fn check<T>(&mut self, name: &'static str, value: T)
+    where
+        T: Serialize + DeserializeOwned + PartialEq + Debug,
+    {
+        self.names.push(name);
+        let dir = root().join("vectors");
+        let bin_path = dir.join(format!("{name}.msgpack"));
+        let json_path = dir.join(format!("{name}.json"));
+        let encoded = frame::encode(&value).unwrap();
+        if blessing() {
+            std::fs::write(&bin_path, &encoded).unwrap();
+            let json = serde_json::to_string_pretty(&as_json(&encoded[4..])).unwrap();
+            std::fs::write(&json_path, json + "\n").unwrap();
+            return;
+        }
+        let golden = match std::fs::read(&bin_path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.failures
+                    .push(format!("{name}: cannot read {}: {e}", bin_path.display()));
+                return;
+            }
+        };
+        if encoded != golden {
+            self.failures.push(format!(
+                "{name}: encoding differs from the golden frame\n  got:    {}\n  golden: {}",
+                hex(&encoded).replace('\n', " "),
+                hex(&golden).replace('\n', " ")
+            ));
+            return;
+        }
+        let decoded: T = frame::decode(&golden[4..]).unwrap();
+        if decoded != value {
+            self.failures.push(format!(
+                "{name}: decoding the golden frame gave {decoded:?}, expected {value:?}"
+            ));
+        }
+        let twin: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+        if twin != as_json(&golden[4..]) {
+            self.failures
+                .push(format!("{name}: {} disagrees with the frame", json_path.display()));
+        }
+    }
+}
+
+fn status_result() -> StatusResult {
+    StatusResult {
+        version: "0.1.0".into(),
+        protocol: PROTOCOL_VERSION,
+        pid: 4243,
+        started_at: 1_790_000_000_000,
+        uptime_ms: 61_250,
+        socket: "/run/user/1000/sessiond/sessiond.sock".into(),
+        runtime_dir: "/run/user/1000/sessiond".into(),
+        state_dir: "/home/ada/.local/state/sessiond".into(),
+        config: "/home/ada/.config/sessiond/config.toml".into(),
+        log_file: None,
+        log_level: "info".into(),
+        connections: 1,
+        max_connections: 256,
+        max_frame_bytes: 8_388_608,
+    }
+}
+
+#[test]
+fn golden_vectors_match_typed_messages() {
+    let mut c = Checker {
+        failures: vec![],
+        names: vec![],
+    };
+    c.check(
+        "hello",
+        Hello::new(PROTOCOL_VERSION, "sessionctl 0.1.0", Some(4242)),
+    );
+    c.check("hello_minimal", Hello::new(PROTOCOL_VERSION, "nvim", None));
+    c.check(
+        "welcome",
+        Welcome::new(
+            PROTOCOL_VERSION,
+            "0.1.0",
+            4243,
+            vec![
+                "ping".into(),
+                "status".into(),
+                "set_log_level".into(),
+                "shutdown".into(),
+            ],
+        ),
+    );
+    c.check("request_ping", Request::new(1, Ping::NAME, PingParams {}));
+    c.check("response_ping", Response::new(1, Pong {}));
+    c.check(
+        "request_status",
+        Request::new(2, Status::NAME, StatusParams {}),
+    );
+    c.check("response_status", Response::new(2, status_result()));
+    c.check(
+        "request_set_log_level",
+        Request::new(
+            3,
+            SetLogLevel::NAME,
+            SetLogLevelParams {
+                level: "debug".into(),
+            },
+        ),
+    );
+    c.check(
+        "response_set_log_level",
+        Response::new(
+            3,
+            SetLogLevelResult {
+                previous: "info".into(),
+                level: "debug".into(),
+            },
+        ),
+    );
+    c.check(
+        "request_shutdown",
+        Request::new(4, Shutdown::NAME, ShutdownParams {}),
+    );
+    c.check(
+        "response_shutdown",
+        Response::new(4, ShutdownResult { pid: 4243 }),
+    );
+    c.check(
+        "error_unknown_method",
+        ErrorFrame::new(
+            Some(5),
+            ErrorCode::UNKNOWN_METHOD,
+            "unknown method \"frobnicate\"; this daemon has: ping, status, set_log_level, shutdown",
+        ),
+    );
+    c.check(
+        "error_version_mismatch",
+        ErrorFrame::new(
+            None,
+            ErrorCode::VERSION_MISMATCH,
+            sessiond_proto::envelope::version_mismatch_message(
+                ProtocolVersion::new(2, 0),
+                PROTOCOL_VERSION,
+            ),
+        ),
+    );
+    c.check(
+        "event_lagged",
+        Event {
+            kind: Default::default(),
+            seq: 17,
+            time: 1_790_000_061_250,
+            event: "lagged".into(),
+            subscription: None,
+            data: Lagged { missed: 3 },
+        },
+    );
+    check_protocol_md_examples(&mut c.failures);
+    check_no_orphan_vectors(&c.names, &mut c.failures);
+    if blessing() {
+        return; // the files were just rewritten; the next plain run checks them
+    }
+    assert!(c.failures.is_empty(), "\n{}", c.failures.join("\n"));
+}
+
+/// Every `<!-- vector: NAME -->` marker in PROTOCOL.md is followed by a fenced block holding the
+/// frame's bytes in hex; they must be exactly the golden bytes.
+fn check_protocol_md_examples(failures: &mut Vec<String>) {
+    let path = root().join("PROTOCOL.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    let mut seen = 0;
+    const MARK: &str = "<!-- vector: ";
+    while let Some(at) = rest.find(MARK) {
+        let after = &rest[at + MARK.len()..];
+        let name_end = after.find(" -->").expect("vector marker is closed");
+        let name = &after[..name_end];
+        let fence_open = after.find("```hex\n").expect("hex block after marker") + 7;
+        let fence_close = fence_open + after[fence_open..].find("```").unwrap();
+        let documented: String = after[fence_open..fence_close]
+            .split_whitespace()
+            .collect();
+        let golden = std::fs::read(root().join("vectors").join(format!("{name}.msgpack")))
+            .unwrap_or_else(|e| panic!("PROTOCOL.md names vector {name}: {e}"));
+        let expected = hex(&golden);
+        if documented != expected.split_whitespace().collect::<String>() {
+            failures.push(format!(
+                "PROTOCOL.md example for {name} does not match vectors/{name}.msgpack"
+            ));
+        }
+        seen += 1;
+        let head = at + MARK.len() + fence_open;
+        out.push_str(&rest[..head]);
+        out.push_str(&expected);
+        out.push('\n');
+        rest = &rest[at + MARK.len() + fence_close..];
+    }
+    out.push_str(rest);
+    if blessing() {
+        std::fs::write(&path, out).unwrap();
+    }
+    if seen == 0 {
+        failures.push("PROTOCOL.md has no worked examples (<!-- vector: NAME --> markers)".into());
+    }
+}
+
+/// A file in vectors/ that no check produces is a stale promise to implementers.
+fn check_no_orphan_vectors(names: &[&str], failures: &mut Vec<String>) {
+    for entry in std::fs::read_dir(root().join("vectors")).unwrap() {
+        let path = entry.unwrap().path();
+        let stem = path.file_stem().unwrap().to_string_lossy().to_string();
+        if !names.contains(&stem.as_str()) && !is_readme(&path) {
+            failures.push(format!(
+                "{} is not produced by any check; delete it or add a check",
+                path.display()
+            ));
+        }
+    }
+}
+
+fn is_readme(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n == "README.md")
+}
