@@ -1,0 +1,191 @@
+//! `config.toml`: the daemon's tunables, each with a default and a range.
+//!
+//! A missing file at the default location means "all defaults"; a file named explicitly
+//! (`--config`, `SESSIOND_CONFIG`) must exist. Unknown keys are refused, with the key and line,
+//! because a misspelt limit that silently does nothing is worse than a daemon that says so.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sessiond_proto::frame::DEFAULT_MAX_FRAME;
+use sessiond_proto::paths::Paths;
+
+/// The whole file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+}
+
+/// `[daemon]`: limits and timeouts of the server itself.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Largest frame payload a client may send, in bytes.
+    pub max_frame_bytes: u64,
+    /// Connections served at once; one more is refused with `busy`.
+    pub max_connections: u32,
+    /// How long a new connection has to deliver its `hello`.
+    pub handshake_timeout_ms: u64,
+    /// How long a frame may take to arrive once its first byte has.
+    pub frame_timeout_ms: u64,
+    /// How long the daemon waits for a client to accept written bytes before dropping it.
+    pub write_timeout_ms: u64,
+    /// How long shutdown waits for requests in flight before exiting anyway.
+    pub shutdown_grace_ms: u64,
+    /// How often the daemon checks that its socket file still exists (a /tmp cleaner may
+    /// delete it) and recreates it if not.
+    pub socket_check_interval_ms: u64,
+    /// Log filter when neither `--log-level` nor `SESSIOND_LOG` is given.
+    pub log_level: Option<String>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: DEFAULT_MAX_FRAME as u64,
+            max_connections: 256,
+            handshake_timeout_ms: 5_000,
+            frame_timeout_ms: 10_000,
+            write_timeout_ms: 10_000,
+            shutdown_grace_ms: 5_000,
+            socket_check_interval_ms: 10_000,
+            log_level: None,
+        }
+    }
+}
+
+impl DaemonConfig {
+    pub fn max_frame(&self) -> usize {
+        self.max_frame_bytes as usize
+    }
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    pub fn frame_timeout(&self) -> Duration {
+        Duration::from_millis(self.frame_timeout_ms)
+    }
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+    pub fn socket_check_interval(&self) -> Duration {
+        Duration::from_millis(self.socket_check_interval_ms)
+    }
+}
+
+/// A configuration that cannot be used; the message names the file and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// Bounds for each numeric setting: (key, value, min, max).
+fn ranges(d: &DaemonConfig) -> [(&'static str, u64, u64, u64); 7] {
+    [
+        // A hello must fit; above 1 GiB a single client could pin too much memory.
+        ("max_frame_bytes", d.max_frame_bytes, 1024, 1 << 30),
+        ("max_connections", d.max_connections as u64, 1, 65_536),
+        ("handshake_timeout_ms", d.handshake_timeout_ms, 10, 600_000),
+        ("frame_timeout_ms", d.frame_timeout_ms, 10, 600_000),
+        ("write_timeout_ms", d.write_timeout_ms, 10, 600_000),
+        ("shutdown_grace_ms", d.shutdown_grace_ms, 0, 600_000),
+        ("socket_check_interval_ms", d.socket_check_interval_ms, 10, 3_600_000),
+    ]
+}
+
+impl Config {
+    /// Reads the configuration named by `paths`, or the defaults when the default file is absent.
+    pub fn load(paths: &Paths) -> Result<Config, ConfigError> {
+        let path = &paths.config;
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !paths.config_explicit => {
+                return Ok(Config::default())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist (it was named by --config or \
+                     SESSIOND_CONFIG); create it or drop the setting to use the defaults",
+                    path.display()
+                )))
+            }
+            Err(e) => {
+                return Err(ConfigError(format!(
+                    "cannot read config file {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates the text of a config file; `path` is only for messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            ConfigError(format!(
+                "config file {} is invalid: {}",
+                path.display(),
+                e.to_string().trim_end()
+            ))
+        })?;
+        for (key, value, min, max) in ranges(&config.daemon) {
+            if !(min..=max).contains(&value) {
+                return Err(ConfigError(format!(
+                    "config file {}: daemon.{key} = {value} is out of range; use a value from \
+                     {min} to {max}",
+                    path.display()
+                )));
+            }
+        }
+        if let Some(level) = &config.daemon.log_level {
+            crate::logging::parse_filter(level).map_err(|e| {
+                ConfigError(format!(
+                    "config file {}: daemon.log_level: {e}",
+                    path.display()
+                ))
+            })?;
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", Path::new("c.toml")).unwrap();
+        assert_eq!(c.daemon.max_frame_bytes, DEFAULT_MAX_FRAME as u64);
+        assert_eq!(c.daemon.max_connections, 256);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_name_and_line() {
+        let err = Config::parse("[daemon]\nmax_conections = 3\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_conections"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_value_names_key_and_range() {
+        let err = Config::parse("[daemon]\nmax_frame_bytes = 10\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("daemon.max_frame_bytes = 10"), "{err}");
+        assert!(err.contains("1024"), "{err}");
+    }
+
+    #[test]
+    fn bad_log_level_is_refused() {
+        let err = Config::parse("[daemon]\nlog_level = \"loud\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("loud"), "{err}");
+    }
+}

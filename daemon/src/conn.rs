@@ -1,0 +1,373 @@
+//! One client connection: peer check, handshake, then requests until either side stops.
+//!
+//! A connection is two loops over one socket, run side by side in the connection's task:
+//!
+//! - the **reader** waits (without a time limit) for the next frame to begin, then gives the
+//!   rest of it `frame_timeout` to arrive; it answers each request through the outbox, in
+//!   arrival order;
+//! - the **writer** drains the outbox to the socket, giving each write `write_timeout`.
+//!
+//! They share nothing but a bounded channel, so a client that stops reading fills its own
+//! outbox, stalls only its own reader, and is dropped when a write times out. No lock is held
+//! across any of this I/O, and nothing here can make another connection wait.
+//!
+//! Errors follow the protocol's rule: an error with an `id` fails one request and the
+//! connection goes on; an error without one is about the connection, which is closed right
+//! after the error is flushed.
+
+use std::sync::Arc;
+
+use interprocess::local_socket::tokio::Stream;
+use sessiond_proto::envelope::{ErrorFrame, FrameHead, Hello, Welcome};
+use sessiond_proto::frame::{
+    self,
+    tokio_io::{read_frame, wait_readable, ReadError},
+    FrameError,
+};
+use sessiond_proto::{ErrorCode, PROTOCOL_VERSION};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::context::Daemon;
+use crate::dispatch::{self, METHODS};
+use crate::shutdown::DrainGuard;
+
+/// Encoded frames waiting to be written. Bounded so a client that never reads cannot make the
+/// daemon buffer without limit; 64 answers is deep enough for any sane pipeline.
+const OUTBOX_FRAMES: usize = 64;
+
+/// Read buffer per connection: large enough that a pipelined burst of small requests costs one
+/// read syscall, small enough that thousands of idle connections stay cheap.
+const READ_BUFFER: usize = 8 * 1024;
+
+/// Serves one accepted connection until it closes. The caller wraps it in a span naming the
+/// connection.
+pub async fn serve(ctx: Arc<Daemon>, stream: Stream, _drain: DrainGuard) {
+    let (peer_uid, peer_pid) = match crate::platform::peer_identity(&stream) {
+        Ok(identity) => identity,
+        Err(e) => {
+            warn!("cannot read peer credentials, refusing connection: {e}");
+            (None, None)
+        }
+    };
+    let me = sessiond_proto::paths::current_uid();
+    if peer_uid != Some(me) {
+        warn!(
+            peer_uid = ?peer_uid,
+            peer_pid = ?peer_pid,
+            "refused a connection from another user"
+        );
+        refuse(
+            &ctx,
+            &stream,
+            ErrorCode::PERMISSION_DENIED,
+            format!(
+                "this sessiond belongs to uid {me}; connections from other users (yours is {}) \
+                 are refused. Start your own daemon: `sessionctl daemon start`",
+                peer_uid.map_or("unknown".to_string(), |u| u.to_string())
+            ),
+        )
+        .await;
+        return;
+    }
+    let Some(_slot) = ctx.admit_connection() else {
+        warn!(
+            max = ctx.config.max_connections,
+            "connection limit reached; refusing"
+        );
+        refuse(
+            &ctx,
+            &stream,
+            ErrorCode::BUSY,
+            format!(
+                "sessiond is serving its maximum of {} connections; close idle clients or raise \
+                 daemon.max_connections in {}",
+                ctx.config.max_connections,
+                ctx.paths.config.display()
+            ),
+        )
+        .await;
+        return;
+    };
+    debug!(peer_pid = ?peer_pid, "connected");
+
+    let (outbox, queue) = mpsc::channel(OUTBOX_FRAMES);
+    let reader = read_loop(&ctx, &stream, outbox);
+    let writer = write_loop(&ctx, &stream, queue);
+    tokio::pin!(reader, writer);
+    tokio::select! {
+        why = &mut reader => {
+            // Let the writer flush every answer already produced (the reader dropped its
+            // outbox, so the writer ends when the queue is empty).
+            let flushed = writer.await;
+            debug!("closed: {why}{}", flushed.err().map(|e| format!(" ({e})")).unwrap_or_default());
+        }
+        failed = &mut writer => {
+            debug!("closed: {}", failed.err().unwrap_or("writer finished"));
+        }
+    }
+}
+
+/// Writes a connection-level error to a client that will not be served, then drops it.
+async fn refuse(ctx: &Daemon, stream: &Stream, code: ErrorCode, message: String) {
+    let bytes = frame::encode(&ErrorFrame::new(None, code, message))
+        .expect("an error frame of plain strings always encodes");
+    let mut w = stream;
+    let _ = tokio::time::timeout(ctx.config.write_timeout(), w.write_all(&bytes)).await;
+}
+
+/// Sends an encoded frame to the writer; false when the writer is gone.
+async fn send(outbox: &mpsc::Sender<Vec<u8>>, bytes: Vec<u8>) -> bool {
+    outbox.send(bytes).await.is_ok()
+}
+
+/// Sends a connection-level error (no id).
+async fn send_fatal(outbox: &mpsc::Sender<Vec<u8>>, code: ErrorCode, message: String) {
+    let bytes = frame::encode(&ErrorFrame::new(None, code, message))
+        .expect("an error frame of plain strings always encodes");
+    send(outbox, bytes).await;
+}
+
+/// Reads frames until the connection should close; returns why, for the log.
+async fn read_loop(
+    ctx: &Daemon,
+    stream: &Stream,
+    outbox: mpsc::Sender<Vec<u8>>,
+) -> &'static str {
+    let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
+    let max = ctx.config.max_frame();
+    let mut shutdown = ctx.shutdown_listener();
+
+    // Handshake: the whole hello must arrive within handshake_timeout of connecting.
+    let hello = tokio::time::timeout(ctx.config.handshake_timeout(), async {
+        match wait_readable(&mut reader).await {
+            Ok(true) => Some(read_frame(&mut reader, max, ctx.config.frame_timeout()).await),
+            _ => None,
+        }
+    })
+    .await;
+    let payload = match hello {
+        Err(_) => {
+            send_fatal(
+                &outbox,
+                ErrorCode::TIMEOUT,
+                format!(
+                    "no hello within {:?} of connecting; a client's first frame must be hello \
+                     (PROTOCOL.md, section 3)",
+                    ctx.config.handshake_timeout()
+                ),
+            )
+            .await;
+            return "handshake timed out";
+        }
+        Ok(None) => return "client left before its hello",
+        Ok(Some(Err(e))) => {
+            report_read_error(&outbox, e, max).await;
+            return "bad hello frame";
+        }
+        Ok(Some(Ok(payload))) => payload,
+    };
+    if let Err(why) = handshake(&outbox, &payload).await {
+        return why;
+    }
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.triggered() => return "daemon shutting down",
+            readable = wait_readable(&mut reader) => match readable {
+                Ok(true) => {}
+                Ok(false) => return "client closed the connection",
+                Err(_) => return "connection reset",
+            },
+        }
+        let payload = match read_frame(&mut reader, max, ctx.config.frame_timeout()).await {
+            Ok(payload) => payload,
+            Err(e) => {
+                report_read_error(&outbox, e, max).await;
+                return "bad or incomplete frame";
+            }
+        };
+        if !handle_frame(ctx, &payload, &outbox).await {
+            return "connection-level error";
+        }
+    }
+}
+
+/// Tells the client why a frame could not be read, when it is still there to hear it.
+async fn report_read_error(outbox: &mpsc::Sender<Vec<u8>>, e: ReadError, max: usize) {
+    match e {
+        ReadError::Frame(FrameError::TooLarge { len, .. }) => {
+            send_fatal(
+                outbox,
+                ErrorCode::FRAME_TOO_LARGE,
+                format!(
+                    "frame of {len} bytes exceeds this daemon's limit of {max} bytes \
+                     (daemon.max_frame_bytes in config.toml); send less per request"
+                ),
+            )
+            .await
+        }
+        ReadError::TimedOut(after) => {
+            send_fatal(
+                outbox,
+                ErrorCode::TIMEOUT,
+                format!("the rest of a started frame did not arrive within {after:?}"),
+            )
+            .await
+        }
+        // The client left mid-frame or the socket failed: nobody to tell.
+        ReadError::Frame(_) => {}
+    }
+}
+
+/// Checks the hello and answers welcome, or refuses. Err carries the reason to close.
+async fn handshake(outbox: &mpsc::Sender<Vec<u8>>, payload: &[u8]) -> Result<(), &'static str> {
+    let head: Result<FrameHead, _> = frame::decode_borrowed(payload);
+    match head {
+        Ok(head) if head.kind == "hello" => {}
+        Ok(head) => {
+            send_fatal(
+                outbox,
+                ErrorCode::HANDSHAKE_REQUIRED,
+                format!(
+                    "the first frame must be hello, not {:?} (PROTOCOL.md, section 3)",
+                    head.kind
+                ),
+            )
+            .await;
+            return Err("no handshake");
+        }
+        Err(e) => {
+            send_fatal(outbox, ErrorCode::BAD_FRAME, bad_frame_message(&e)).await;
+            return Err("undecodable hello");
+        }
+    }
+    let hello: Hello = match frame::decode(payload) {
+        Ok(hello) => hello,
+        Err(e) => {
+            send_fatal(
+                outbox,
+                ErrorCode::BAD_FRAME,
+                format!("malformed hello: {e}; it needs protocol: [major, minor]"),
+            )
+            .await;
+            return Err("malformed hello");
+        }
+    };
+    if !PROTOCOL_VERSION.compatible_with(hello.protocol) {
+        info!(
+            client = %hello.client,
+            client_protocol = %hello.protocol,
+            "refused a client speaking another protocol version"
+        );
+        send_fatal(
+            outbox,
+            ErrorCode::VERSION_MISMATCH,
+            sessiond_proto::envelope::version_mismatch_message(hello.protocol, PROTOCOL_VERSION),
+        )
+        .await;
+        return Err("protocol version mismatch");
+    }
+    debug!(client = %hello.client, client_pid = ?hello.pid, protocol = %hello.protocol, "hello");
+    let welcome = Welcome::new(
+        PROTOCOL_VERSION,
+        crate::VERSION,
+        std::process::id(),
+        METHODS.iter().map(|m| m.to_string()).collect(),
+    );
+    let bytes = frame::encode(&welcome).expect("welcome always encodes");
+    if send(outbox, bytes).await {
+        Ok(())
+    } else {
+        Err("writer gone")
+    }
+}
+
+fn bad_frame_message(e: &FrameError) -> String {
+    format!(
+        "frame is not a MessagePack map with a string \"type\" ({e}); see PROTOCOL.md, section 2"
+    )
+}
+
+/// Handles one frame after the handshake. Returns false when the connection must close.
+async fn handle_frame(ctx: &Daemon, payload: &[u8], outbox: &mpsc::Sender<Vec<u8>>) -> bool {
+    let head: FrameHead = match frame::decode_borrowed(payload) {
+        Ok(head) => head,
+        Err(e) => {
+            send_fatal(outbox, ErrorCode::BAD_FRAME, bad_frame_message(&e)).await;
+            return false;
+        }
+    };
+    let reject = |id: Option<u64>, message: String| {
+        frame::encode(&ErrorFrame::new(id, ErrorCode::BAD_FRAME, message))
+            .expect("an error frame of plain strings always encodes")
+    };
+    match (head.kind, head.id) {
+        ("request", Some(id)) => {
+            let answer = match head.method {
+                Some(method) => dispatch::dispatch(ctx, id, method, payload).await,
+                None => reject(Some(id), "request has no method".into()),
+            };
+            send(outbox, answer).await
+        }
+        ("request", None) => {
+            send(
+                outbox,
+                reject(None, "request has no integer id, so it cannot be answered".into()),
+            )
+            .await;
+            false
+        }
+        (kind, id) => {
+            let why = if kind == "hello" {
+                "hello was already received on this connection".to_string()
+            } else {
+                format!("a client may send hello and request frames, not {kind:?}")
+            };
+            send(outbox, reject(id, why)).await && id.is_some()
+        }
+    }
+}
+
+/// Writes queued frames until the queue closes (Ok) or the client stops accepting bytes.
+async fn write_loop(
+    ctx: &Daemon,
+    stream: &Stream,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+) -> Result<(), &'static str> {
+    let mut w = stream;
+    let mut batch = Vec::new();
+    while let Some(first) = queue.recv().await {
+        // Coalesce what is already queued into one write; a large frame goes out alone rather
+        // than being copied.
+        let bytes = match queue.try_recv() {
+            Err(_) => first,
+            Ok(second) => {
+                batch.clear();
+                batch.extend_from_slice(&first);
+                batch.extend_from_slice(&second);
+                while batch.len() < 256 * 1024 {
+                    match queue.try_recv() {
+                        Ok(more) => batch.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                std::mem::take(&mut batch)
+            }
+        };
+        match tokio::time::timeout(ctx.config.write_timeout(), w.write_all(&bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err("client went away"),
+            Err(_) => {
+                warn!(
+                    "client stopped reading for {:?}; dropping it",
+                    ctx.config.write_timeout()
+                );
+                return Err("client stopped reading");
+            }
+        }
+    }
+    Ok(())
+}

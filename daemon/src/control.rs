@@ -1,0 +1,49 @@
+//! Handlers for the methods that concern the daemon itself: `ping`, `status`,
+//! `set_log_level`, `shutdown`.
+
+use sessiond_proto::methods::{
+    PingParams, Pong, SetLogLevelParams, SetLogLevelResult, ShutdownParams, ShutdownResult,
+    StatusParams, StatusResult,
+};
+use sessiond_proto::PROTOCOL_VERSION;
+
+use crate::context::Daemon;
+use crate::dispatch::{HandlerResult, RequestError};
+
+pub async fn ping(_ctx: &Daemon, _p: PingParams) -> HandlerResult<Pong> {
+    Ok(Pong {})
+}
+
+pub async fn status(ctx: &Daemon, _p: StatusParams) -> HandlerResult<StatusResult> {
+    let path = |p: &std::path::Path| p.display().to_string();
+    Ok(StatusResult {
+        version: crate::VERSION.to_string(),
+        protocol: PROTOCOL_VERSION,
+        pid: ctx.pid,
+        started_at: ctx.started_at,
+        uptime_ms: ctx.started.elapsed().as_millis() as u64,
+        socket: path(&ctx.paths.socket()),
+        runtime_dir: path(&ctx.paths.runtime_dir),
+        state_dir: path(&ctx.paths.state_dir),
+        config: path(&ctx.paths.config),
+        log_file: ctx.log_file.as_deref().map(path),
+        log_level: ctx.log.current(),
+        connections: ctx.connection_count(),
+        max_connections: ctx.config.max_connections,
+        max_frame_bytes: ctx.config.max_frame_bytes,
+    })
+}
+
+pub async fn set_log_level(
+    ctx: &Daemon,
+    p: SetLogLevelParams,
+) -> HandlerResult<SetLogLevelResult> {
+    let (previous, level) = ctx.log.set(&p.level).map_err(RequestError::invalid_argument)?;
+    tracing::info!("log filter changed from {previous} to {level}");
+    Ok(SetLogLevelResult { previous, level })
+}
+
+pub async fn shutdown(ctx: &Daemon, _p: ShutdownParams) -> HandlerResult<ShutdownResult> {
+    ctx.trigger_shutdown("shutdown requested by a client");
+    Ok(ShutdownResult { pid: ctx.pid })
+}

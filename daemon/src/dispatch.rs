@@ -1,0 +1,123 @@
+//! Routing: from a request frame's method name to its typed handler, and from the handler's
+//! outcome to the answer frame.
+//!
+//! Each method is declared once in [`routes!`]: that one line gives the method its wire name
+//! (from `sessiond_proto::methods`), decodes its params into the typed struct, calls the
+//! handler, encodes the typed result, and lists the method in the `welcome` capabilities. A
+//! handler never sees bytes and never writes to the client.
+
+use serde::de::DeserializeOwned;
+use sessiond_proto::envelope::{ErrorFrame, RequestParams, Response};
+use sessiond_proto::frame;
+use sessiond_proto::methods::{Method, Ping, SetLogLevel, Shutdown, Status};
+use sessiond_proto::ErrorCode;
+
+use crate::context::Daemon;
+use crate::control;
+
+/// A request that failed; becomes an `error` frame carrying the request's id.
+#[derive(Debug)]
+pub struct RequestError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RequestError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid_argument(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::INVALID_ARGUMENT, message)
+    }
+}
+
+pub type HandlerResult<T> = Result<T, RequestError>;
+
+macro_rules! routes {
+    ($($method:ty => $handler:path),* $(,)?) => {
+        /// Wire names of every method, in declaration order; the `welcome` capabilities.
+        pub const METHODS: &[&str] = &[$(<$method as Method>::NAME),*];
+
+        /// Answers one request: returns the encoded `response` or `error` frame.
+        pub async fn dispatch(ctx: &Daemon, id: u64, method: &str, payload: &[u8]) -> Vec<u8> {
+            $(
+                if method == <$method as Method>::NAME {
+                    let outcome = match params::<$method>(payload) {
+                        Ok(p) => $handler(ctx, p).await,
+                        Err(e) => Err(e),
+                    };
+                    return answer(id, outcome);
+                }
+            )*
+            answer::<()>(id, Err(unknown_method(method)))
+        }
+    };
+}
+
+routes! {
+    Ping => control::ping,
+    Status => control::status,
+    SetLogLevel => control::set_log_level,
+    Shutdown => control::shutdown,
+}
+
+/// Decodes a request's params for method `M`. Omitted params are read as an empty map, so a
+/// method whose params are all optional may be called without any.
+fn params<M: Method>(payload: &[u8]) -> HandlerResult<M::Params> {
+    let invalid = |e: frame::FrameError| {
+        RequestError::invalid_argument(format!(
+            "invalid params for {}: {}; see PROTOCOL.md for its fields",
+            M::NAME,
+            strip_prefix(&e.to_string())
+        ))
+    };
+    let wrapper: RequestParams<M::Params> = frame::decode(payload).map_err(invalid)?;
+    match wrapper.params {
+        Some(p) => Ok(p),
+        None => decode_empty::<M::Params>().map_err(invalid),
+    }
+}
+
+fn decode_empty<P: DeserializeOwned>() -> Result<P, frame::FrameError> {
+    const EMPTY_MAP: &[u8] = &[0x80];
+    frame::decode(EMPTY_MAP)
+}
+
+/// rmp-serde's messages start with our own "frame is not a valid message: " wrapper; inside a
+/// params error that is noise.
+fn strip_prefix(message: &str) -> &str {
+    message
+        .strip_prefix("frame is not a valid message: ")
+        .unwrap_or(message)
+}
+
+fn unknown_method(method: &str) -> RequestError {
+    RequestError::new(
+        ErrorCode::UNKNOWN_METHOD,
+        format!(
+            "unknown method {method:?}; this daemon has: {}. If the method is new, the daemon \
+             may be older than the client: `sessionctl daemon restart`",
+            METHODS.join(", ")
+        ),
+    )
+}
+
+fn answer<R: serde::Serialize>(id: u64, outcome: HandlerResult<R>) -> Vec<u8> {
+    let encoded = match outcome {
+        Ok(result) => frame::encode(&Response::new(id, result)),
+        Err(e) => frame::encode(&ErrorFrame::new(Some(id), e.code, e.message)),
+    };
+    encoded.unwrap_or_else(|e| {
+        tracing::error!("cannot encode the answer to request {id}: {e}");
+        frame::encode(&ErrorFrame::new(
+            Some(id),
+            ErrorCode::INTERNAL,
+            format!("the daemon could not encode its answer: {e}"),
+        ))
+        .expect("an error frame of plain strings always encodes")
+    })
+}

@@ -1,0 +1,191 @@
+//! Everything that differs between operating systems, in one place.
+//!
+//! Unix: peer credentials through interprocess (SO_PEERCRED / getpeereid), detaching with
+//! fork + setsid and a readiness pipe. The transport itself goes through interprocess and the
+//! locks through `std::fs::File::try_lock`, so a Windows port (named pipes, `LockFileEx`) needs
+//! only this module: peer checks by the pipe's client token, and a detach that re-spawns the
+//! daemon as a detached process instead of forking.
+
+#[cfg(unix)]
+pub use unix::*;
+
+#[cfg(not(unix))]
+compile_error!("sessiond supports Unix only for now; see the README's platform notes");
+
+#[cfg(unix)]
+mod unix {
+    use std::fs::File;
+    use std::io::{self, Read, Write};
+    use std::os::fd::{AsFd, AsRawFd, RawFd};
+    use std::path::Path;
+    use std::time::Duration;
+
+    use interprocess::local_socket::tokio::Stream;
+    use interprocess::local_socket::traits::StreamCommon;
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::unistd::{fork, setsid, ForkResult, Pid};
+
+    /// The effective uid and pid of the process at the other end of a connection.
+    pub fn peer_identity(stream: &Stream) -> io::Result<(Option<u32>, Option<u32>)> {
+        let creds = stream.peer_creds()?;
+        Ok((
+            creds.euid().map(|u| u as u32),
+            creds.pid().map(|p| p as u32),
+        ))
+    }
+
+    /// Which side of [`daemonize`] we are on.
+    pub enum Fork {
+        /// The process the user started; it waits for the daemon to become ready and exits.
+        Parent(ParentWait),
+        /// The daemon; it must call [`ReadySignal::ready`] once its socket accepts, or
+        /// [`ReadySignal::fail`] with the reason.
+        Child(ReadySignal),
+    }
+
+    /// Held by the parent: the read end of the readiness pipe and the child's pid.
+    pub struct ParentWait {
+        pipe: File,
+        pub child: Pid,
+    }
+
+    /// Held by the daemon: the write end of the readiness pipe.
+    pub struct ReadySignal {
+        pipe: File,
+    }
+
+    const READY: &[u8] = b"ready\n";
+
+    impl ParentWait {
+        /// Waits until the daemon reports ready (`Ok`) or failure (`Err` with its words), or
+        /// until `timeout` passes.
+        pub fn wait(mut self, timeout: Duration) -> Result<(), String> {
+            let mut got = Vec::new();
+            let deadline = std::time::Instant::now() + timeout;
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+                let mut fds = [PollFd::new(self.pipe.as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, PollTimeout::from(ms)) {
+                    Ok(0) if left.is_zero() => {
+                        return Err(format!(
+                            "the daemon (pid {}) did not become ready within {timeout:?}",
+                            self.child
+                        ))
+                    }
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(format!("waiting for the daemon: {e}")),
+                }
+                let mut buf = [0u8; 4096];
+                match self.pipe.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        got.extend_from_slice(&buf[..n]);
+                        if got == READY {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(format!("waiting for the daemon: {e}")),
+                }
+            }
+            let text = String::from_utf8_lossy(&got).trim().to_string();
+            if text.is_empty() {
+                Err(format!(
+                    "the daemon (pid {}) exited before it was ready",
+                    self.child
+                ))
+            } else {
+                Err(text)
+            }
+        }
+    }
+
+    impl ReadySignal {
+        /// Tells the parent the socket accepts connections.
+        pub fn ready(mut self) {
+            let _ = self.pipe.write_all(READY);
+        }
+
+        /// Tells the parent why the daemon could not start.
+        pub fn fail(mut self, why: &str) {
+            let _ = self.pipe.write_all(why.as_bytes());
+        }
+    }
+
+    /// Forks into the background. Must run before any thread is started (no tokio runtime
+    /// yet), which is why start-up does it first thing after taking the instance lock.
+    ///
+    /// The child becomes a session leader (no controlling terminal), moves to `/`, sends its
+    /// stdin to /dev/null and stdout and stderr to `log` (appending), and closes every other
+    /// descriptor it inherited except `keep` — so a client that spawned it through pipes sees
+    /// them close and is never held open by the daemon.
+    pub fn daemonize(log: &Path, keep: &[RawFd]) -> io::Result<Fork> {
+        let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", log.display())))?;
+        // SAFETY: no other thread exists yet (start-up calls this before building the runtime
+        // or starting anything else), so the child inherits a consistent single-threaded state.
+        match unsafe { fork() }? {
+            ForkResult::Parent { child } => {
+                drop(write_end);
+                Ok(Fork::Parent(ParentWait {
+                    pipe: File::from(read_end),
+                    child,
+                }))
+            }
+            ForkResult::Child => {
+                drop(read_end);
+                setsid()?;
+                std::env::set_current_dir("/")?;
+                let null = std::fs::OpenOptions::new().read(true).open("/dev/null")?;
+                redirect(&null, 0)?;
+                redirect(&log_file, 1)?;
+                redirect(&log_file, 2)?;
+                let mut kept = keep.to_vec();
+                kept.push(write_end.as_raw_fd());
+                close_inherited_fds(&kept, &[null.as_raw_fd(), log_file.as_raw_fd()]);
+                Ok(Fork::Child(ReadySignal {
+                    pipe: File::from(write_end),
+                }))
+            }
+        }
+    }
+
+    fn redirect(file: &File, target: RawFd) -> io::Result<()> {
+        // SAFETY: plain dup2 on descriptors this process owns: `file` stays open for the call,
+        // and `target` is a standard descriptor number that dup2 atomically (re)points at it.
+        if unsafe { nix::libc::dup2(file.as_raw_fd(), target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Closes every descriptor above 2 except those in `keep`. Descriptors in `own` are closed
+    /// by their owners' drop and skipped here.
+    fn close_inherited_fds(keep: &[RawFd], own: &[RawFd]) {
+        let dir = if Path::new("/proc/self/fd").is_dir() {
+            "/proc/self/fd"
+        } else {
+            "/dev/fd"
+        };
+        let fds: Vec<RawFd> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect(),
+            Err(_) => return,
+        };
+        for fd in fds {
+            if fd > 2 && !keep.contains(&fd) && !own.contains(&fd) {
+                // SAFETY: the descriptor was inherited and nothing in this process refers to
+                // it (the directory handle used to list it is already closed; closing it again
+                // fails harmlessly with EBADF).
+                unsafe { nix::libc::close(fd) };
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The listener: binds the socket, accepts connections, keeps the socket file alive, and runs
+//! the shutdown sequence.
+//!
+//! Binding assumes the instance lock is held (see `instance`): with it, any file at the socket
+//! path is a leftover of a dead daemon and is replaced. While serving, a slow housekeeping tick
+//! checks that the socket file is still ours (a /tmp cleaner may delete it, tmux #1036) and
+//! binds a fresh one if not. Shutdown stops accepting, removes the socket so no new client can
+//! reach a dying daemon, and waits (up to `shutdown_grace`) for every connection to finish.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use interprocess::local_socket::tokio::{Listener, Stream};
+use interprocess::local_socket::traits::tokio::Listener as _;
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use tracing::{info, warn, Instrument};
+
+use crate::context::Daemon;
+use crate::conn;
+use crate::shutdown::Drain;
+
+/// A bound socket and the identity of its file, to notice when the file is replaced.
+pub struct Bound {
+    listener: Listener,
+    file_id: Option<(u64, u64)>,
+}
+
+/// Binds the daemon's socket, replacing a stale file. Requires the instance lock.
+pub fn bind(socket: &Path) -> io::Result<Bound> {
+    match std::fs::symlink_metadata(socket) {
+        Ok(meta) if meta.is_dir() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} is a directory, where the socket should be; remove it",
+                    socket.display()
+                ),
+            ))
+        }
+        // We hold the instance lock, so no live daemon owns this file.
+        Ok(_) => std::fs::remove_file(socket)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let name = socket.to_fs_name::<GenericFilePath>()?;
+    let mut options = ListenerOptions::new().name(name).reclaim_name(false);
+    #[cfg(unix)]
+    {
+        use interprocess::os::unix::local_socket::ListenerOptionsExt;
+        options = options.mode(0o600);
+    }
+    let listener = options.create_tokio()?;
+    Ok(Bound {
+        listener,
+        file_id: file_id(socket),
+    })
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Accepts and serves connections until shutdown, then drains. Removes the socket file.
+pub async fn serve(ctx: Arc<Daemon>, mut bound: Bound) {
+    let socket = ctx.paths.socket();
+    let drain = Drain::new();
+    let mut shutdown = ctx.shutdown_listener();
+    let mut tick = tokio::time::interval(ctx.config.socket_check_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate
+    let mut next_conn: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.triggered() => break,
+            accepted = bound.listener.accept() => match accepted {
+                Ok(stream) => {
+                    next_conn += 1;
+                    spawn_connection(&ctx, stream, next_conn, &drain);
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the error is transient
+                    // or the log will show it repeating.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            _ = tick.tick() => {
+                if file_id(&socket) != bound.file_id || bound.file_id.is_none() {
+                    warn!(socket = %socket.display(), "socket file vanished or was replaced; recreating it");
+                    match bind(&socket) {
+                        Ok(fresh) => bound = fresh,
+                        Err(e) => warn!("cannot recreate the socket: {e}; will retry"),
+                    }
+                }
+            }
+        }
+    }
+    // Stop accepting before anything else, and take the name away so new clients see at once
+    // that no daemon serves here.
+    let still_ours = file_id(&socket) == bound.file_id;
+    drop(bound);
+    if still_ours {
+        if let Err(e) = std::fs::remove_file(&socket) {
+            warn!(socket = %socket.display(), "cannot remove socket: {e}");
+        }
+    }
+    if !drain.wait(ctx.config.shutdown_grace()).await {
+        warn!(
+            "connections still busy after {:?}; exiting anyway",
+            ctx.config.shutdown_grace()
+        );
+    }
+}
+
+fn spawn_connection(ctx: &Arc<Daemon>, stream: Stream, id: u64, drain: &Drain) {
+    let span = tracing::debug_span!("conn", id);
+    tokio::spawn(conn::serve(ctx.clone(), stream, drain.guard()).instrument(span));
+}
+
+/// Turns SIGTERM and SIGINT into a graceful shutdown.
+pub fn spawn_signal_handlers(ctx: &Arc<Daemon>) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let which = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            info!("received {which}");
+            ctx.trigger_shutdown(which);
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Start-up and exit: the order in which the daemon takes its resources, and gives them back.
+//!
+//! 1. Resolve paths, make sure both directories are private, read the config.
+//! 2. Take the instance lock: from here on this process is *the* daemon for this runtime dir.
+//! 3. With `--detach`, fork now (before any thread exists); the parent waits on a pipe until
+//!    the child says the socket accepts, or says why it failed, and exits with that.
+//! 4. Start logging, write the pid file, bind the socket, report ready, serve.
+//! 5. On shutdown: the server removes the socket and drains; then the pid file goes, then the
+//!    lock (with the process).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sessiond_proto::paths::{ensure_private_dir, DirKind, PathOverrides, Paths};
+
+use crate::cli::Args;
+use crate::config::Config;
+use crate::context::Daemon;
+use crate::instance::{Instance, InstanceError};
+use crate::logging::{LogControl, DEFAULT_FILTER};
+use crate::platform::{self, Fork, ReadySignal};
+use crate::server;
+
+/// How long `--detach` waits for the daemon to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Exit status when another daemon holds the instance lock.
+pub const EXIT_ALREADY_RUNNING: u8 = 3;
+
+/// Runs the daemon to completion and returns its exit status.
+pub fn run(args: Args) -> ExitCode {
+    match start(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::AlreadyRunning(msg)) => {
+            eprintln!("{msg}");
+            ExitCode::from(EXIT_ALREADY_RUNNING)
+        }
+        Err(Failure::Other(msg)) => {
+            eprintln!("sessiond: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    AlreadyRunning(String),
+    Other(String),
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Other(e.to_string())
+    }
+}
+
+fn start(args: Args) -> Result<(), Failure> {
+    let paths = Paths::resolve(&PathOverrides {
+        runtime_dir: args.runtime_dir.clone(),
+        state_dir: args.state_dir.clone(),
+        config: args.config.clone(),
+    })?;
+    ensure_private_dir(&paths.runtime_dir, DirKind::Runtime)?;
+    ensure_private_dir(&paths.state_dir, DirKind::State)?;
+    let config = Config::load(&paths)?;
+    let instance = match Instance::acquire(&paths) {
+        Ok(instance) => instance,
+        Err(e @ InstanceError::AlreadyRunning { .. }) => {
+            return Err(Failure::AlreadyRunning(e.to_string()))
+        }
+        Err(e) => return Err(e.into()),
+    };
+
+    let mut ready = None;
+    let mut log_file = None;
+    if args.detach {
+        match platform::daemonize(&paths.log_file(), &[instance.lock_fd()])? {
+            Fork::Parent(wait) => {
+                let child = wait.child;
+                // The child holds the lock through its inherited descriptor; ours must not
+                // outlive this process, but it does not matter when it closes.
+                return match wait.wait(READY_TIMEOUT) {
+                    Ok(()) => {
+                        println!(
+                            "sessiond {} running (pid {child}, socket {})",
+                            crate::VERSION,
+                            paths.socket().display()
+                        );
+                        Ok(())
+                    }
+                    Err(why) => Err(Failure::Other(format!(
+                        "{why}\n(log: {})",
+                        paths.log_file().display()
+                    ))),
+                };
+            }
+            Fork::Child(signal) => {
+                ready = Some(signal);
+                log_file = Some(paths.log_file());
+            }
+        }
+    }
+
+    let outcome = serve(paths, config, &instance, log_file, &mut ready, &args);
+    if let (Err(why), Some(signal)) = (&outcome, ready.take()) {
+        signal.fail(why);
+    }
+    instance.release();
+    outcome.map_err(Failure::Other)
+}
+
+/// Everything after the daemon process is settled: logging, runtime, socket, serving.
+fn serve(
+    paths: Paths,
+    config: Config,
+    instance: &Instance,
+    log_file: Option<std::path::PathBuf>,
+    ready: &mut Option<ReadySignal>,
+    args: &Args,
+) -> Result<(), String> {
+    let filter = args
+        .log_level
+        .clone()
+        .or_else(|| config.daemon.log_level.clone())
+        .unwrap_or_else(|| DEFAULT_FILTER.to_string());
+    let log = LogControl::init(&filter).map_err(|e| format!("log filter {filter:?}: {e}"))?;
+    instance
+        .write_pid()
+        .map_err(|e| format!("cannot write {}: {e}", paths.pid_file().display()))?;
+
+    // One thread serves every connection: requests are short, and a single event loop keeps
+    // latency free of cross-thread wake-ups. Blocking work gets threads of its own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async {
+        let socket = paths.socket();
+        let bound = server::bind(&socket)
+            .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+        let ctx = Arc::new(Daemon::new(paths, config.daemon, log, log_file));
+        server::spawn_signal_handlers(&ctx)
+            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        tracing::info!(
+            version = crate::VERSION,
+            pid = ctx.pid,
+            socket = %socket.display(),
+            "sessiond ready"
+        );
+        if let Some(signal) = ready.take() {
+            signal.ready();
+        }
+        server::serve(ctx, bound).await;
+        tracing::info!("sessiond stopped");
+        Ok(())
+    })
+}
