@@ -1,1 +1,43 @@
+//! # sessiond_client: talk to the sessiond daemon
+//!
+//! The library behind `sessionctl`, the tests and the benchmark harness. It finds the daemon's
+//! socket (the same rules as the daemon: `sessiond_proto::paths`), starts the daemon when none
+//! runs and the caller allows it, performs the handshake, and turns typed method calls into
+//! frames and back.
+//!
+//! Two clients over one set of rules:
+//!
+//! - [`Client`] (async, tokio): many concurrent calls pipelined on one connection, plus a
+//!   stream of pushed events. For long-lived programs.
+//! - [`BlockingClient`]: one call at a time with no runtime, and `hello` sent together with
+//!   the first request, so a one-shot command costs one round trip. For CLIs and scripts.
+//!
+//! ```no_run
+//! use sessiond_client::{BlockingClient, ConnectOptions};
+//! use sessiond_proto::methods::{Status, StatusParams};
+//! let opts = ConnectOptions::from_env()?;
+//! let mut client = BlockingClient::connect(&opts)?;
+//! let status = client.call::<Status>(StatusParams {})?;
+//! println!("sessiond {} (pid {})", status.version, status.pid);
+//! # Ok::<(), sessiond_client::ClientError>(())
+//! ```
+//!
+//! How the modules meet: [`options`] says where and how to connect; `transport` reaches the
+//! socket (refusing an unsafe runtime directory); [`autostart`] starts a daemon under a lock
+//! when none answers; `exchange` interprets the daemon's frames for both clients; [`error`]
+//! gives every failure a message, a stable code and an exit status.
 
+pub mod autostart;
+mod blocking;
+mod client;
+pub mod error;
+mod exchange;
+pub mod options;
+mod transport;
+
+pub use blocking::BlockingClient;
+pub use client::Client;
+pub use error::{exit, ClientError};
+pub use options::ConnectOptions;
+pub use sessiond_proto as proto;
+pub use transport::daemon_lock_holder;

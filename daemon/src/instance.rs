@@ -14,6 +14,9 @@ use std::path::PathBuf;
 
 use sessiond_proto::paths::Paths;
 
+/// How long a starting daemon keeps trying a held lock before reporting "already running".
+const PROBE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The held instance lock. Dropping it releases the lock.
 pub struct Instance {
     lock: File,
@@ -47,7 +50,17 @@ impl Instance {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let lock = options.open(&path).map_err(io_err)?;
-        match lock.try_lock() {
+        // A client probing whether a daemon runs holds the lock for an instant; retry for a
+        // moment so such a probe never makes a starting daemon call itself a duplicate.
+        let deadline = std::time::Instant::now() + PROBE_GRACE;
+        let mut attempt = lock.try_lock();
+        while matches!(attempt, Err(std::fs::TryLockError::WouldBlock))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            attempt = lock.try_lock();
+        }
+        match attempt {
             Ok(()) => Ok(Instance {
                 lock,
                 pid_file: paths.pid_file(),

@@ -257,9 +257,9 @@ pub struct Lagged {
     pub missed: u64,
 }
 
-/// The message of the `version_mismatch` error the daemon sends before closing a connection
-/// whose `hello` named another major version. It names both versions and both ways out,
-/// because only the user knows which side is the stale one.
+/// The message of a `version_mismatch`: sent by the daemon before closing a connection whose
+/// `hello` named another major version, and shown by a client whose daemon's `welcome` does.
+/// It names both versions and both ways out, because only the user knows which side is stale.
 pub fn version_mismatch_message(client: ProtocolVersion, daemon: ProtocolVersion) -> String {
     format!(
         "protocol version mismatch: the client speaks {client}, the running daemon speaks \
@@ -268,3 +268,4 @@ pub fn version_mismatch_message(client: ProtocolVersion, daemon: ProtocolVersion
         daemon.major
     )
 }
+

@@ -33,6 +33,7 @@ pub mod paths;
 pub mod version;
 
 pub use error::ErrorCode;
+pub use envelope::version_mismatch_message;
 pub use version::{ProtocolVersion, PROTOCOL_VERSION};
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp on the wire.

@@ -1,1 +1,73 @@
-fn main(){}
+//! The `sessionctl` binary: parse, connect as the command needs, print, exit with a documented
+//! status. The protocol work is in the `sessiond_client` library.
+
+mod cli;
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use sessiond_client::options::autostart_disabled_by_env;
+use sessiond_client::{exit, ClientError, ConnectOptions};
+use sessiond_proto::paths::{PathOverrides, Paths};
+
+use cli::{Cli, Command};
+use output::{report, Out};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let out = Out {
+        json: cli.global.json,
+    };
+    let result = options(&cli).and_then(|opts| match &cli.command {
+        Command::Ping => commands::ping::run(&opts, &out),
+        Command::Version => commands::version::run(&opts, &out),
+        Command::Daemon(cmd) => commands::daemon::run(cmd, &opts, &out),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => ExitCode::from(report(&e, out.json)),
+    }
+}
+
+fn options(cli: &Cli) -> Result<ConnectOptions, ClientError> {
+    let g = &cli.global;
+    let paths = Paths::resolve(&PathOverrides {
+        runtime_dir: g.runtime_dir.clone(),
+        state_dir: g.state_dir.clone(),
+        config: g.config.clone(),
+    })?;
+    let mut opts = ConnectOptions::new(paths);
+    opts.autostart = !g.no_autostart && !autostart_disabled_by_env();
+    opts.client_name = format!("sessionctl {}", env!("CARGO_PKG_VERSION"));
+    opts.timeout = Duration::from_secs_f64(g.timeout);
+    Ok(opts)
+}
+
+/// Help and version go to stdout with status 0; real usage errors exit 2, as JSON on stderr
+/// when --json was asked for.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    if std::env::args().any(|a| a == "--json") {
+        let doc = serde_json::json!({
+            "error": {
+                "code": "usage",
+                "message": e.render().to_string().trim_end(),
+                "exit_code": exit::USAGE,
+            }
+        });
+        eprintln!("{doc}");
+        return ExitCode::from(exit::USAGE);
+    }
+    let _ = e.print();
+    ExitCode::from(exit::USAGE)
+}

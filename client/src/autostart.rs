@@ -1,0 +1,156 @@
+//! Starting the daemon when none answers, so that `sessionctl` alone is enough.
+//!
+//! Many clients may find no daemon at the same moment (a shell starting ten status lines, an
+//! editor opening). They serialise on `RUNTIME/autostart.lock`; whoever holds it first tries to
+//! connect once more (someone may have just started it), and only then runs
+//! `sessiond --detach`, which returns once its socket accepts. The rest, getting the lock
+//! after, find the daemon already up. The daemon's own instance lock makes a duplicate
+//! impossible even if this serialisation were bypassed.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sessiond_proto::paths::{ensure_private_dir, DirKind};
+
+use crate::error::ClientError;
+use crate::options::ConnectOptions;
+use crate::transport::{try_connect_sync, Attempt};
+
+/// sessiond's exit status when another daemon already runs (see `sessiond --help`).
+const DAEMON_EXIT_ALREADY_RUNNING: i32 = 3;
+
+/// Makes sure a daemon runs, starting one if needed. Returns once one accepts connections or
+/// the startup timeout passes.
+pub fn ensure_daemon(opts: &ConnectOptions) -> Result<(), ClientError> {
+    let paths = &opts.paths;
+    ensure_private_dir(&paths.runtime_dir, DirKind::Runtime)?;
+    let deadline = Instant::now() + opts.startup_timeout;
+    let lock_path = paths.autostart_lock();
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let lock = options
+        .open(&lock_path)
+        .map_err(|e| ClientError::Local(format!("cannot open {}: {e}", lock_path.display())))?;
+    lock_until(&lock, deadline).map_err(|_| {
+        ClientError::Local(format!(
+            "another client has held {} for {:?} while starting sessiond; check `ps` for a \
+             stuck sessiond or sessionctl",
+            lock_path.display(),
+            opts.startup_timeout
+        ))
+    })?;
+    // Someone else may have started it while we waited for the lock.
+    if let Attempt::Connected(_) = try_connect_sync(paths, opts.timeout)? {
+        return Ok(());
+    }
+    spawn_detached(opts, deadline)
+    // `lock` is released when dropped here, after the daemon accepts.
+}
+
+fn lock_until(file: &File, deadline: Instant) -> Result<(), ()> {
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => return Err(()),
+        }
+    }
+}
+
+/// Runs `sessiond --detach` with the same directories and waits for it to report ready.
+fn spawn_detached(opts: &ConnectOptions, deadline: Instant) -> Result<(), ClientError> {
+    let paths = &opts.paths;
+    let program = opts.daemon_program();
+    let mut cmd = Command::new(&program);
+    cmd.arg("--detach")
+        .arg("--runtime-dir")
+        .arg(&paths.runtime_dir)
+        .arg("--state-dir")
+        .arg(&paths.state_dir);
+    // Only pass the config when it was chosen explicitly: an explicit file must exist, while
+    // the default one may be absent.
+    if paths.config_explicit {
+        cmd.arg("--config").arg(&paths.config);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| ClientError::Autostart {
+        reason: format!(
+            "cannot run {}: {e}; install sessiond beside sessionctl or on PATH, or set \
+             SESSIOND_BIN to it",
+            program.display()
+        ),
+        log: paths.log_file(),
+        tail: String::new(),
+    })?;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            Ok(None) => {
+                // It may still come up; leave it be rather than kill a daemon mid-start.
+                return Err(ClientError::Autostart {
+                    reason: format!(
+                        "{} did not report ready within {:?}",
+                        program.display(),
+                        opts.startup_timeout
+                    ),
+                    log: paths.log_file(),
+                    tail: log_tail(&paths.log_file()),
+                });
+            }
+            Err(e) => {
+                return Err(ClientError::Local(format!(
+                    "waiting for {}: {e}",
+                    program.display()
+                )))
+            }
+        }
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    if status.success() {
+        return Ok(());
+    }
+    if status.code() == Some(DAEMON_EXIT_ALREADY_RUNNING) {
+        return Err(ClientError::SocketMissing {
+            socket: paths.socket(),
+            detail: stderr.trim().to_string(),
+        });
+    }
+    let reason = match stderr.trim() {
+        "" => format!("{} exited with {status}", program.display()),
+        text => text.to_string(),
+    };
+    Err(ClientError::Autostart {
+        reason,
+        log: paths.log_file(),
+        tail: log_tail(&paths.log_file()),
+    })
+}
+
+/// The last lines of the daemon's log, for an error message.
+fn log_tail(path: &Path) -> String {
+    const LINES: usize = 15;
+    const WINDOW: u64 = 16 * 1024;
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(WINDOW)));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LINES)..].join("\n")
+}

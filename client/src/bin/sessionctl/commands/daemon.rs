@@ -1,0 +1,228 @@
+//! `sessionctl daemon …`: status, start, stop, restart, log-level, paths.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sessiond_client::{autostart, daemon_lock_holder, BlockingClient, ClientError, ConnectOptions};
+use sessiond_proto::methods::{
+    SetLogLevel, SetLogLevelParams, Shutdown, ShutdownParams, Status, StatusParams, StatusResult,
+};
+
+use crate::cli::DaemonCommand;
+use crate::output::{human_duration, Out};
+
+pub fn run(cmd: &DaemonCommand, opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
+    match cmd {
+        DaemonCommand::Status => status(opts, out),
+        DaemonCommand::Start => start(opts, out),
+        DaemonCommand::Stop => stop(opts, out),
+        DaemonCommand::Restart => restart(opts, out),
+        DaemonCommand::LogLevel { level } => log_level(opts, out, level),
+        DaemonCommand::Paths => paths(opts, out),
+    }
+}
+
+/// Options that never start a daemon: for commands about the one that runs.
+fn existing_only(opts: &ConnectOptions) -> ConnectOptions {
+    let mut opts = opts.clone();
+    opts.autostart = false;
+    opts
+}
+
+fn fetch_status(opts: &ConnectOptions) -> Result<StatusResult, ClientError> {
+    BlockingClient::connect(opts)?.call::<Status>(StatusParams {})
+}
+
+fn status(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
+    let s = fetch_status(&existing_only(opts))?;
+    out.emit(&s, |w| {
+        writeln!(
+            w,
+            "sessiond {} (protocol {}), pid {}, up {}",
+            s.version,
+            s.protocol,
+            s.pid,
+            human_duration(s.uptime_ms)
+        )?;
+        let config_note = if std::path::Path::new(&s.config).exists() {
+            ""
+        } else {
+            " (absent: defaults)"
+        };
+        let rows = [
+            ("socket", s.socket.clone()),
+            ("runtime dir", s.runtime_dir.clone()),
+            ("state dir", s.state_dir.clone()),
+            ("config", format!("{}{config_note}", s.config)),
+            (
+                "log",
+                s.log_file
+                    .clone()
+                    .unwrap_or_else(|| "stderr of the daemon".into()),
+            ),
+            ("log level", s.log_level.clone()),
+            (
+                "connections",
+                format!("{} of {}", s.connections, s.max_connections),
+            ),
+            ("max frame", format!("{} bytes", s.max_frame_bytes)),
+        ];
+        for (key, value) in rows {
+            writeln!(w, "  {key:<12} {value}")?;
+        }
+        Ok(())
+    })
+}
+
+#[derive(Serialize)]
+struct StartReport {
+    /// Whether this command started it (false: it was already running).
+    started: bool,
+    pid: u32,
+    socket: String,
+}
+
+fn start(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
+    let started = match fetch_status(&existing_only(opts)) {
+        Ok(_) => false,
+        Err(ClientError::NotRunning { .. }) => {
+            autostart::ensure_daemon(opts)?;
+            true
+        }
+        Err(e) => return Err(e),
+    };
+    let s = fetch_status(&existing_only(opts))?;
+    let report = StartReport {
+        started,
+        pid: s.pid,
+        socket: s.socket,
+    };
+    out.emit(&report, |w| {
+        let verb = if started { "started" } else { "already running:" };
+        writeln!(
+            w,
+            "sessiond {verb} pid {}, socket {}",
+            report.pid, report.socket
+        )
+    })
+}
+
+#[derive(Serialize)]
+struct StopReport {
+    /// Whether a daemon was stopped (false: none was running).
+    stopped: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+}
+
+/// Asks the daemon to stop and waits until it has exited; `None` when none was running.
+fn stop_daemon(opts: &ConnectOptions) -> Result<Option<u32>, ClientError> {
+    let opts = existing_only(opts);
+    let mut client = match BlockingClient::connect(&opts) {
+        Ok(client) => client,
+        Err(ClientError::NotRunning { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let pid = client.call::<Shutdown>(ShutdownParams {})?.pid;
+    drop(client);
+    // The daemon holds its instance lock until the process is gone; the lock, unlike the pid,
+    // cannot be fooled by pid reuse or by a zombie waiting for its parent.
+    let deadline = Instant::now() + opts.timeout;
+    while daemon_lock_holder(&opts.paths).is_some() {
+        if Instant::now() >= deadline {
+            return Err(ClientError::Local(format!(
+                "sessiond (pid {pid}) accepted shutdown but had not exited after {:?}; check \
+                 its log, or end it with `kill {pid}`",
+                opts.timeout
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(Some(pid))
+}
+
+fn stop(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
+    let pid = stop_daemon(opts)?;
+    let report = StopReport {
+        stopped: pid.is_some(),
+        pid,
+    };
+    out.emit(&report, |w| match pid {
+        Some(pid) => writeln!(w, "stopped sessiond (pid {pid})"),
+        None => writeln!(w, "sessiond is not running"),
+    })
+}
+
+#[derive(Serialize)]
+struct RestartReport {
+    /// The pid of the daemon that was stopped, if one ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stopped_pid: Option<u32>,
+    pid: u32,
+    socket: String,
+}
+
+fn restart(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
+    let stopped_pid = stop_daemon(opts)?;
+    autostart::ensure_daemon(opts)?;
+    let s = fetch_status(&existing_only(opts))?;
+    let report = RestartReport {
+        stopped_pid,
+        pid: s.pid,
+        socket: s.socket,
+    };
+    out.emit(&report, |w| match report.stopped_pid {
+        Some(old) => writeln!(w, "restarted sessiond: pid {old} → pid {}", report.pid),
+        None => writeln!(w, "started sessiond: pid {}", report.pid),
+    })
+}
+
+fn log_level(opts: &ConnectOptions, out: &Out, level: &str) -> Result<(), ClientError> {
+    let result = BlockingClient::connect(&existing_only(opts))?.call::<SetLogLevel>(
+        SetLogLevelParams {
+            level: level.to_string(),
+        },
+    )?;
+    out.emit(&result, |w| {
+        writeln!(w, "log level: {} → {}", result.previous, result.level)
+    })
+}
+
+#[derive(Serialize)]
+struct PathsReport {
+    runtime_dir: String,
+    state_dir: String,
+    config: String,
+    socket: String,
+    lock_file: String,
+    pid_file: String,
+    log_file: String,
+}
+
+fn paths(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
+    let p = &opts.paths;
+    let s = |path: std::path::PathBuf| path.display().to_string();
+    let report = PathsReport {
+        runtime_dir: s(p.runtime_dir.clone()),
+        state_dir: s(p.state_dir.clone()),
+        config: s(p.config.clone()),
+        socket: s(p.socket()),
+        lock_file: s(p.lock_file()),
+        pid_file: s(p.pid_file()),
+        log_file: s(p.log_file()),
+    };
+    out.emit(&report, |w| {
+        for (key, value) in [
+            ("runtime dir", &report.runtime_dir),
+            ("state dir", &report.state_dir),
+            ("config", &report.config),
+            ("socket", &report.socket),
+            ("lock file", &report.lock_file),
+            ("pid file", &report.pid_file),
+            ("log file", &report.log_file),
+        ] {
+            writeln!(w, "{key:<12} {value}")?;
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,6 @@
+//! One module per command group; each function connects as it needs, calls the daemon, and
+//! hands the result to `Out`.
+
+pub mod daemon;
+pub mod ping;
+pub mod version;

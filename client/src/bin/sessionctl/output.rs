@@ -1,0 +1,65 @@
+//! Printing results and errors, in human or JSON form, in one place.
+//!
+//! Every command hands its result here as a serializable value plus a closure that renders it
+//! for people; `--json` picks the first, otherwise the second. A closed stdout (`| head`) ends
+//! output quietly instead of panicking.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+use sessiond_client::ClientError;
+
+/// Where and how a command prints.
+pub struct Out {
+    pub json: bool,
+}
+
+impl Out {
+    /// Prints `value` as JSON, or runs `human` to print it for people.
+    pub fn emit<T: Serialize>(
+        &self,
+        value: &T,
+        human: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<(), ClientError> {
+        let stdout = io::stdout();
+        let mut lock = stdout.lock();
+        let result = if self.json {
+            serde_json::to_writer_pretty(&mut lock, value)
+                .map_err(io::Error::from)
+                .and_then(|()| writeln!(lock))
+        } else {
+            human(&mut lock)
+        };
+        match result.and_then(|()| lock.flush()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            Err(e) => Err(ClientError::Local(format!("cannot write output: {e}"))),
+        }
+    }
+}
+
+/// Prints an error on stderr and returns its exit status.
+pub fn report(err: &ClientError, json: bool) -> u8 {
+    let code = err.exit_code();
+    if json {
+        let doc = serde_json::json!({
+            "error": { "code": err.code(), "message": err.to_string(), "exit_code": code }
+        });
+        eprintln!("{doc}");
+    } else {
+        eprintln!("sessionctl: {err}");
+    }
+    code
+}
+
+/// Renders a duration in milliseconds the way people read uptimes: "3d 4h", "2h 5m", "4m 10s".
+pub fn human_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{sec}s"),
+        (0, 0, _) => format!("{m}m {sec}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}

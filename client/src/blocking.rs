@@ -1,0 +1,158 @@
+//! The blocking client: one connection, one request at a time, no async runtime.
+//!
+//! This is what `sessionctl` uses: a one-shot command pays for process start, connect and one
+//! round trip, nothing more. `hello` and the first request go out together (the protocol
+//! allows requests before `welcome`), so a whole command is a single round trip.
+
+use std::collections::VecDeque;
+use std::io::{self, BufReader, Write};
+use std::time::{Duration, Instant};
+
+use interprocess::local_socket::traits::Stream as _;
+use interprocess::local_socket::Stream;
+use sessiond_proto::envelope::Welcome;
+use sessiond_proto::frame::{self, FrameError, CLIENT_MAX_FRAME};
+use sessiond_proto::methods::Method;
+
+use crate::autostart::ensure_daemon;
+use crate::error::ClientError;
+use crate::exchange;
+use crate::options::ConnectOptions;
+use crate::transport::{absent_error, try_connect_sync, Attempt};
+
+/// A blocking connection to the daemon.
+pub struct BlockingClient {
+    reader: BufReader<Stream>,
+    welcome: Option<Welcome>,
+    next_id: u64,
+    timeout: Duration,
+    /// Events that arrived while waiting for an answer, kept for [`Self::next_event`].
+    events: VecDeque<Vec<u8>>,
+}
+
+impl BlockingClient {
+    /// Connects (starting the daemon if allowed and needed) and sends `hello`. Does not wait
+    /// for `welcome`: the first call reads it.
+    pub fn connect(opts: &ConnectOptions) -> Result<Self, ClientError> {
+        let stream = match try_connect_sync(&opts.paths, opts.timeout)? {
+            Attempt::Connected(stream) => stream,
+            Attempt::Absent if !opts.autostart => return Err(absent_error(&opts.paths)),
+            Attempt::Absent => {
+                ensure_daemon(opts)?;
+                connect_with_backoff(opts)?
+            }
+        };
+        stream
+            .set_recv_timeout(Some(opts.timeout))
+            .map_err(|e| ClientError::Local(format!("cannot set socket timeout: {e}")))?;
+        let mut w = &stream;
+        w.write_all(&exchange::hello(&opts.client_name))
+            .map_err(|e| ClientError::Disconnected(format!("sending hello: {e}")))?;
+        Ok(Self {
+            reader: BufReader::new(stream),
+            welcome: None,
+            next_id: 1,
+            timeout: opts.timeout,
+            events: VecDeque::new(),
+        })
+    }
+
+    /// The daemon's welcome, reading it if it has not arrived yet.
+    pub fn welcome(&mut self) -> Result<&Welcome, ClientError> {
+        if self.welcome.is_none() {
+            let payload = self.read_payload()?;
+            self.welcome = Some(exchange::welcome(&payload)?);
+        }
+        Ok(self.welcome.as_ref().expect("set above"))
+    }
+
+    /// Calls method `M` and waits for its answer.
+    pub fn call<M: Method>(&mut self, params: M::Params) -> Result<M::Result, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let bytes = exchange::request::<M>(id, &params)?;
+        let mut w = self.reader.get_ref();
+        w.write_all(&bytes)
+            .map_err(|e| ClientError::Disconnected(format!("sending {}: {e}", M::NAME)))?;
+        self.welcome()?;
+        loop {
+            let payload = self.read_payload()?;
+            let head = exchange::head(&payload)?;
+            match (head.kind, head.id) {
+                ("response" | "error", Some(got)) if got == id => {
+                    return exchange::answer::<M>(&payload)
+                }
+                ("error", None) => return Err(exchange::error(&payload)),
+                ("event", _) => self.events.push_back(payload),
+                // An answer to an earlier call that timed out on our side: drop it.
+                _ => {}
+            }
+        }
+    }
+
+    /// The next pushed event's payload (waiting for it), or `None` when the daemon closed
+    /// the connection. Waits at most the timeout set by [`Self::set_timeout`].
+    pub fn next_event(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
+        if let Some(event) = self.events.pop_front() {
+            return Ok(Some(event));
+        }
+        self.welcome()?;
+        loop {
+            let payload = match self.read_payload() {
+                Ok(p) => p,
+                Err(ClientError::Disconnected(_)) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let head = exchange::head(&payload)?;
+            match (head.kind, head.id) {
+                ("event", _) => return Ok(Some(payload)),
+                ("error", None) => return Err(exchange::error(&payload)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Changes how long a read may wait; `None` waits forever (for following events).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        self.timeout = timeout.unwrap_or(Duration::ZERO);
+        self.reader
+            .get_ref()
+            .set_recv_timeout(timeout)
+            .map_err(|e| ClientError::Local(format!("cannot set socket timeout: {e}")))
+    }
+
+    fn read_payload(&mut self) -> Result<Vec<u8>, ClientError> {
+        match frame::read_frame(&mut self.reader, CLIENT_MAX_FRAME) {
+            Ok(Some(payload)) => Ok(payload),
+            Ok(None) => Err(ClientError::Disconnected(
+                "the daemon closed the connection".into(),
+            )),
+            Err(FrameError::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(ClientError::Timeout(self.timeout))
+            }
+            Err(FrameError::Io(e)) => Err(ClientError::Disconnected(e.to_string())),
+            Err(e) => Err(ClientError::Protocol(e.to_string())),
+        }
+    }
+}
+
+/// Connects to a daemon that was just started, retrying briefly with backoff.
+fn connect_with_backoff(opts: &ConnectOptions) -> Result<Stream, ClientError> {
+    let deadline = Instant::now() + opts.startup_timeout;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if let Attempt::Connected(stream) = try_connect_sync(&opts.paths, opts.timeout)? {
+            return Ok(stream);
+        }
+        if Instant::now() >= deadline {
+            return Err(absent_error(&opts.paths));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,231 @@
+//! The async client: one connection shared by any number of concurrent calls.
+//!
+//! A reader task owns the receiving side and routes each frame by its head: an answer goes to
+//! the call waiting for that `id` (as raw bytes, decoded by the caller, who knows the result
+//! type), an event goes to the event stream. A writer task owns the sending side. Calls only
+//! touch a short-lived map of pending ids; no lock is held across any await.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use interprocess::local_socket::tokio::Stream;
+use sessiond_proto::envelope::Welcome;
+use sessiond_proto::frame::{
+    tokio_io::{read_frame, wait_readable},
+    CLIENT_MAX_FRAME,
+};
+use sessiond_proto::methods::Method;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::error::ClientError;
+use crate::exchange;
+use crate::options::ConnectOptions;
+use crate::transport::{absent_error, try_connect_async, Attempt};
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, ClientError>>>>>;
+
+/// Events are buffered up to this many frames before the reader stops reading, which pushes
+/// back to the daemon (which then reports `lagged` rather than slowing down).
+const EVENT_BUFFER: usize = 1024;
+
+/// An async connection to the daemon.
+pub struct Client {
+    outbox: mpsc::Sender<Vec<u8>>,
+    pending: Pending,
+    next_id: AtomicU64,
+    welcome: Welcome,
+    timeout: Duration,
+    events: Mutex<Option<mpsc::Receiver<Vec<u8>>>>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Client {
+    /// Connects (starting the daemon if allowed and needed), and completes the handshake.
+    pub async fn connect(opts: &ConnectOptions) -> Result<Client, ClientError> {
+        let stream = match try_connect_async(&opts.paths).await? {
+            Attempt::Connected(stream) => stream,
+            Attempt::Absent if !opts.autostart => return Err(absent_error(&opts.paths)),
+            Attempt::Absent => {
+                let blocking_opts = opts.clone();
+                tokio::task::spawn_blocking(move || crate::autostart::ensure_daemon(&blocking_opts))
+                    .await
+                    .map_err(|e| ClientError::Local(format!("autostart task failed: {e}")))??;
+                connect_with_backoff(opts).await?
+            }
+        };
+        let stream = Arc::new(stream);
+        let mut reader = BufReader::new(OwnedRead(stream.clone()));
+        let mut w = &*stream;
+        w.write_all(&exchange::hello(&opts.client_name))
+            .await
+            .map_err(|e| ClientError::Disconnected(format!("sending hello: {e}")))?;
+        let first = tokio::time::timeout(
+            opts.timeout,
+            read_frame(&mut reader, CLIENT_MAX_FRAME, opts.timeout),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout(opts.timeout))?
+        .map_err(|e| ClientError::Disconnected(format!("waiting for welcome: {e}")))?;
+        let welcome = exchange::welcome(&first)?;
+
+        let pending: Pending = Arc::default();
+        let (outbox, queue) = mpsc::channel::<Vec<u8>>(256);
+        let (event_tx, event_rx) = mpsc::channel(EVENT_BUFFER);
+        let reader_task = tokio::spawn(read_loop(reader, pending.clone(), event_tx));
+        let writer_task = tokio::spawn(write_loop(stream, queue, pending.clone()));
+        Ok(Client {
+            outbox,
+            pending,
+            next_id: AtomicU64::new(1),
+            welcome,
+            timeout: opts.timeout,
+            events: Mutex::new(Some(event_rx)),
+            tasks: [reader_task, writer_task],
+        })
+    }
+
+    /// The daemon's welcome: its version, pid and capabilities.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// Calls method `M` and waits (at most the configured timeout) for its answer. Calls may
+    /// run concurrently; they are pipelined on the one connection.
+    pub async fn call<M: Method>(&self, params: M::Params) -> Result<M::Result, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let bytes = exchange::request::<M>(id, &params)?;
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, tx);
+        if self.outbox.send(bytes).await.is_err() {
+            lock(&self.pending).remove(&id);
+            return Err(ClientError::Disconnected("the connection is closed".into()));
+        }
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(Ok(payload))) => exchange::answer::<M>(&payload),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(ClientError::Disconnected("the connection is closed".into())),
+            Err(_) => {
+                lock(&self.pending).remove(&id);
+                Err(ClientError::Timeout(self.timeout))
+            }
+        }
+    }
+
+    /// The stream of pushed event frames (raw payloads; decode with
+    /// `sessiond_proto::frame::decode`). Can be taken once; `None` after that.
+    pub fn take_events(&self) -> Option<mpsc::Receiver<Vec<u8>>> {
+        lock(&self.events).take()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The read side of a shared stream, owned so the reader task can be `'static`.
+struct OwnedRead(Arc<Stream>);
+
+impl tokio::io::AsyncRead for OwnedRead {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut &*self.0).poll_read(cx, buf)
+    }
+}
+
+async fn read_loop(
+    mut reader: BufReader<OwnedRead>,
+    pending: Pending,
+    events: mpsc::Sender<Vec<u8>>,
+) {
+    let why = loop {
+        match wait_readable(&mut reader).await {
+            Ok(true) => {}
+            Ok(false) => break ClientError::Disconnected("the daemon closed the connection".into()),
+            Err(e) => break ClientError::Disconnected(e.to_string()),
+        }
+        // Once a frame has started, the daemon sends the rest at once; a generous bound only
+        // guards against a wedged peer.
+        let payload =
+            match read_frame(&mut reader, CLIENT_MAX_FRAME, Duration::from_secs(60)).await {
+                Ok(p) => p,
+                Err(e) => break ClientError::Disconnected(e.to_string()),
+            };
+        let (kind, id) = match exchange::head(&payload) {
+            Ok(head) => (head.kind.to_string(), head.id),
+            Err(e) => break e,
+        };
+        match (kind.as_str(), id) {
+            ("response" | "error", Some(id)) => {
+                if let Some(waiter) = lock(&pending).remove(&id) {
+                    let _ = waiter.send(Ok(payload));
+                }
+            }
+            ("error", None) => break exchange::error(&payload),
+            ("event", _) => {
+                if events.send(payload).await.is_err() {
+                    // Nobody listens for events; keep serving answers.
+                }
+            }
+            _ => {}
+        }
+    };
+    fail_all(&pending, &why);
+}
+
+async fn write_loop(stream: Arc<Stream>, mut queue: mpsc::Receiver<Vec<u8>>, pending: Pending) {
+    let mut w = &*stream;
+    while let Some(bytes) = queue.recv().await {
+        if let Err(e) = w.write_all(&bytes).await {
+            fail_all(
+                &pending,
+                &ClientError::Disconnected(format!("sending a request: {e}")),
+            );
+            return;
+        }
+    }
+}
+
+/// Fails every call still waiting, with the reason the connection ended.
+fn fail_all(pending: &Pending, why: &ClientError) {
+    for (_, waiter) in lock(pending).drain() {
+        let e = match why {
+            ClientError::Remote { code, message } => ClientError::Remote {
+                code: code.clone(),
+                message: message.clone(),
+            },
+            ClientError::VersionMismatch(m) => ClientError::VersionMismatch(m.clone()),
+            other => ClientError::Disconnected(other.to_string()),
+        };
+        let _ = waiter.send(Err(e));
+    }
+}
+
+async fn connect_with_backoff(opts: &ConnectOptions) -> Result<Stream, ClientError> {
+    let deadline = Instant::now() + opts.startup_timeout;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if let Attempt::Connected(stream) = try_connect_async(&opts.paths).await? {
+            return Ok(stream);
+        }
+        if Instant::now() >= deadline {
+            return Err(absent_error(&opts.paths));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,151 @@
+//! Client errors: each says what failed, for which path or request, and what to do, and maps
+//! to one of sessionctl's documented exit codes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sessiond_proto::envelope::ErrorFrame;
+use sessiond_proto::paths::PathError;
+use sessiond_proto::ErrorCode;
+
+/// sessionctl's exit codes; documented in the README and `sessionctl --help`.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The daemon refused or failed the request, or a local error (the message says which).
+    pub const FAILURE: u8 = 1;
+    /// Bad command line.
+    pub const USAGE: u8 = 2;
+    /// No daemon could be reached: not running with autostart off, autostart failed, the
+    /// connection broke, or it did not answer in time.
+    pub const UNREACHABLE: u8 = 3;
+    /// Client and daemon speak incompatible protocol versions.
+    pub const VERSION_MISMATCH: u8 = 4;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens and the client may not start a daemon.
+    #[error(
+        "sessiond is not running (no daemon at {}); start it with `sessionctl daemon start` \
+         (other commands start it themselves unless --no-autostart or SESSIOND_NO_AUTOSTART \
+         is set)",
+        socket.display()
+    )]
+    NotRunning { socket: PathBuf },
+
+    /// A daemon holds the instance lock but its socket is gone (deleted by a cleaner).
+    #[error(
+        "sessiond is running ({detail}) but its socket {} is missing; it recreates a deleted \
+         socket within a few seconds, so try again shortly, or restart it with \
+         `sessionctl daemon restart`",
+        socket.display()
+    )]
+    SocketMissing { socket: PathBuf, detail: String },
+
+    /// The socket exists but connecting failed.
+    #[error("cannot connect to sessiond at {}: {source}", socket.display())]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Starting the daemon failed.
+    #[error("could not start sessiond: {reason}{}", log_tail_suffix(log, tail))]
+    Autostart {
+        reason: String,
+        log: PathBuf,
+        tail: String,
+    },
+
+    /// The two sides speak different major protocol versions.
+    #[error("{0}")]
+    VersionMismatch(String),
+
+    /// The daemon answered with an error.
+    #[error("{message}")]
+    Remote { code: ErrorCode, message: String },
+
+    /// The connection ended before the answer came.
+    #[error("connection to sessiond lost: {0}; if it keeps happening, see `sessionctl daemon status` and the daemon's log")]
+    Disconnected(String),
+
+    /// No answer in time.
+    #[error("sessiond did not answer within {0:?}; it may be overloaded or stuck: see `sessionctl daemon status` and its log, or raise --timeout")]
+    Timeout(Duration),
+
+    /// The daemon sent something this client does not understand.
+    #[error("unexpected answer from sessiond: {0}; the daemon and client may be from different builds (`sessionctl version`)")]
+    Protocol(String),
+
+    /// The runtime or state directory is unusable.
+    #[error(transparent)]
+    Path(#[from] PathError),
+
+    /// Anything else local (a lock file, spawning a process).
+    #[error("{0}")]
+    Local(String),
+}
+
+fn log_tail_suffix(log: &std::path::Path, tail: &str) -> String {
+    if tail.trim().is_empty() {
+        format!("\n(no log lines in {})", log.display())
+    } else {
+        format!(
+            "\nlast lines of {}:\n{}",
+            log.display(),
+            tail.trim_end()
+        )
+    }
+}
+
+impl ClientError {
+    /// A stable snake_case name for `--json` output: the daemon's code for remote errors, a
+    /// client-side name otherwise.
+    pub fn code(&self) -> &str {
+        match self {
+            ClientError::NotRunning { .. } => "daemon_not_running",
+            ClientError::SocketMissing { .. } => "socket_missing",
+            ClientError::Connect { .. } => "connect_failed",
+            ClientError::Autostart { .. } => "autostart_failed",
+            ClientError::VersionMismatch(_) => "version_mismatch",
+            ClientError::Remote { code, .. } => code.as_str(),
+            ClientError::Disconnected(_) => "disconnected",
+            ClientError::Timeout(_) => "timeout",
+            ClientError::Protocol(_) => "protocol_error",
+            ClientError::Path(_) => "unsafe_path",
+            ClientError::Local(_) => "local_error",
+        }
+    }
+
+    /// The sessionctl exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::NotRunning { .. }
+            | ClientError::SocketMissing { .. }
+            | ClientError::Connect { .. }
+            | ClientError::Autostart { .. }
+            | ClientError::Disconnected(_)
+            | ClientError::Timeout(_) => exit::UNREACHABLE,
+            ClientError::VersionMismatch(_) => exit::VERSION_MISMATCH,
+            ClientError::Remote { code, .. } if *code == ErrorCode::VERSION_MISMATCH => {
+                exit::VERSION_MISMATCH
+            }
+            _ => exit::FAILURE,
+        }
+    }
+}
+
+impl From<ErrorFrame> for ClientError {
+    fn from(e: ErrorFrame) -> Self {
+        if e.code == ErrorCode::VERSION_MISMATCH {
+            ClientError::VersionMismatch(e.message)
+        } else {
+            ClientError::Remote {
+                code: e.code,
+                message: e.message,
+            }
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Interpreting the daemon's frames, shared by the blocking and the async client so both
+//! agree on what a welcome, an answer or a refusal means. No I/O here.
+
+use sessiond_proto::envelope::{ErrorFrame, FrameHead, Hello, Request, Response, Welcome};
+use sessiond_proto::methods::Method;
+use sessiond_proto::{frame, version_mismatch_message, PROTOCOL_VERSION};
+
+use crate::error::ClientError;
+
+/// The encoded hello this client opens with.
+pub(crate) fn hello(client_name: &str) -> Vec<u8> {
+    frame::encode(&Hello::new(
+        PROTOCOL_VERSION,
+        client_name,
+        Some(std::process::id()),
+    ))
+    .expect("hello always encodes")
+}
+
+/// The encoded request frame for method `M`.
+pub(crate) fn request<M: Method>(id: u64, params: &M::Params) -> Result<Vec<u8>, ClientError> {
+    frame::encode(&Request::new(id, M::NAME, params))
+        .map_err(|e| ClientError::Local(format!("cannot encode {} request: {e}", M::NAME)))
+}
+
+/// Peeks at a frame's head.
+pub(crate) fn head(payload: &[u8]) -> Result<FrameHead<'_>, ClientError> {
+    frame::decode_borrowed(payload)
+        .map_err(|e| ClientError::Protocol(format!("undecodable frame: {e}")))
+}
+
+/// Reads the daemon's first frame: a welcome we can work with, or the refusal as an error.
+pub(crate) fn welcome(payload: &[u8]) -> Result<Welcome, ClientError> {
+    match head(payload)?.kind {
+        "welcome" => {
+            let w: Welcome = frame::decode(payload)
+                .map_err(|e| ClientError::Protocol(format!("malformed welcome: {e}")))?;
+            if !PROTOCOL_VERSION.compatible_with(w.protocol) {
+                return Err(ClientError::VersionMismatch(version_mismatch_message(
+                    PROTOCOL_VERSION,
+                    w.protocol,
+                )));
+            }
+            Ok(w)
+        }
+        "error" => Err(error(payload)),
+        other => Err(ClientError::Protocol(format!(
+            "expected welcome as the first frame, got {other:?}"
+        ))),
+    }
+}
+
+/// Decodes an error frame into a client error.
+pub(crate) fn error(payload: &[u8]) -> ClientError {
+    match frame::decode::<ErrorFrame>(payload) {
+        Ok(e) => e.into(),
+        Err(e) => ClientError::Protocol(format!("malformed error frame: {e}")),
+    }
+}
+
+/// Decodes the answer (response or error) to a request for method `M`.
+pub(crate) fn answer<M: Method>(payload: &[u8]) -> Result<M::Result, ClientError> {
+    match head(payload)?.kind {
+        "response" => frame::decode::<Response<M::Result>>(payload)
+            .map(|r| r.result)
+            .map_err(|e| {
+                ClientError::Protocol(format!("malformed result for {}: {e}", M::NAME))
+            }),
+        "error" => Err(error(payload)),
+        other => Err(ClientError::Protocol(format!(
+            "expected an answer to {}, got a {other:?} frame",
+            M::NAME
+        ))),
+    }
+}
