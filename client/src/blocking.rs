@@ -46,15 +46,30 @@ impl BlockingClient {
             .set_recv_timeout(Some(opts.timeout))
             .map_err(|e| ClientError::Local(format!("cannot set socket timeout: {e}")))?;
         let mut w = &stream;
-        w.write_all(&exchange::hello(&opts.client_name))
-            .map_err(|e| ClientError::Disconnected(format!("sending hello: {e}")))?;
-        Ok(Self {
+        let sent = w.write_all(&exchange::hello(&opts.client_name));
+        let mut client = Self {
             reader: BufReader::new(stream),
             welcome: None,
             next_id: 1,
             timeout: opts.timeout,
             events: VecDeque::new(),
-        })
+        };
+        if let Err(e) = sent {
+            return Err(client.refusal_or(format!("sending hello: {e}")));
+        }
+        Ok(client)
+    }
+
+    /// After a failed write: a daemon that refuses a connection (another user, too many
+    /// connections, another protocol) says why and closes, so a write can fail before the
+    /// reason is read. Prefer that reason to a bare broken pipe.
+    fn refusal_or(&mut self, write_error: String) -> ClientError {
+        match self.welcome() {
+            Err(ClientError::Disconnected(_) | ClientError::Timeout(_)) | Ok(_) => {
+                ClientError::Disconnected(write_error)
+            }
+            Err(refusal) => refusal,
+        }
     }
 
     /// The daemon's welcome, reading it if it has not arrived yet.
@@ -72,8 +87,9 @@ impl BlockingClient {
         self.next_id += 1;
         let bytes = exchange::request::<M>(id, &params)?;
         let mut w = self.reader.get_ref();
-        w.write_all(&bytes)
-            .map_err(|e| ClientError::Disconnected(format!("sending {}: {e}", M::NAME)))?;
+        if let Err(e) = w.write_all(&bytes) {
+            return Err(self.refusal_or(format!("sending {}: {e}", M::NAME)));
+        }
         self.welcome()?;
         loop {
             let payload = self.read_payload()?;

@@ -68,16 +68,19 @@ impl Client {
         let stream = Arc::new(stream);
         let mut reader = BufReader::new(OwnedRead(stream.clone()));
         let mut w = &*stream;
-        w.write_all(&exchange::hello(&opts.client_name))
-            .await
-            .map_err(|e| ClientError::Disconnected(format!("sending hello: {e}")))?;
+        // A failed hello write is not final: a daemon refusing the connection writes its
+        // reason and closes, possibly before our bytes land. Read that reason first.
+        let sent = w.write_all(&exchange::hello(&opts.client_name)).await;
         let first = tokio::time::timeout(
             opts.timeout,
             read_frame(&mut reader, CLIENT_MAX_FRAME, opts.timeout),
         )
         .await
         .map_err(|_| ClientError::Timeout(opts.timeout))?
-        .map_err(|e| ClientError::Disconnected(format!("waiting for welcome: {e}")))?;
+        .map_err(|e| match &sent {
+            Err(w) => ClientError::Disconnected(format!("sending hello: {w}")),
+            Ok(()) => ClientError::Disconnected(format!("waiting for welcome: {e}")),
+        })?;
         let welcome = exchange::welcome(&first)?;
 
         let pending: Pending = Arc::default();

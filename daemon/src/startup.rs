@@ -102,8 +102,12 @@ fn start(args: Args) -> Result<(), Failure> {
     }
 
     let outcome = serve(paths, config, &instance, log_file, &mut ready, &args);
-    if let (Err(why), Some(signal)) = (&outcome, ready.take()) {
-        signal.fail(why);
+    if let Err(why) = &outcome {
+        // Into the log too: a detached daemon's parent may be gone by the time anyone looks.
+        tracing::error!("sessiond failed: {why}");
+        if let Some(signal) = ready.take() {
+            signal.fail(why);
+        }
     }
     instance.release();
     outcome.map_err(Failure::Other)

@@ -1,1 +1,401 @@
+//! Harness for the end-to-end tests: real `sessiond` and `sessionctl` binaries, real sockets,
+//! one private temp directory per test so tests run in parallel.
+//!
+//! The binaries come from the workspace's target directory (the README's test command builds
+//! them first); `SESSIOND_TEST_BIN_DIR` points elsewhere. Every wait here is bounded, and
+//! every daemon a test starts — in the foreground or autostarted — is killed when its
+//! [`Sandbox`] or [`Daemon`] is dropped, pass or fail.
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sessiond_client::ConnectOptions;
+use sessiond_proto::envelope::{ErrorFrame, FrameHead, Hello, Request};
+use sessiond_proto::frame;
+use sessiond_proto::paths::{PathOverrides, Paths};
+use sessiond_proto::PROTOCOL_VERSION;
+
+/// Longest any harness wait may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Directory holding the built binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SESSIOND_TEST_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/<test-binary> → target/<profile>
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first with `cargo build --workspace --bins` \
+         (the README's test command does this), or set SESSIOND_TEST_BIN_DIR",
+        path.display()
+    );
+    path
+}
+
+pub fn sessiond_bin() -> PathBuf {
+    binary("sessiond")
+}
+
+pub fn sessionctl_bin() -> PathBuf {
+    binary("sessionctl")
+}
+
+/// A private set of directories for one test.
+pub struct Sandbox {
+    // Kept for its Drop, which deletes the tree.
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub runtime: PathBuf,
+    pub state: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sandbox {
+    /// Fresh directories and an empty (all defaults) config file.
+    pub fn new() -> Self {
+        Self::with_config("")
+    }
+
+    /// Fresh directories and the given `config.toml` text.
+    pub fn with_config(toml: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("sd")
+            .tempdir()
+            .expect("temp dir");
+        let root = dir.path().to_path_buf();
+        let config = root.join("config.toml");
+        std::fs::write(&config, toml).expect("write config");
+        Sandbox {
+            runtime: root.join("run"),
+            state: root.join("state"),
+            config,
+            root,
+            _dir: dir,
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.runtime.join("sessiond.sock")
+    }
+
+    pub fn pid_file(&self) -> PathBuf {
+        self.runtime.join("sessiond.pid")
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        self.state.join("sessiond.log")
+    }
+
+    pub fn paths(&self) -> Paths {
+        Paths::resolve(&PathOverrides {
+            runtime_dir: Some(self.runtime.clone()),
+            state_dir: Some(self.state.clone()),
+            config: Some(self.config.clone()),
+        })
+        .expect("sandbox paths resolve")
+    }
+
+    /// Library connection options for this sandbox (autostart on, sessiond from the build).
+    pub fn connect_options(&self) -> ConnectOptions {
+        let mut opts = ConnectOptions::new(self.paths());
+        opts.daemon_program = Some(sessiond_bin());
+        opts
+    }
+
+    /// A `sessiond` command pointed at this sandbox.
+    pub fn sessiond(&self) -> Command {
+        let mut cmd = Command::new(sessiond_bin());
+        cmd.arg("--runtime-dir")
+            .arg(&self.runtime)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--config")
+            .arg(&self.config)
+            .env_remove("SESSIOND_LOG");
+        cmd
+    }
+
+    /// Starts `sessiond` in the foreground and waits until its socket accepts.
+    pub fn start_daemon(&self) -> Daemon {
+        let child = self
+            .sessiond()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sessiond");
+        let mut daemon = Daemon { child };
+        let deadline = Instant::now() + WAIT;
+        while UnixStream::connect(self.socket()).is_err() {
+            if let Some(status) = daemon.child.try_wait().expect("try_wait") {
+                let mut err = String::new();
+                if let Some(mut e) = daemon.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("sessiond exited with {status} before accepting: {err}");
+            }
+            assert!(Instant::now() < deadline, "sessiond did not accept within {WAIT:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        daemon
+    }
+
+    /// A `sessionctl` command pointed at this sandbox through the environment, as a user's
+    /// shell would be.
+    pub fn sessionctl(&self) -> Command {
+        let mut cmd = Command::new(sessionctl_bin());
+        cmd.env("SESSIOND_RUNTIME_DIR", &self.runtime)
+            .env("SESSIOND_STATE_DIR", &self.state)
+            .env("SESSIOND_CONFIG", &self.config)
+            .env("SESSIOND_BIN", sessiond_bin())
+            .env_remove("SESSIOND_NO_AUTOSTART")
+            .env_remove("SESSIOND_LOG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `sessionctl ARGS` to completion (bounded by [`WAIT`]).
+    pub fn ctl(&self, args: &[&str]) -> CtlOutput {
+        run_bounded(self.sessionctl().args(args))
+    }
+
+    /// A raw connection to the daemon's socket.
+    pub fn raw(&self) -> RawConn {
+        RawConn::connect(&self.socket())
+    }
+
+    /// The pid recorded in the pid file, if any.
+    pub fn recorded_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // Autostarted daemons are not our children: end whichever daemon this sandbox has.
+        if let Some(pid) = self.recorded_pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Runs a command with a time bound; panics (after killing it) if it overruns.
+pub fn run_bounded(cmd: &mut Command) -> CtlOutput {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{cmd:?} did not finish within {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    CtlOutput(child.wait_with_output().expect("output"))
+}
+
+/// A finished command's output, with helpers for assertions.
+pub struct CtlOutput(pub Output);
+
+impl CtlOutput {
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    /// Stdout parsed as exactly one JSON document.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.0.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON document ({e}):\n{}\nstderr: {}",
+                self.stdout(),
+                self.stderr()
+            )
+        })
+    }
+    /// Stderr parsed as one JSON error document.
+    pub fn json_error(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.0.stderr)
+            .unwrap_or_else(|e| panic!("stderr is not JSON ({e}): {}", self.stderr()))
+    }
+    /// Asserts success and returns stdout.
+    pub fn ok(&self) -> String {
+        assert_eq!(
+            self.code(),
+            0,
+            "expected success\nstdout: {}\nstderr: {}",
+            self.stdout(),
+            self.stderr()
+        );
+        self.stdout()
+    }
+}
+
+/// A daemon process started by the test. Killed on drop.
+pub struct Daemon {
+    pub child: Child,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal");
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "sessiond did not exit within {WAIT:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A connection speaking raw frames, for tests of the wire itself.
+pub struct RawConn {
+    pub stream: UnixStream,
+}
+
+impl RawConn {
+    pub fn connect(socket: &Path) -> RawConn {
+        let stream = UnixStream::connect(socket)
+            .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_write_timeout(Some(WAIT)).unwrap();
+        RawConn { stream }
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    pub fn send<T: Serialize>(&mut self, value: &T) {
+        self.send_bytes(&frame::encode(value).unwrap());
+    }
+
+    pub fn hello(&mut self) {
+        self.send(&Hello::new(PROTOCOL_VERSION, "e2e", Some(std::process::id())));
+    }
+
+    /// Sends hello and reads the welcome.
+    pub fn handshake(&mut self) {
+        self.hello();
+        let payload = self.read().expect("welcome");
+        assert_eq!(kind(&payload), "welcome", "{}", as_json(&payload));
+    }
+
+    pub fn request<P: Serialize>(&mut self, id: u64, method: &str, params: P) {
+        self.send(&Request::new(id, method, params));
+    }
+
+    /// Reads one frame's payload; `None` on end of stream (or a reset after it).
+    pub fn read(&mut self) -> Option<Vec<u8>> {
+        match frame::read_frame(&mut self.stream, 64 * 1024 * 1024) {
+            Ok(p) => p,
+            Err(frame::FrameError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                None
+            }
+            Err(e) => panic!("reading a frame: {e}"),
+        }
+    }
+
+    /// Reads the next frame, which must be an error; returns it.
+    pub fn read_error(&mut self) -> ErrorFrame {
+        let payload = self.read().expect("an error frame, got end of stream");
+        frame::decode(&payload)
+            .unwrap_or_else(|e| panic!("expected an error frame ({e}): {}", as_json(&payload)))
+    }
+
+    /// Asserts the daemon closes the connection (after any frames it still sends).
+    pub fn expect_closed(&mut self) {
+        let mut rest = Vec::new();
+        match self.stream.read_to_end(&mut rest) {
+            Ok(_) => assert!(rest.is_empty(), "unexpected bytes before close: {rest:?}"),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("expected the daemon to close the connection, got {e}"),
+        }
+    }
+}
+
+/// The `type` of a frame.
+pub fn kind(payload: &[u8]) -> String {
+    let head: FrameHead = frame::decode_borrowed(payload).expect("frame head");
+    head.kind.to_string()
+}
+
+/// A payload as generic JSON, for assertions and messages.
+pub fn as_json(payload: &[u8]) -> serde_json::Value {
+    use serde::Deserialize;
+    let mut de = rmp_serde::Deserializer::new(payload);
+    serde_json::Value::deserialize(&mut de).expect("valid MessagePack")
+}
+
+/// Runs a closure until it returns true or [`WAIT`] passes.
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether the tests run as root (needed to test refusing another uid).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}

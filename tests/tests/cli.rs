@@ -1,0 +1,189 @@
+//! sessionctl's commands, output forms and exit codes.
+
+use std::os::unix::net::UnixListener;
+
+use sessiond_proto::envelope::{ErrorFrame, Welcome};
+use sessiond_proto::{frame, ErrorCode, ProtocolVersion};
+use sessiond_tests::{run_bounded, Sandbox};
+
+#[test]
+fn json_output_is_one_document_per_command() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let ping = sb.ctl(&["--json", "ping"]).json();
+    assert_eq!(ping["pong"], true);
+    assert!(ping["round_trip_us"].as_u64().is_some());
+    let version = sb.ctl(&["version", "--json"]).json();
+    assert_eq!(version["client"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(version["daemon"]["pid"], ping["daemon_pid"]);
+    let status = sb.ctl(&["--json", "daemon", "status"]).json();
+    assert_eq!(status["pid"], ping["daemon_pid"]);
+    assert_eq!(status["socket"], sb.socket().display().to_string());
+    assert_eq!(status["max_frame_bytes"], 8 * 1024 * 1024);
+    let paths = sb.ctl(&["--json", "daemon", "paths"]).json();
+    assert_eq!(paths["socket"], sb.socket().display().to_string());
+    assert_eq!(paths["config"], sb.config.display().to_string());
+}
+
+#[test]
+fn human_status_shows_pid_paths_and_connections() {
+    let sb = Sandbox::new();
+    let daemon = sb.start_daemon();
+    let text = sb.ctl(&["daemon", "status"]).ok();
+    assert!(text.contains(&format!("pid {}", daemon.pid())), "{text}");
+    assert!(text.contains(&sb.socket().display().to_string()), "{text}");
+    assert!(text.contains("connections  1 of 256"), "{text}");
+}
+
+#[test]
+fn log_level_command_reports_old_and_new_and_refuses_nonsense() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let v = sb.ctl(&["--json", "daemon", "log-level", "debug"]).json();
+    assert_eq!((v["previous"].as_str(), v["level"].as_str()), (Some("info"), Some("debug")));
+    let out = sb.ctl(&["daemon", "log-level", "chatty"]);
+    assert_eq!(out.code(), 1);
+    assert!(out.stderr().contains("\"chatty\" is not a log level"), "{}", out.stderr());
+    let status = sb.ctl(&["--json", "daemon", "status"]).json();
+    assert_eq!(status["log_level"], "debug");
+}
+
+#[test]
+fn stop_waits_for_exit_and_succeeds_when_nothing_runs() {
+    let sb = Sandbox::new();
+    let mut daemon = sb.start_daemon();
+    let v = sb.ctl(&["--json", "daemon", "stop"]).json();
+    assert_eq!(v["stopped"], true);
+    assert_eq!(v["pid"], daemon.pid());
+    // stop returned only after the daemon let go of its lock: it is exiting or gone.
+    assert_eq!(daemon.wait().code(), Some(0));
+    assert!(!sb.socket().exists());
+    let v = sb.ctl(&["--json", "daemon", "stop"]).json();
+    assert_eq!(v["stopped"], false);
+}
+
+#[test]
+fn status_never_starts_a_daemon() {
+    let sb = Sandbox::new();
+    let out = sb.ctl(&["daemon", "status"]);
+    assert_eq!(out.code(), 3);
+    assert!(out.stderr().contains("not running"), "{}", out.stderr());
+    assert!(!sb.socket().exists());
+    let v = sb.ctl(&["--json", "version"]).json();
+    assert!(v["daemon"].is_null(), "{v}");
+    assert!(!sb.socket().exists());
+}
+
+#[test]
+fn start_and_restart_give_a_fresh_daemon() {
+    let sb = Sandbox::new();
+    let started = sb.ctl(&["--json", "daemon", "start"]).json();
+    assert_eq!(started["started"], true);
+    let again = sb.ctl(&["--json", "daemon", "start"]).json();
+    assert_eq!(again["started"], false);
+    assert_eq!(again["pid"], started["pid"]);
+    let restarted = sb.ctl(&["--json", "daemon", "restart"]).json();
+    assert_eq!(restarted["stopped_pid"], started["pid"]);
+    assert_ne!(restarted["pid"], started["pid"]);
+    let ping = sb.ctl(&["--json", "--no-autostart", "ping"]).json();
+    assert_eq!(ping["daemon_pid"], restarted["pid"]);
+}
+
+#[test]
+fn usage_errors_exit_2_with_json_when_asked() {
+    let sb = Sandbox::new();
+    let out = sb.ctl(&["frobnicate"]);
+    assert_eq!(out.code(), 2);
+    let out = sb.ctl(&["--json", "daemon", "frobnicate"]);
+    assert_eq!(out.code(), 2);
+    assert_eq!(out.json_error()["error"]["code"], "usage");
+    let out = sb.ctl(&["--timeout=-1", "ping"]);
+    assert_eq!(out.code(), 2);
+    assert!(out.stderr().contains("seconds"), "{}", out.stderr());
+}
+
+#[test]
+fn help_is_a_manual() {
+    let sb = Sandbox::new();
+    let help = sb.ctl(&["--help"]).ok();
+    for section in ["AUTOSTART", "EXIT STATUS", "ENVIRONMENT", "EXAMPLES", "daemon"] {
+        assert!(help.contains(section), "--help lacks {section}");
+    }
+    let help = run_bounded(std::process::Command::new(sessiond_tests::sessiond_bin()).arg("--help")).ok();
+    for section in ["FILES", "SIGNALS", "EXIT STATUS"] {
+        assert!(help.contains(section), "sessiond --help lacks {section}");
+    }
+}
+
+/// Serves one connection on the sandbox socket with a scripted first answer, standing in for
+/// a daemon of another protocol version.
+fn fake_daemon(sb: &Sandbox, answer: Vec<u8>) -> std::thread::JoinHandle<()> {
+    std::fs::create_dir_all(&sb.runtime).unwrap();
+    std::fs::set_permissions(
+        &sb.runtime,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let listener = UnixListener::bind(sb.socket()).unwrap();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let _ = frame::read_frame(&mut stream, 1 << 20);
+        std::io::Write::write_all(&mut stream, &answer).unwrap();
+    })
+}
+
+#[test]
+fn daemon_refusing_our_version_exits_4_with_its_message() {
+    let sb = Sandbox::new();
+    let message = sessiond_proto::version_mismatch_message(
+        sessiond_proto::PROTOCOL_VERSION,
+        ProtocolVersion::new(2, 0),
+    );
+    let refusal = frame::encode(&ErrorFrame::new(
+        None,
+        ErrorCode::VERSION_MISMATCH,
+        message.clone(),
+    ))
+    .unwrap();
+    let server = fake_daemon(&sb, refusal);
+    let out = sb.ctl(&["--no-autostart", "--json", "ping"]);
+    server.join().unwrap();
+    assert_eq!(out.code(), 4);
+    let err = out.json_error();
+    assert_eq!(err["error"]["code"], "version_mismatch");
+    assert_eq!(err["error"]["message"], message);
+}
+
+#[test]
+fn daemon_welcoming_with_another_major_is_refused_by_the_client() {
+    let sb = Sandbox::new();
+    let welcome = frame::encode(&Welcome::new(ProtocolVersion::new(9, 1), "9.1.0", 1, vec![])).unwrap();
+    let server = fake_daemon(&sb, welcome);
+    let out = sb.ctl(&["--no-autostart", "ping"]);
+    server.join().unwrap();
+    assert_eq!(out.code(), 4);
+    assert!(out.stderr().contains("9.1"), "{}", out.stderr());
+    assert!(out.stderr().contains("sessionctl daemon restart"), "{}", out.stderr());
+}
+
+#[test]
+fn daemon_that_never_answers_times_out_with_exit_3() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(&sb.runtime).unwrap();
+    std::fs::set_permissions(
+        &sb.runtime,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    // Accepts and reads, never answers.
+    let listener = UnixListener::bind(sb.socket()).unwrap();
+    let holder = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        drop(stream);
+    });
+    let out = sb.ctl(&["--no-autostart", "--timeout", "0.3", "--json", "ping"]);
+    assert_eq!(out.code(), 3);
+    assert_eq!(out.json_error()["error"]["code"], "timeout");
+    holder.join().unwrap();
+}

@@ -1,0 +1,202 @@
+//! The wire contract as seen from a raw socket: handshake, versions, pipelining, errors.
+
+use sessiond_proto::envelope::{Hello, Request, Response, Welcome};
+use sessiond_proto::methods::{Pong, SetLogLevelParams, StatusResult};
+use sessiond_proto::{frame, ErrorCode, ProtocolVersion, PROTOCOL_VERSION};
+use sessiond_tests::{as_json, kind, Sandbox};
+
+#[test]
+fn welcome_names_protocol_version_pid_and_methods() {
+    let sb = Sandbox::new();
+    let daemon = sb.start_daemon();
+    let mut conn = sb.raw();
+    conn.hello();
+    let welcome: Welcome = frame::decode(&conn.read().unwrap()).unwrap();
+    assert_eq!(welcome.protocol, PROTOCOL_VERSION);
+    assert_eq!(welcome.pid as i32, daemon.pid());
+    assert_eq!(welcome.version, env!("CARGO_PKG_VERSION"));
+    for method in ["ping", "status", "set_log_level", "shutdown"] {
+        assert!(welcome.capabilities.iter().any(|c| c == method), "{method} missing");
+    }
+}
+
+#[test]
+fn other_major_version_is_refused_naming_both_versions_and_the_fix() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let mut conn = sb.raw();
+    conn.send(&Hello::new(ProtocolVersion::new(2, 3), "future", None));
+    // A request pipelined behind the refused hello must not be answered.
+    conn.request(1, "ping", serde_json::json!({}));
+    let err = conn.read_error();
+    assert_eq!(err.code, ErrorCode::VERSION_MISMATCH);
+    assert_eq!(err.id, None);
+    assert!(err.message.contains("2.3"), "{}", err.message);
+    assert!(err.message.contains("1.0"), "{}", err.message);
+    assert!(err.message.contains("sessionctl daemon restart"), "{}", err.message);
+    conn.expect_closed();
+}
+
+#[test]
+fn newer_minor_version_is_welcomed() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let mut conn = sb.raw();
+    conn.send(&Hello::new(
+        ProtocolVersion::new(PROTOCOL_VERSION.major, 99),
+        "newer",
+        None,
+    ));
+    assert_eq!(kind(&conn.read().unwrap()), "welcome");
+}
+
+#[test]
+fn first_frame_must_be_hello() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let mut conn = sb.raw();
+    conn.request(1, "ping", serde_json::json!({}));
+    let err = conn.read_error();
+    assert_eq!(err.code, ErrorCode::HANDSHAKE_REQUIRED);
+    assert!(err.message.contains("hello"), "{}", err.message);
+    conn.expect_closed();
+}
+
+#[test]
+fn silent_client_gets_handshake_timeout_and_is_closed() {
+    let sb = Sandbox::with_config("[daemon]\nhandshake_timeout_ms = 200\n");
+    let _daemon = sb.start_daemon();
+    let mut conn = sb.raw();
+    let err = conn.read_error();
+    assert_eq!(err.code, ErrorCode::TIMEOUT);
+    assert!(err.message.contains("hello"), "{}", err.message);
+    conn.expect_closed();
+}
+
+#[test]
+fn pipelined_requests_are_each_answered_once_by_id() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let mut conn = sb.raw();
+    // hello and 60 requests in a single write, ids deliberately out of order.
+    let mut bytes = frame::encode(&Hello::new(PROTOCOL_VERSION, "pipeline", None)).unwrap();
+    let ids: Vec<u64> = (0..60).map(|i| 1000 + (i * 37) % 60).collect();
+    for &id in &ids {
+        let method = if id % 2 == 0 { "ping" } else { "status" };
+        frame::encode_into(&mut bytes, &Request::new(id, method, serde_json::json!({}))).unwrap();
+    }
+    conn.send_bytes(&bytes);
+    assert_eq!(kind(&conn.read().unwrap()), "welcome");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in &ids {
+        let payload = conn.read().expect("an answer per request");
+        assert_eq!(kind(&payload), "response", "{}", as_json(&payload));
+        let v = as_json(&payload);
+        let id = v["id"].as_u64().unwrap();
+        if id % 2 == 0 {
+            let _: Response<Pong> = frame::decode(&payload).unwrap();
+        } else {
+            let r: Response<StatusResult> = frame::decode(&payload).unwrap();
+            assert!(r.result.connections >= 1);
+        }
+        assert!(seen.insert(id), "id {id} answered twice");
+    }
+    assert_eq!(seen, ids.iter().copied().collect());
+}
+
+#[test]
+fn unknown_method_is_refused_and_the_connection_stays_usable() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let mut conn = sb.raw();
+    conn.handshake();
+    conn.request(7, "frobnicate", serde_json::json!({}));
+    let err = conn.read_error();
+    assert_eq!(err.code, ErrorCode::UNKNOWN_METHOD);
+    assert_eq!(err.id, Some(7));
+    assert!(err.message.contains("frobnicate"), "{}", err.message);
+    assert!(err.message.contains("ping"), "lists the methods: {}", err.message);
+    conn.request(8, "ping", serde_json::json!({}));
+    let ok: Response<Pong> = frame::decode(&conn.read().unwrap()).unwrap();
+    assert_eq!(ok.id, 8);
+}
+
+#[test]
+fn params_of_the_wrong_type_are_invalid_argument_naming_the_method() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let mut conn = sb.raw();
+    conn.handshake();
+    conn.request(3, "set_log_level", serde_json::json!({"level": 5}));
+    let err = conn.read_error();
+    assert_eq!(err.code, ErrorCode::INVALID_ARGUMENT);
+    assert_eq!(err.id, Some(3));
+    assert!(err.message.contains("set_log_level"), "{}", err.message);
+    // Missing required params are refused the same way.
+    conn.send(&serde_json::json!({"type": "request", "id": 4, "method": "set_log_level"}));
+    let err = conn.read_error();
+    assert_eq!(err.code, ErrorCode::INVALID_ARGUMENT);
+    assert!(err.message.contains("level"), "{}", err.message);
+}
+
+#[test]
+fn unknown_fields_are_ignored_and_empty_params_may_be_omitted() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let mut conn = sb.raw();
+    conn.send(&serde_json::json!({
+        "type": "hello", "protocol": [1, 0], "client": "extra", "future_field": {"x": 1}
+    }));
+    assert_eq!(kind(&conn.read().unwrap()), "welcome");
+    conn.send(&serde_json::json!({"type": "request", "id": 1, "method": "ping", "trace": "abc"}));
+    let ok: Response<Pong> = frame::decode(&conn.read().unwrap()).unwrap();
+    assert_eq!(ok.id, 1);
+}
+
+#[test]
+fn set_log_level_changes_the_filter_reported_by_status() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let mut conn = sb.raw();
+    conn.handshake();
+    conn.request(
+        1,
+        "set_log_level",
+        SetLogLevelParams {
+            level: "sessiond::conn=debug,warn".into(),
+        },
+    );
+    let v = as_json(&conn.read().unwrap());
+    assert_eq!(v["result"]["previous"], "info");
+    assert_eq!(v["result"]["level"], "sessiond::conn=debug,warn");
+    conn.request(2, "status", serde_json::json!({}));
+    let v = as_json(&conn.read().unwrap());
+    assert_eq!(v["result"]["log_level"], "sessiond::conn=debug,warn");
+    // An unparsable filter changes nothing.
+    conn.request(3, "set_log_level", SetLogLevelParams { level: "loud".into() });
+    let err = conn.read_error();
+    assert_eq!(err.code, ErrorCode::INVALID_ARGUMENT);
+    conn.request(4, "status", serde_json::json!({}));
+    let v = as_json(&conn.read().unwrap());
+    assert_eq!(v["result"]["log_level"], "sessiond::conn=debug,warn");
+}
+
+#[test]
+fn a_second_hello_or_a_daemon_frame_type_is_bad_frame() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let mut conn = sb.raw();
+    conn.handshake();
+    // With an id: refused, connection stays open.
+    conn.send(&serde_json::json!({"type": "response", "id": 9, "result": {}}));
+    let err = conn.read_error();
+    assert_eq!((err.code, err.id), (ErrorCode::BAD_FRAME, Some(9)));
+    conn.request(10, "ping", serde_json::json!({}));
+    assert_eq!(kind(&conn.read().unwrap()), "response");
+    // Without an id: refused and closed.
+    conn.hello();
+    let err = conn.read_error();
+    assert_eq!((err.code, err.id), (ErrorCode::BAD_FRAME, None));
+    assert!(err.message.contains("already"), "{}", err.message);
+    conn.expect_closed();
+}
