@@ -59,9 +59,11 @@ impl Client {
             Attempt::Absent if !opts.autostart => return Err(absent_error(&opts.paths)),
             Attempt::Absent => {
                 let blocking_opts = opts.clone();
-                tokio::task::spawn_blocking(move || crate::autostart::ensure_daemon(&blocking_opts))
-                    .await
-                    .map_err(|e| ClientError::Local(format!("autostart task failed: {e}")))??;
+                tokio::task::spawn_blocking(move || {
+                    crate::autostart::ensure_daemon(&blocking_opts)
+                })
+                .await
+                .map_err(|e| ClientError::Local(format!("autostart task failed: {e}")))??;
                 connect_with_backoff(opts).await?
             }
         };
@@ -158,16 +160,18 @@ async fn read_loop(
     let why = loop {
         match wait_readable(&mut reader).await {
             Ok(true) => {}
-            Ok(false) => break ClientError::Disconnected("the daemon closed the connection".into()),
+            Ok(false) => {
+                break ClientError::Disconnected("the daemon closed the connection".into())
+            }
             Err(e) => break ClientError::Disconnected(e.to_string()),
         }
         // Once a frame has started, the daemon sends the rest at once; a generous bound only
         // guards against a wedged peer.
-        let payload =
-            match read_frame(&mut reader, CLIENT_MAX_FRAME, Duration::from_secs(60)).await {
-                Ok(p) => p,
-                Err(e) => break ClientError::Disconnected(e.to_string()),
-            };
+        let payload = match read_frame(&mut reader, CLIENT_MAX_FRAME, Duration::from_secs(60)).await
+        {
+            Ok(p) => p,
+            Err(e) => break ClientError::Disconnected(e.to_string()),
+        };
         let (kind, id) = match exchange::head(&payload) {
             Ok(head) => (head.kind.to_string(), head.id),
             Err(e) => break e,
@@ -180,9 +184,8 @@ async fn read_loop(
             }
             ("error", None) => break exchange::error(&payload),
             ("event", _) => {
-                if events.send(payload).await.is_err() {
-                    // Nobody listens for events; keep serving answers.
-                }
+                // When nobody listens for events they are dropped; answers keep flowing.
+                let _ = events.send(payload).await;
             }
             _ => {}
         }

@@ -92,11 +92,7 @@ fn log_tail_suffix(log: &std::path::Path, tail: &str) -> String {
     if tail.trim().is_empty() {
         format!("\n(no log lines in {})", log.display())
     } else {
-        format!(
-            "\nlast lines of {}:\n{}",
-            log.display(),
-            tail.trim_end()
-        )
+        format!("\nlast lines of {}:\n{}", log.display(), tail.trim_end())
     }
 }
 

@@ -63,9 +63,7 @@ pub(crate) fn answer<M: Method>(payload: &[u8]) -> Result<M::Result, ClientError
     match head(payload)?.kind {
         "response" => frame::decode::<Response<M::Result>>(payload)
             .map(|r| r.result)
-            .map_err(|e| {
-                ClientError::Protocol(format!("malformed result for {}: {e}", M::NAME))
-            }),
+            .map_err(|e| ClientError::Protocol(format!("malformed result for {}: {e}", M::NAME))),
         "error" => Err(error(payload)),
         other => Err(ClientError::Protocol(format!(
             "expected an answer to {}, got a {other:?} frame",

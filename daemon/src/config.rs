@@ -92,7 +92,12 @@ fn ranges(d: &DaemonConfig) -> [(&'static str, u64, u64, u64); 7] {
         ("frame_timeout_ms", d.frame_timeout_ms, 10, 600_000),
         ("write_timeout_ms", d.write_timeout_ms, 10, 600_000),
         ("shutdown_grace_ms", d.shutdown_grace_ms, 0, 600_000),
-        ("socket_check_interval_ms", d.socket_check_interval_ms, 10, 3_600_000),
+        (
+            "socket_check_interval_ms",
+            d.socket_check_interval_ms,
+            10,
+            3_600_000,
+        ),
     ]
 }
 

@@ -130,11 +130,7 @@ async fn send_fatal(outbox: &mpsc::Sender<Vec<u8>>, code: ErrorCode, message: St
 }
 
 /// Reads frames until the connection should close; returns why, for the log.
-async fn read_loop(
-    ctx: &Daemon,
-    stream: &Stream,
-    outbox: mpsc::Sender<Vec<u8>>,
-) -> &'static str {
+async fn read_loop(ctx: &Daemon, stream: &Stream, outbox: mpsc::Sender<Vec<u8>>) -> &'static str {
     let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
     let max = ctx.config.max_frame();
     let mut shutdown = ctx.shutdown_listener();
@@ -315,7 +311,10 @@ async fn handle_frame(ctx: &Daemon, payload: &[u8], outbox: &mpsc::Sender<Vec<u8
         ("request", None) => {
             send(
                 outbox,
-                reject(None, "request has no integer id, so it cannot be answered".into()),
+                reject(
+                    None,
+                    "request has no integer id, so it cannot be answered".into(),
+                ),
             )
             .await;
             false

@@ -34,11 +34,11 @@ pub async fn status(ctx: &Daemon, _p: StatusParams) -> HandlerResult<StatusResul
     })
 }
 
-pub async fn set_log_level(
-    ctx: &Daemon,
-    p: SetLogLevelParams,
-) -> HandlerResult<SetLogLevelResult> {
-    let (previous, level) = ctx.log.set(&p.level).map_err(RequestError::invalid_argument)?;
+pub async fn set_log_level(ctx: &Daemon, p: SetLogLevelParams) -> HandlerResult<SetLogLevelResult> {
+    let (previous, level) = ctx
+        .log
+        .set(&p.level)
+        .map_err(RequestError::invalid_argument)?;
     tracing::info!("log filter changed from {previous} to {level}");
     Ok(SetLogLevelResult { previous, level })
 }

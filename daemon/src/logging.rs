@@ -105,7 +105,10 @@ impl LogControl {
 
     /// The filter in force.
     pub fn current(&self) -> String {
-        self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Replaces the filter; returns (previous, now). On error nothing changes.

@@ -28,10 +28,7 @@ mod unix {
     /// The effective uid and pid of the process at the other end of a connection.
     pub fn peer_identity(stream: &Stream) -> io::Result<(Option<u32>, Option<u32>)> {
         let creds = stream.peer_creds()?;
-        Ok((
-            creds.euid().map(|u| u as u32),
-            creds.pid().map(|p| p as u32),
-        ))
+        Ok((creds.euid(), creds.pid().map(|p| p as u32)))
     }
 
     /// Which side of [`daemonize`] we are on.

@@ -16,8 +16,8 @@ use interprocess::local_socket::traits::tokio::Listener as _;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use tracing::{info, warn, Instrument};
 
-use crate::context::Daemon;
 use crate::conn;
+use crate::context::Daemon;
 use crate::shutdown::Drain;
 
 /// A bound socket and the identity of its file, to notice when the file is replaced.

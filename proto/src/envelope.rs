@@ -268,4 +268,3 @@ pub fn version_mismatch_message(client: ProtocolVersion, daemon: ProtocolVersion
         daemon.major
     )
 }
-

@@ -199,7 +199,9 @@ mod tests {
         let second = read_frame(&mut cursor, DEFAULT_MAX_FRAME).unwrap().unwrap();
         assert_eq!(decode::<(String, u8)>(&first).unwrap(), ("a".into(), 1));
         assert_eq!(decode::<Vec<u32>>(&second).unwrap(), vec![1, 2, 3]);
-        assert!(read_frame(&mut cursor, DEFAULT_MAX_FRAME).unwrap().is_none());
+        assert!(read_frame(&mut cursor, DEFAULT_MAX_FRAME)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

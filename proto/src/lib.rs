@@ -32,8 +32,8 @@ pub mod methods;
 pub mod paths;
 pub mod version;
 
-pub use error::ErrorCode;
 pub use envelope::version_mismatch_message;
+pub use error::ErrorCode;
 pub use version::{ProtocolVersion, PROTOCOL_VERSION};
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp on the wire.

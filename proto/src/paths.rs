@@ -88,7 +88,11 @@ pub enum PathError {
         "socket path {path} is {len} bytes, over the platform limit of {max}; \
          set {ENV_RUNTIME_DIR} to a shorter directory"
     )]
-    SocketPathTooLong { path: PathBuf, len: usize, max: usize },
+    SocketPathTooLong {
+        path: PathBuf,
+        len: usize,
+        max: usize,
+    },
     #[error("{0}")]
     Unsafe(String),
     #[error("{action} {path}: {source}")]
@@ -188,10 +192,8 @@ fn default_runtime_dir() -> PathBuf {
 }
 
 fn default_state_dir() -> Result<PathBuf, PathError> {
-    let base = directories::BaseDirs::new().ok_or(PathError::NoHome(
-        "state directory",
-        ENV_STATE_DIR,
-    ))?;
+    let base =
+        directories::BaseDirs::new().ok_or(PathError::NoHome("state directory", ENV_STATE_DIR))?;
     let root = base
         .state_dir()
         .map(Path::to_path_buf)

@@ -19,7 +19,11 @@ fn version() -> impl Strategy<Value = ProtocolVersion> {
 }
 
 fn hello() -> impl Strategy<Value = Hello> {
-    (version(), any::<String>(), proptest::option::of(any::<u32>()))
+    (
+        version(),
+        any::<String>(),
+        proptest::option::of(any::<u32>()),
+    )
         .prop_map(|(v, c, p)| Hello::new(v, c, p))
 }
 
@@ -38,27 +42,37 @@ fn status() -> impl Strategy<Value = Response<StatusResult>> {
         proptest::option::of(any::<String>()),
         (any::<u32>(), any::<u32>(), wire_int()),
     )
-        .prop_map(|(id, version, protocol, pid, (started_at, uptime_ms), log_file, (connections, max_connections, max_frame_bytes))| {
-            Response::new(
+        .prop_map(
+            |(
                 id,
-                StatusResult {
-                    version,
-                    protocol,
-                    pid,
-                    started_at,
-                    uptime_ms,
-                    socket: "/s".into(),
-                    runtime_dir: "/r".into(),
-                    state_dir: "/st".into(),
-                    config: "/c".into(),
-                    log_file,
-                    log_level: "info".into(),
-                    connections,
-                    max_connections,
-                    max_frame_bytes,
-                },
-            )
-        })
+                version,
+                protocol,
+                pid,
+                (started_at, uptime_ms),
+                log_file,
+                (connections, max_connections, max_frame_bytes),
+            )| {
+                Response::new(
+                    id,
+                    StatusResult {
+                        version,
+                        protocol,
+                        pid,
+                        started_at,
+                        uptime_ms,
+                        socket: "/s".into(),
+                        runtime_dir: "/r".into(),
+                        state_dir: "/st".into(),
+                        config: "/c".into(),
+                        log_file,
+                        log_level: "info".into(),
+                        connections,
+                        max_connections,
+                        max_frame_bytes,
+                    },
+                )
+            },
+        )
 }
 
 fn error_frame() -> impl Strategy<Value = ErrorFrame> {

@@ -87,8 +87,10 @@ impl Checker {
         let twin: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
         if twin != as_json(&golden[4..]) {
-            self.failures
-                .push(format!("{name}: {} disagrees with the frame", json_path.display()));
+            self.failures.push(format!(
+                "{name}: {} disagrees with the frame",
+                json_path.display()
+            ));
         }
     }
 }
@@ -225,9 +227,7 @@ fn check_protocol_md_examples(failures: &mut Vec<String>) {
         let name = &after[..name_end];
         let fence_open = after.find("```hex\n").expect("hex block after marker") + 7;
         let fence_close = fence_open + after[fence_open..].find("```").unwrap();
-        let documented: String = after[fence_open..fence_close]
-            .split_whitespace()
-            .collect();
+        let documented: String = after[fence_open..fence_close].split_whitespace().collect();
         let golden = std::fs::read(root().join("vectors").join(format!("{name}.msgpack")))
             .unwrap_or_else(|e| panic!("PROTOCOL.md names vector {name}: {e}"));
         let expected = hex(&golden);

@@ -154,7 +154,10 @@ impl Sandbox {
                 }
                 panic!("sessiond exited with {status} before accepting: {err}");
             }
-            assert!(Instant::now() < deadline, "sessiond did not accept within {WAIT:?}");
+            assert!(
+                Instant::now() < deadline,
+                "sessiond did not accept within {WAIT:?}"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         daemon
@@ -289,7 +292,10 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "sessiond did not exit within {WAIT:?}");
+            assert!(
+                Instant::now() < deadline,
+                "sessiond did not exit within {WAIT:?}"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -330,7 +336,11 @@ impl RawConn {
     }
 
     pub fn hello(&mut self) {
-        self.send(&Hello::new(PROTOCOL_VERSION, "e2e", Some(std::process::id())));
+        self.send(&Hello::new(
+            PROTOCOL_VERSION,
+            "e2e",
+            Some(std::process::id()),
+        ));
     }
 
     /// Sends hello and reads the welcome.

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use sessiond_client::{Client, ClientError};
-use sessiond_proto::methods::{Ping, PingParams, SetLogLevel, SetLogLevelParams, Status, StatusParams};
+use sessiond_proto::methods::{
+    Ping, PingParams, SetLogLevel, SetLogLevelParams, Status, StatusParams,
+};
 use sessiond_proto::ErrorCode;
 use sessiond_tests::Sandbox;
 
@@ -29,7 +31,10 @@ fn concurrent_calls_on_one_connection_each_get_their_own_answer() {
                 if i % 2 == 0 {
                     client.call::<Ping>(PingParams {}).await.map(|_| None)
                 } else {
-                    client.call::<Status>(StatusParams {}).await.map(|s| Some(s.pid))
+                    client
+                        .call::<Status>(StatusParams {})
+                        .await
+                        .map(|s| Some(s.pid))
                 }
             }));
         }
@@ -48,7 +53,9 @@ fn async_client_autostarts_and_surfaces_remote_errors_by_code() {
     runtime().block_on(async {
         let client = Client::connect(&sb.connect_options()).await.unwrap();
         let err = client
-            .call::<SetLogLevel>(SetLogLevelParams { level: "nope".into() })
+            .call::<SetLogLevel>(SetLogLevelParams {
+                level: "nope".into(),
+            })
             .await
             .unwrap_err();
         match err {

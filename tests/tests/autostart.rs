@@ -54,7 +54,11 @@ fn no_autostart_by_flag_or_env_fails_with_exit_3_and_the_way_out() {
     let sb = Sandbox::new();
     let out = sb.ctl(&["--no-autostart", "ping"]);
     assert_eq!(out.code(), 3);
-    assert!(out.stderr().contains("sessionctl daemon start"), "{}", out.stderr());
+    assert!(
+        out.stderr().contains("sessionctl daemon start"),
+        "{}",
+        out.stderr()
+    );
     let out = run_bounded(
         sb.sessionctl()
             .env("SESSIOND_NO_AUTOSTART", "1")
@@ -97,7 +101,11 @@ fn missing_daemon_program_is_named() {
             .arg("ping"),
     );
     assert_eq!(out.code(), 3);
-    assert!(out.stderr().contains("no-such-sessiond"), "{}", out.stderr());
+    assert!(
+        out.stderr().contains("no-such-sessiond"),
+        "{}",
+        out.stderr()
+    );
     assert!(out.stderr().contains("SESSIOND_BIN"), "{}", out.stderr());
 }
 
@@ -110,5 +118,8 @@ fn client_refuses_an_unsafe_runtime_dir() {
     assert_eq!(out.code(), 1);
     let err = out.json_error();
     assert_eq!(err["error"]["code"], "unsafe_path");
-    assert!(err["error"]["message"].as_str().unwrap().contains("chmod 700"));
+    assert!(err["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("chmod 700"));
 }

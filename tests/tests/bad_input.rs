@@ -87,7 +87,11 @@ fn frame_over_the_configured_limit_is_refused() {
     let _daemon = sb.start_daemon();
     let mut conn = sb.raw();
     conn.handshake();
-    conn.request(1, "set_log_level", serde_json::json!({"level": "x".repeat(4000)}));
+    conn.request(
+        1,
+        "set_log_level",
+        serde_json::json!({"level": "x".repeat(4000)}),
+    );
     let err = conn.read_error();
     assert_eq!(err.code, ErrorCode::FRAME_TOO_LARGE);
     assert!(err.message.contains("2048"), "{}", err.message);

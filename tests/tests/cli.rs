@@ -40,10 +40,17 @@ fn log_level_command_reports_old_and_new_and_refuses_nonsense() {
     let sb = Sandbox::new();
     let _daemon = sb.start_daemon();
     let v = sb.ctl(&["--json", "daemon", "log-level", "debug"]).json();
-    assert_eq!((v["previous"].as_str(), v["level"].as_str()), (Some("info"), Some("debug")));
+    assert_eq!(
+        (v["previous"].as_str(), v["level"].as_str()),
+        (Some("info"), Some("debug"))
+    );
     let out = sb.ctl(&["daemon", "log-level", "chatty"]);
     assert_eq!(out.code(), 1);
-    assert!(out.stderr().contains("\"chatty\" is not a log level"), "{}", out.stderr());
+    assert!(
+        out.stderr().contains("\"chatty\" is not a log level"),
+        "{}",
+        out.stderr()
+    );
     let status = sb.ctl(&["--json", "daemon", "status"]).json();
     assert_eq!(status["log_level"], "debug");
 }
@@ -106,10 +113,17 @@ fn usage_errors_exit_2_with_json_when_asked() {
 fn help_is_a_manual() {
     let sb = Sandbox::new();
     let help = sb.ctl(&["--help"]).ok();
-    for section in ["AUTOSTART", "EXIT STATUS", "ENVIRONMENT", "EXAMPLES", "daemon"] {
+    for section in [
+        "AUTOSTART",
+        "EXIT STATUS",
+        "ENVIRONMENT",
+        "EXAMPLES",
+        "daemon",
+    ] {
         assert!(help.contains(section), "--help lacks {section}");
     }
-    let help = run_bounded(std::process::Command::new(sessiond_tests::sessiond_bin()).arg("--help")).ok();
+    let help =
+        run_bounded(std::process::Command::new(sessiond_tests::sessiond_bin()).arg("--help")).ok();
     for section in ["FILES", "SIGNALS", "EXIT STATUS"] {
         assert!(help.contains(section), "sessiond --help lacks {section}");
     }
@@ -157,13 +171,23 @@ fn daemon_refusing_our_version_exits_4_with_its_message() {
 #[test]
 fn daemon_welcoming_with_another_major_is_refused_by_the_client() {
     let sb = Sandbox::new();
-    let welcome = frame::encode(&Welcome::new(ProtocolVersion::new(9, 1), "9.1.0", 1, vec![])).unwrap();
+    let welcome = frame::encode(&Welcome::new(
+        ProtocolVersion::new(9, 1),
+        "9.1.0",
+        1,
+        vec![],
+    ))
+    .unwrap();
     let server = fake_daemon(&sb, welcome);
     let out = sb.ctl(&["--no-autostart", "ping"]);
     server.join().unwrap();
     assert_eq!(out.code(), 4);
     assert!(out.stderr().contains("9.1"), "{}", out.stderr());
-    assert!(out.stderr().contains("sessionctl daemon restart"), "{}", out.stderr());
+    assert!(
+        out.stderr().contains("sessionctl daemon restart"),
+        "{}",
+        out.stderr()
+    );
 }
 
 #[test]

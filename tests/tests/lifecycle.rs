@@ -29,7 +29,10 @@ fn socket_left_by_a_killed_daemon_is_replaced() {
     let mut first = sb.start_daemon();
     first.signal(Signal::SIGKILL);
     first.wait();
-    assert!(sb.socket().exists(), "SIGKILL leaves the socket file behind");
+    assert!(
+        sb.socket().exists(),
+        "SIGKILL leaves the socket file behind"
+    );
     assert!(
         std::os::unix::net::UnixStream::connect(sb.socket()).is_err(),
         "and nothing answers on it"
@@ -188,7 +191,11 @@ fn detach_reports_a_start_up_failure_with_the_reason() {
     let out = run_bounded(sb.sessiond().arg("--detach"));
     assert_eq!(out.code(), 1);
     assert!(out.stderr().contains("is a directory"), "{}", out.stderr());
-    assert!(out.stderr().contains("sessiond.log"), "names the log: {}", out.stderr());
+    assert!(
+        out.stderr().contains("sessiond.log"),
+        "names the log: {}",
+        out.stderr()
+    );
 }
 
 #[test]

@@ -31,7 +31,10 @@ fn connection_from_another_uid_is_refused_with_permission_denied() {
     let frame: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(frame["type"], "error", "{frame}");
     assert_eq!(frame["code"], "permission_denied", "{frame}");
-    assert!(frame["message"].as_str().unwrap().contains(&OTHER_UID.to_string()));
+    assert!(frame["message"]
+        .as_str()
+        .unwrap()
+        .contains(&OTHER_UID.to_string()));
     assert!(daemon.running());
     // Close the directory again (the client refuses an open one) and check the daemon still
     // serves its owner.

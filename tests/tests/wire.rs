@@ -16,7 +16,10 @@ fn welcome_names_protocol_version_pid_and_methods() {
     assert_eq!(welcome.pid as i32, daemon.pid());
     assert_eq!(welcome.version, env!("CARGO_PKG_VERSION"));
     for method in ["ping", "status", "set_log_level", "shutdown"] {
-        assert!(welcome.capabilities.iter().any(|c| c == method), "{method} missing");
+        assert!(
+            welcome.capabilities.iter().any(|c| c == method),
+            "{method} missing"
+        );
     }
 }
 
@@ -33,7 +36,11 @@ fn other_major_version_is_refused_naming_both_versions_and_the_fix() {
     assert_eq!(err.id, None);
     assert!(err.message.contains("2.3"), "{}", err.message);
     assert!(err.message.contains("1.0"), "{}", err.message);
-    assert!(err.message.contains("sessionctl daemon restart"), "{}", err.message);
+    assert!(
+        err.message.contains("sessionctl daemon restart"),
+        "{}",
+        err.message
+    );
     conn.expect_closed();
 }
 
@@ -93,7 +100,7 @@ fn pipelined_requests_are_each_answered_once_by_id() {
         assert_eq!(kind(&payload), "response", "{}", as_json(&payload));
         let v = as_json(&payload);
         let id = v["id"].as_u64().unwrap();
-        if id % 2 == 0 {
+        if id.is_multiple_of(2) {
             let _: Response<Pong> = frame::decode(&payload).unwrap();
         } else {
             let r: Response<StatusResult> = frame::decode(&payload).unwrap();
@@ -115,7 +122,11 @@ fn unknown_method_is_refused_and_the_connection_stays_usable() {
     assert_eq!(err.code, ErrorCode::UNKNOWN_METHOD);
     assert_eq!(err.id, Some(7));
     assert!(err.message.contains("frobnicate"), "{}", err.message);
-    assert!(err.message.contains("ping"), "lists the methods: {}", err.message);
+    assert!(
+        err.message.contains("ping"),
+        "lists the methods: {}",
+        err.message
+    );
     conn.request(8, "ping", serde_json::json!({}));
     let ok: Response<Pong> = frame::decode(&conn.read().unwrap()).unwrap();
     assert_eq!(ok.id, 8);
@@ -173,7 +184,13 @@ fn set_log_level_changes_the_filter_reported_by_status() {
     let v = as_json(&conn.read().unwrap());
     assert_eq!(v["result"]["log_level"], "sessiond::conn=debug,warn");
     // An unparsable filter changes nothing.
-    conn.request(3, "set_log_level", SetLogLevelParams { level: "loud".into() });
+    conn.request(
+        3,
+        "set_log_level",
+        SetLogLevelParams {
+            level: "loud".into(),
+        },
+    );
     let err = conn.read_error();
     assert_eq!(err.code, ErrorCode::INVALID_ARGUMENT);
     conn.request(4, "status", serde_json::json!({}));

@@ -10,7 +10,9 @@ use sessiond_proto::methods::PingParams;
 use sessiond_proto::{frame, PROTOCOL_VERSION};
 
 fn main() {
-    let socket = std::env::args().nth(1).expect("usage: sessiond-test-peer SOCKET");
+    let socket = std::env::args()
+        .nth(1)
+        .expect("usage: sessiond-test-peer SOCKET");
     let mut stream = UnixStream::connect(&socket).expect("connect");
     let mut bytes = frame::encode(&Hello::new(PROTOCOL_VERSION, "peer", None)).unwrap();
     frame::encode_into(&mut bytes, &Request::new(1, "ping", PingParams {})).unwrap();

@@ -98,7 +98,11 @@ fn start(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
         socket: s.socket,
     };
     out.emit(&report, |w| {
-        let verb = if started { "started" } else { "already running:" };
+        let verb = if started {
+            "started"
+        } else {
+            "already running:"
+        };
         writeln!(
             w,
             "sessiond {verb} pid {}, socket {}",
@@ -178,11 +182,10 @@ fn restart(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
 }
 
 fn log_level(opts: &ConnectOptions, out: &Out, level: &str) -> Result<(), ClientError> {
-    let result = BlockingClient::connect(&existing_only(opts))?.call::<SetLogLevel>(
-        SetLogLevelParams {
+    let result =
+        BlockingClient::connect(&existing_only(opts))?.call::<SetLogLevel>(SetLogLevelParams {
             level: level.to_string(),
-        },
-    )?;
+        })?;
     out.emit(&result, |w| {
         writeln!(w, "log level: {} → {}", result.previous, result.level)
     })
