@@ -17,7 +17,7 @@ use sessiond_proto::paths::{ensure_private_dir, DirKind};
 
 use crate::error::ClientError;
 use crate::options::ConnectOptions;
-use crate::transport::{try_connect_sync, Attempt};
+use crate::transport::{running_daemon, try_connect_sync, Attempt};
 
 /// sessiond's exit status when another daemon already runs (see `sessiond --help`).
 const DAEMON_EXIT_ALREADY_RUNNING: i32 = 3;
@@ -36,30 +36,49 @@ pub fn ensure_daemon(opts: &ConnectOptions) -> Result<(), ClientError> {
     let lock = options
         .open(&lock_path)
         .map_err(|e| ClientError::Local(format!("cannot open {}: {e}", lock_path.display())))?;
-    lock_until(&lock, deadline).map_err(|_| {
-        ClientError::Local(format!(
+    lock_until(&lock, deadline).map_err(|e| match e {
+        None => ClientError::Local(format!(
             "another client has held {} for {:?} while starting sessiond; check `ps` for a \
              stuck sessiond or sessionctl",
             lock_path.display(),
             opts.startup_timeout
-        ))
+        )),
+        Some(e) => ClientError::Local(format!("cannot lock {}: {e}", lock_path.display())),
     })?;
     // Someone else may have started it while we waited for the lock.
     if let Attempt::Connected(_) = try_connect_sync(paths, opts.timeout)? {
         return Ok(());
     }
+    // A daemon holds the instance lock but has no socket: it is shutting down (it removes the
+    // socket first and exits after draining), or a cleaner deleted its socket (it recreates it
+    // on its next housekeeping tick). Either way, wait for the socket or for the lock to
+    // become free rather than start a daemon that would be refused.
+    while let Some(daemon) = running_daemon(paths) {
+        if let Attempt::Connected(_) = try_connect_sync(paths, opts.timeout)? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ClientError::SocketMissing {
+                socket: paths.socket(),
+                detail: daemon.to_string(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     spawn_detached(opts, deadline)
     // `lock` is released when dropped here, after the daemon accepts.
 }
 
-fn lock_until(file: &File, deadline: Instant) -> Result<(), ()> {
+/// Takes `file`'s lock, waiting until `deadline`. `Err(None)` on timeout.
+fn lock_until(file: &File, deadline: Instant) -> Result<(), Option<std::io::Error>> {
     loop {
         match file.try_lock() {
             Ok(()) => return Ok(()),
             Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            Err(_) => return Err(()),
+            Err(std::fs::TryLockError::WouldBlock) => return Err(None),
+            Err(std::fs::TryLockError::Error(e)) => return Err(Some(e)),
         }
     }
 }
@@ -123,9 +142,18 @@ fn spawn_detached(opts: &ConnectOptions, deadline: Instant) -> Result<(), Client
         return Ok(());
     }
     if status.code() == Some(DAEMON_EXIT_ALREADY_RUNNING) {
-        return Err(ClientError::SocketMissing {
-            socket: paths.socket(),
-            detail: stderr.trim().to_string(),
+        // Another daemon won: on our runtime directory (its socket is missing), or on our
+        // state directory from another runtime directory (its message says where).
+        return Err(match running_daemon(paths) {
+            Some(daemon) => ClientError::SocketMissing {
+                socket: paths.socket(),
+                detail: daemon.to_string(),
+            },
+            None => ClientError::Autostart {
+                reason: stderr.trim().to_string(),
+                log: paths.log_file(),
+                tail: String::new(),
+            },
         });
     }
     let reason = match stderr.trim() {

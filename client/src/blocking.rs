@@ -23,6 +23,8 @@ use crate::transport::{absent_error, try_connect_sync, Attempt};
 /// A blocking connection to the daemon.
 pub struct BlockingClient {
     reader: BufReader<Stream>,
+    /// The encoded hello, until it is sent together with the first request.
+    hello: Option<Vec<u8>>,
     welcome: Option<Welcome>,
     next_id: u64,
     timeout: Duration,
@@ -31,8 +33,8 @@ pub struct BlockingClient {
 }
 
 impl BlockingClient {
-    /// Connects (starting the daemon if allowed and needed) and sends `hello`. Does not wait
-    /// for `welcome`: the first call reads it.
+    /// Connects, starting the daemon if allowed and needed. `hello` goes out with the first
+    /// request (or when [`Self::welcome`] is asked for), and its answer is read then.
     pub fn connect(opts: &ConnectOptions) -> Result<Self, ClientError> {
         let stream = match try_connect_sync(&opts.paths, opts.timeout)? {
             Attempt::Connected(stream) => stream,
@@ -45,26 +47,38 @@ impl BlockingClient {
         stream
             .set_recv_timeout(Some(opts.timeout))
             .map_err(|e| ClientError::Local(format!("cannot set socket timeout: {e}")))?;
-        let mut w = &stream;
-        let sent = w.write_all(&exchange::hello(&opts.client_name));
-        let mut client = Self {
+        Ok(Self {
             reader: BufReader::new(stream),
+            hello: Some(exchange::hello(&opts.client_name)),
             welcome: None,
             next_id: 1,
             timeout: opts.timeout,
             events: VecDeque::new(),
+        })
+    }
+
+    /// Writes `bytes`, preceded by the hello if it has not gone out yet.
+    fn send(&mut self, bytes: &[u8], what: &str) -> Result<(), ClientError> {
+        let mut w = self.reader.get_ref();
+        let sent = match self.hello.take() {
+            Some(mut first) => {
+                first.extend_from_slice(bytes);
+                w.write_all(&first)
+            }
+            None => w.write_all(bytes),
         };
-        if let Err(e) = sent {
-            return Err(client.refusal_or(format!("sending hello: {e}")));
-        }
-        Ok(client)
+        sent.map_err(|e| self.refusal_or(format!("sending {what}: {e}")))
     }
 
     /// After a failed write: a daemon that refuses a connection (another user, too many
     /// connections, another protocol) says why and closes, so a write can fail before the
     /// reason is read. Prefer that reason to a bare broken pipe.
     fn refusal_or(&mut self, write_error: String) -> ClientError {
-        match self.welcome() {
+        if self.welcome.is_some() {
+            return ClientError::Disconnected(write_error);
+        }
+        let refusal = self.read_payload().and_then(|p| exchange::welcome(&p));
+        match refusal {
             Err(ClientError::Disconnected(_) | ClientError::Timeout(_)) | Ok(_) => {
                 ClientError::Disconnected(write_error)
             }
@@ -74,6 +88,9 @@ impl BlockingClient {
 
     /// The daemon's welcome, reading it if it has not arrived yet.
     pub fn welcome(&mut self) -> Result<&Welcome, ClientError> {
+        if self.hello.is_some() {
+            self.send(&[], "hello")?;
+        }
         if self.welcome.is_none() {
             let payload = self.read_payload()?;
             self.welcome = Some(exchange::welcome(&payload)?);
@@ -86,15 +103,12 @@ impl BlockingClient {
         let id = self.next_id;
         self.next_id += 1;
         let bytes = exchange::request::<M>(id, &params)?;
-        let mut w = self.reader.get_ref();
-        if let Err(e) = w.write_all(&bytes) {
-            return Err(self.refusal_or(format!("sending {}: {e}", M::NAME)));
-        }
+        self.send(&bytes, M::NAME)?;
         self.welcome()?;
         loop {
             let payload = self.read_payload()?;
             let head = exchange::head(&payload)?;
-            match (head.kind, head.id) {
+            match (head.kind.as_str(), head.id) {
                 ("response" | "error", Some(got)) if got == id => {
                     return exchange::answer::<M>(&payload)
                 }
@@ -120,7 +134,7 @@ impl BlockingClient {
                 Err(e) => return Err(e),
             };
             let head = exchange::head(&payload)?;
-            match (head.kind, head.id) {
+            match (head.kind.as_str(), head.id) {
                 ("event", _) => return Ok(Some(payload)),
                 ("error", None) => return Err(exchange::error(&payload)),
                 _ => {}

@@ -28,8 +28,8 @@ use crate::transport::{absent_error, try_connect_async, Attempt};
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, ClientError>>>>>;
 
-/// Events are buffered up to this many frames before the reader stops reading, which pushes
-/// back to the daemon (which then reports `lagged` rather than slowing down).
+/// Events buffered for the application before further ones are dropped (and counted in
+/// [`Client::events_dropped`]). Answers never wait behind unread events.
 const EVENT_BUFFER: usize = 1024;
 
 /// An async connection to the daemon.
@@ -40,6 +40,7 @@ pub struct Client {
     welcome: Welcome,
     timeout: Duration,
     events: Mutex<Option<mpsc::Receiver<Vec<u8>>>>,
+    events_dropped: Arc<AtomicU64>,
     tasks: [JoinHandle<()>; 2],
 }
 
@@ -88,7 +89,13 @@ impl Client {
         let pending: Pending = Arc::default();
         let (outbox, queue) = mpsc::channel::<Vec<u8>>(256);
         let (event_tx, event_rx) = mpsc::channel(EVENT_BUFFER);
-        let reader_task = tokio::spawn(read_loop(reader, pending.clone(), event_tx));
+        let events_dropped = Arc::new(AtomicU64::new(0));
+        let reader_task = tokio::spawn(read_loop(
+            reader,
+            pending.clone(),
+            event_tx,
+            events_dropped.clone(),
+        ));
         let writer_task = tokio::spawn(write_loop(stream, queue, pending.clone()));
         Ok(Client {
             outbox,
@@ -97,6 +104,7 @@ impl Client {
             welcome,
             timeout: opts.timeout,
             events: Mutex::new(Some(event_rx)),
+            events_dropped,
             tasks: [reader_task, writer_task],
         })
     }
@@ -113,19 +121,30 @@ impl Client {
         let bytes = exchange::request::<M>(id, &params)?;
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, tx);
-        if self.outbox.send(bytes).await.is_err() {
-            lock(&self.pending).remove(&id);
-            return Err(ClientError::Disconnected("the connection is closed".into()));
-        }
-        match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(Ok(payload))) => exchange::answer::<M>(&payload),
-            Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(_)) => Err(ClientError::Disconnected("the connection is closed".into())),
-            Err(_) => {
-                lock(&self.pending).remove(&id);
-                Err(ClientError::Timeout(self.timeout))
+        let exchange = async {
+            self.outbox
+                .send(bytes)
+                .await
+                .map_err(|_| ClientError::Disconnected("the connection is closed".into()))?;
+            match rx.await {
+                Ok(Ok(payload)) => exchange::answer::<M>(&payload),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(ClientError::Disconnected("the connection is closed".into())),
             }
+        };
+        let outcome = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or(Err(ClientError::Timeout(self.timeout)));
+        if outcome.is_err() {
+            lock(&self.pending).remove(&id);
         }
+        outcome
+    }
+
+    /// Events dropped because the application did not take them from the stream fast enough
+    /// (or never took the stream).
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped.load(Ordering::Relaxed)
     }
 
     /// The stream of pushed event frames (raw payloads; decode with
@@ -156,6 +175,7 @@ async fn read_loop(
     mut reader: BufReader<OwnedRead>,
     pending: Pending,
     events: mpsc::Sender<Vec<u8>>,
+    dropped: Arc<AtomicU64>,
 ) {
     let why = loop {
         match wait_readable(&mut reader).await {
@@ -173,7 +193,7 @@ async fn read_loop(
             Err(e) => break ClientError::Disconnected(e.to_string()),
         };
         let (kind, id) = match exchange::head(&payload) {
-            Ok(head) => (head.kind.to_string(), head.id),
+            Ok(head) => (head.kind, head.id),
             Err(e) => break e,
         };
         match (kind.as_str(), id) {
@@ -183,9 +203,9 @@ async fn read_loop(
                 }
             }
             ("error", None) => break exchange::error(&payload),
-            ("event", _) => {
-                // When nobody listens for events they are dropped; answers keep flowing.
-                let _ = events.send(payload).await;
+            // Never wait for the application here: answers queue behind this loop.
+            ("event", _) if events.try_send(payload).is_err() => {
+                dropped.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
         }

@@ -24,14 +24,13 @@ pub(crate) fn request<M: Method>(id: u64, params: &M::Params) -> Result<Vec<u8>,
 }
 
 /// Peeks at a frame's head.
-pub(crate) fn head(payload: &[u8]) -> Result<FrameHead<'_>, ClientError> {
-    frame::decode_borrowed(payload)
-        .map_err(|e| ClientError::Protocol(format!("undecodable frame: {e}")))
+pub(crate) fn head(payload: &[u8]) -> Result<FrameHead, ClientError> {
+    FrameHead::decode(payload).map_err(|e| ClientError::Protocol(format!("undecodable frame: {e}")))
 }
 
 /// Reads the daemon's first frame: a welcome we can work with, or the refusal as an error.
 pub(crate) fn welcome(payload: &[u8]) -> Result<Welcome, ClientError> {
-    match head(payload)?.kind {
+    match head(payload)?.kind.as_str() {
         "welcome" => {
             let w: Welcome = frame::decode(payload)
                 .map_err(|e| ClientError::Protocol(format!("malformed welcome: {e}")))?;
@@ -60,7 +59,7 @@ pub(crate) fn error(payload: &[u8]) -> ClientError {
 
 /// Decodes the answer (response or error) to a request for method `M`.
 pub(crate) fn answer<M: Method>(payload: &[u8]) -> Result<M::Result, ClientError> {
-    match head(payload)?.kind {
+    match head(payload)?.kind.as_str() {
         "response" => frame::decode::<Response<M::Result>>(payload)
             .map(|r| r.result)
             .map_err(|e| ClientError::Protocol(format!("malformed result for {}: {e}", M::NAME))),

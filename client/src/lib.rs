@@ -40,4 +40,4 @@ pub use client::Client;
 pub use error::{exit, ClientError};
 pub use options::ConnectOptions;
 pub use sessiond_proto as proto;
-pub use transport::daemon_lock_holder;
+pub use transport::{running_daemon, RunningDaemon};

@@ -92,10 +92,10 @@ pub(crate) async fn try_connect_async(
 /// Explains why nothing answered when the client may not start a daemon: either none runs, or
 /// one runs (it holds the instance lock) but its socket file is gone.
 pub(crate) fn absent_error(paths: &Paths) -> ClientError {
-    match daemon_lock_holder(paths) {
-        Some(detail) => ClientError::SocketMissing {
+    match running_daemon(paths) {
+        Some(daemon) => ClientError::SocketMissing {
             socket: paths.socket(),
-            detail,
+            detail: daemon.to_string(),
         },
         None => ClientError::NotRunning {
             socket: paths.socket(),
@@ -103,24 +103,35 @@ pub(crate) fn absent_error(paths: &Paths) -> ClientError {
     }
 }
 
-/// Whether a daemon holds the instance lock; `Some` with a description of it if so.
+/// A daemon known to hold the instance lock of a runtime directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunningDaemon {
+    /// From the pid file, when it could be read.
+    pub pid: Option<u32>,
+}
+
+impl std::fmt::Display for RunningDaemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.pid {
+            Some(pid) => write!(f, "pid {pid}"),
+            None => f.write_str("pid unknown"),
+        }
+    }
+}
+
+/// Whether a daemon holds the instance lock of `paths`' runtime directory, whatever state its
+/// socket is in.
 ///
 /// Probing takes the lock for an instant when it is free. A daemon starting in that instant
 /// retries its lock briefly before calling itself a duplicate, so a probe cannot make it fail.
-pub fn daemon_lock_holder(paths: &Paths) -> Option<String> {
+pub fn running_daemon(paths: &Paths) -> Option<RunningDaemon> {
     let file = std::fs::File::open(paths.lock_file()).ok()?;
     match file.try_lock() {
-        Ok(()) => None,
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let pid = std::fs::read_to_string(paths.pid_file())
+        Err(std::fs::TryLockError::WouldBlock) => Some(RunningDaemon {
+            pid: std::fs::read_to_string(paths.pid_file())
                 .ok()
-                .map(|t| t.trim().to_string())
-                .filter(|t| !t.is_empty());
-            Some(match pid {
-                Some(pid) => format!("pid {pid}"),
-                None => "pid unknown".to_string(),
-            })
-        }
-        Err(std::fs::TryLockError::Error(_)) => None,
+                .and_then(|t| t.trim().parse().ok()),
+        }),
+        Ok(()) | Err(std::fs::TryLockError::Error(_)) => None,
     }
 }

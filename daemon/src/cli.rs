@@ -8,6 +8,7 @@ const AFTER_HELP: &str = "\
 FILES:
   RUNTIME/sessiond.sock   the socket clients connect to (mode 0600)
   RUNTIME/sessiond.lock   held locked for the daemon's life: one daemon per runtime dir
+  STATE/sessiond.lock     likewise, one daemon per state dir; holds its pid and socket
   RUNTIME/sessiond.pid    the running daemon's pid
   RUNTIME/autostart.lock  serialises clients that start the daemon
   STATE/sessiond.log      the log, when started with --detach
@@ -19,14 +20,16 @@ FILES:
   Both directories must be owned by you and closed to others (mode 0700).
 
 SIGNALS:
-  SIGTERM, SIGINT   shut down gracefully: stop accepting, finish requests in flight,
+  SIGTERM, SIGINT, SIGHUP
+                    shut down gracefully: stop accepting, finish requests in flight,
                     remove the socket and pid file, exit 0
+  a second one      during a slow shutdown: exit at once (status 1)
 
 EXIT STATUS:
   0  clean shutdown (or, with --detach, the daemon is up and accepting)
   1  could not start: unsafe directory, bad config, socket error (the message says which)
   2  bad command line
-  3  another sessiond already runs on this runtime directory
+  3  another sessiond already runs on this runtime (or state) directory
 
 EXAMPLES:
   sessiond                       run in the foreground (for systemd, launchd, a terminal)

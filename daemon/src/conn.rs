@@ -64,7 +64,8 @@ pub async fn serve(ctx: Arc<Daemon>, stream: Stream, _drain: DrainGuard) {
             ErrorCode::PERMISSION_DENIED,
             format!(
                 "this sessiond belongs to uid {me}; connections from other users (yours is {}) \
-                 are refused. Start your own daemon: `sessionctl daemon start`",
+                 are refused. Use your own daemon: drop --runtime-dir / SESSIOND_RUNTIME_DIR \
+                 if they point here",
                 peer_uid.map_or("unknown".to_string(), |u| u.to_string())
             ),
         )
@@ -171,7 +172,17 @@ async fn read_loop(ctx: &Daemon, stream: &Stream, outbox: mpsc::Sender<Vec<u8>>)
     loop {
         tokio::select! {
             biased;
-            _ = shutdown.triggered() => return "daemon shutting down",
+            _ = shutdown.triggered() => {
+                send_fatal(
+                    &outbox,
+                    ErrorCode::SHUTTING_DOWN,
+                    "sessiond is shutting down; requests on this connection that got no answer \
+                     were not run. The next client command starts a new daemon."
+                        .to_string(),
+                )
+                .await;
+                return "daemon shutting down";
+            }
             readable = wait_readable(&mut reader) => match readable {
                 Ok(true) => {}
                 Ok(false) => return "client closed the connection",
@@ -220,7 +231,7 @@ async fn report_read_error(outbox: &mpsc::Sender<Vec<u8>>, e: ReadError, max: us
 
 /// Checks the hello and answers welcome, or refuses. Err carries the reason to close.
 async fn handshake(outbox: &mpsc::Sender<Vec<u8>>, payload: &[u8]) -> Result<(), &'static str> {
-    let head: Result<FrameHead, _> = frame::decode_borrowed(payload);
+    let head = FrameHead::decode(payload);
     match head {
         Ok(head) if head.kind == "hello" => {}
         Ok(head) => {
@@ -254,7 +265,7 @@ async fn handshake(outbox: &mpsc::Sender<Vec<u8>>, payload: &[u8]) -> Result<(),
     };
     if !PROTOCOL_VERSION.compatible_with(hello.protocol) {
         info!(
-            client = %hello.client,
+            client = hello.client.as_deref().unwrap_or(""),
             client_protocol = %hello.protocol,
             "refused a client speaking another protocol version"
         );
@@ -266,7 +277,7 @@ async fn handshake(outbox: &mpsc::Sender<Vec<u8>>, payload: &[u8]) -> Result<(),
         .await;
         return Err("protocol version mismatch");
     }
-    debug!(client = %hello.client, client_pid = ?hello.pid, protocol = %hello.protocol, "hello");
+    debug!(client = hello.client.as_deref().unwrap_or(""), client_pid = ?hello.pid, protocol = %hello.protocol, "hello");
     let welcome = Welcome::new(
         PROTOCOL_VERSION,
         crate::VERSION,
@@ -289,20 +300,33 @@ fn bad_frame_message(e: &FrameError) -> String {
 
 /// Handles one frame after the handshake. Returns false when the connection must close.
 async fn handle_frame(ctx: &Daemon, payload: &[u8], outbox: &mpsc::Sender<Vec<u8>>) -> bool {
-    let head: FrameHead = match frame::decode_borrowed(payload) {
+    let head = match FrameHead::decode(payload) {
         Ok(head) => head,
-        Err(e) => {
-            send_fatal(outbox, ErrorCode::BAD_FRAME, bad_frame_message(&e)).await;
-            return false;
-        }
+        // A map with a usable id but a malformed head (a method that is not a string, say)
+        // fails only that request; anything less cannot be answered and closes.
+        Err(e) => match FrameHead::salvage_id(payload) {
+            Some(id) => {
+                let bytes = frame::encode(&ErrorFrame::new(
+                    Some(id),
+                    ErrorCode::BAD_FRAME,
+                    bad_frame_message(&e),
+                ))
+                .expect("an error frame of plain strings always encodes");
+                return send(outbox, bytes).await;
+            }
+            None => {
+                send_fatal(outbox, ErrorCode::BAD_FRAME, bad_frame_message(&e)).await;
+                return false;
+            }
+        },
     };
     let reject = |id: Option<u64>, message: String| {
         frame::encode(&ErrorFrame::new(id, ErrorCode::BAD_FRAME, message))
             .expect("an error frame of plain strings always encodes")
     };
-    match (head.kind, head.id) {
+    match (head.kind.as_str(), head.id) {
         ("request", Some(id)) => {
-            let answer = match head.method {
+            let answer = match head.method.as_deref() {
                 Some(method) => dispatch::dispatch(ctx, id, method, payload).await,
                 None => reject(Some(id), "request has no method".into()),
             };

@@ -45,5 +45,8 @@ pub async fn set_log_level(ctx: &Daemon, p: SetLogLevelParams) -> HandlerResult<
 
 pub async fn shutdown(ctx: &Daemon, _p: ShutdownParams) -> HandlerResult<ShutdownResult> {
     ctx.trigger_shutdown("shutdown requested by a client");
-    Ok(ShutdownResult { pid: ctx.pid })
+    Ok(ShutdownResult {
+        pid: ctx.pid,
+        grace_ms: ctx.config.shutdown_grace_ms,
+    })
 }

@@ -1,34 +1,51 @@
-//! Single instance: the lock file that makes a second daemon impossible, and the pid file that
+//! Single instance: the lock files that make a second daemon impossible, and the pid file that
 //! names the one that runs.
 //!
-//! `RUNTIME/sessiond.lock` is locked exclusively (flock through `std::fs::File::try_lock`) before
-//! the socket is touched and held for the daemon's whole life; the kernel drops it when the
-//! process dies, however it dies, so a stale lock cannot exist. Holding it is what makes any
-//! socket file already present provably stale, and safe to replace. The pid file is only a
-//! label for messages; it is never trusted to decide whether a daemon runs.
+//! Two locks, both taken exclusively (flock through `std::fs::File::try_lock`) before the
+//! socket is touched and held for the daemon's whole life:
+//!
+//! - `RUNTIME/sessiond.lock`: one daemon per socket. Holding it makes any socket file already
+//!   present provably stale, and safe to replace.
+//! - `STATE/sessiond.lock`: one daemon per state directory, whatever runtime directory it was
+//!   given. Without it, a client that resolved a different runtime directory (no
+//!   `XDG_RUNTIME_DIR` under cron or `sudo -u`, say) would start a second daemon on the same
+//!   state. It records the owner's pid and socket so the refusal can say where the running
+//!   daemon is.
+//!
+//! The kernel drops a lock when its process dies, however it dies, so a stale lock cannot
+//! exist. The pid file is only a label for messages; it never decides whether a daemon runs.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use sessiond_proto::paths::Paths;
 
-/// How long a starting daemon keeps trying a held lock before reporting "already running".
-const PROBE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long a starting daemon keeps trying a held lock before reporting "already running": a
+/// client probing whether a daemon runs holds the runtime lock for an instant, and must never
+/// make a starting daemon call itself a duplicate.
+const PROBE_GRACE: Duration = Duration::from_millis(200);
 
-/// The held instance lock. Dropping it releases the lock.
+/// The held instance locks. Dropping it releases them.
 pub struct Instance {
-    lock: File,
+    runtime_lock: File,
+    state_lock: File,
     pid_file: PathBuf,
+    socket: PathBuf,
 }
 
-/// Why the instance lock could not be taken.
+/// Why the instance locks could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
-    /// Another daemon holds the lock. The message format is relied on by people and scripts.
-    #[error("sessiond already running (pid {pid}, socket {socket})")]
-    AlreadyRunning { pid: String, socket: String },
+    /// Another daemon holds a lock. The message format is relied on by people and scripts.
+    #[error("sessiond already running (pid {pid}, socket {socket}){note}")]
+    AlreadyRunning {
+        pid: String,
+        socket: String,
+        note: String,
+    },
     #[error("cannot use lock file {path}: {source}")]
     Io {
         path: PathBuf,
@@ -37,62 +54,129 @@ pub enum InstanceError {
     },
 }
 
-impl Instance {
-    /// Takes the instance lock without waiting.
-    pub fn acquire(paths: &Paths) -> Result<Instance, InstanceError> {
-        let path = paths.lock_file();
-        let io_err = |source| InstanceError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut options = OpenOptions::new();
-        options.read(true).write(true).create(true).truncate(false);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let lock = options.open(&path).map_err(io_err)?;
-        // A client probing whether a daemon runs holds the lock for an instant; retry for a
-        // moment so such a probe never makes a starting daemon call itself a duplicate.
-        let deadline = std::time::Instant::now() + PROBE_GRACE;
-        let mut attempt = lock.try_lock();
-        while matches!(attempt, Err(std::fs::TryLockError::WouldBlock))
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            attempt = lock.try_lock();
+fn open_lock(path: &Path) -> Result<File, InstanceError> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map_err(|source| InstanceError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Takes `file`'s lock, retrying briefly; `Ok(false)` when another process holds it.
+fn try_lock(file: &File, path: &Path) -> Result<bool, InstanceError> {
+    let deadline = Instant::now() + PROBE_GRACE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(InstanceError::Io {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
         }
-        match attempt {
-            Ok(()) => Ok(Instance {
-                lock,
-                pid_file: paths.pid_file(),
-            }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(InstanceError::AlreadyRunning {
+    }
+}
+
+impl Instance {
+    /// Takes both instance locks without waiting (beyond the probe grace).
+    pub fn acquire(paths: &Paths) -> Result<Instance, InstanceError> {
+        let runtime_path = paths.lock_file();
+        let runtime_lock = open_lock(&runtime_path)?;
+        if !try_lock(&runtime_lock, &runtime_path)? {
+            return Err(InstanceError::AlreadyRunning {
                 pid: read_pid(&paths.pid_file()).unwrap_or_else(|| "unknown".into()),
                 socket: paths.socket().display().to_string(),
-            }),
-            Err(std::fs::TryLockError::Error(e)) => Err(io_err(e)),
+                note: String::new(),
+            });
+        }
+        let state_path = paths.state_dir.join("sessiond.lock");
+        let state_lock = open_lock(&state_path)?;
+        if !try_lock(&state_lock, &state_path)? {
+            // The owner wrote "PID SOCKET" into the file when it started.
+            let owner = std::fs::read_to_string(&state_path).unwrap_or_default();
+            let mut words = owner.split_whitespace();
+            let pid = words.next().unwrap_or("unknown").to_string();
+            let socket = words.next().unwrap_or("unknown").to_string();
+            return Err(InstanceError::AlreadyRunning {
+                pid,
+                socket,
+                note: format!(
+                    " with the same state directory {}; use its runtime directory (the \
+                     socket's) or stop it first",
+                    paths.state_dir.display()
+                ),
+            });
+        }
+        Ok(Instance {
+            runtime_lock,
+            state_lock,
+            pid_file: paths.pid_file(),
+            socket: paths.socket(),
+        })
+    }
+
+    /// Descriptors a detaching daemon must keep open across the fork.
+    pub fn lock_fds(&self) -> [RawFd; 2] {
+        [self.runtime_lock.as_raw_fd(), self.state_lock.as_raw_fd()]
+    }
+
+    /// The identity (device, inode) of the runtime lock file this process holds, to notice the
+    /// runtime directory being deleted under it.
+    pub fn runtime_lock_identity(&self) -> Option<(u64, u64)> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            self.runtime_lock
+                .metadata()
+                .ok()
+                .map(|m| (m.dev(), m.ino()))
+        }
+        #[cfg(not(unix))]
+        {
+            None
         }
     }
 
-    /// The lock's descriptor, which a detaching daemon must keep open across the fork.
-    pub fn lock_fd(&self) -> RawFd {
-        self.lock.as_raw_fd()
-    }
-
-    /// Writes this process's pid to the pid file, atomically (write aside, then rename), so a
-    /// reader never sees a half-written number.
-    pub fn write_pid(&self) -> std::io::Result<()> {
+    /// Records this process as the owner: the pid file (written aside and renamed, so a
+    /// reader never sees half a number), and "PID SOCKET" in the state lock.
+    pub fn write_pid(&mut self) -> Result<(), String> {
+        let pid = std::process::id();
         let tmp = self.pid_file.with_extension("pid.tmp");
-        let mut options = OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut f = options.open(&tmp)?;
-        writeln!(f, "{}", std::process::id())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.pid_file)
+        let written = (|| {
+            let mut options = OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options.open(&tmp)?;
+            writeln!(f, "{pid}")?;
+            f.sync_all()
+        })();
+        written.map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.pid_file).map_err(|e| {
+            format!(
+                "cannot rename {} to {}: {e}",
+                tmp.display(),
+                self.pid_file.display()
+            )
+        })?;
+        let owner = format!("{pid} {}\n", self.socket.display());
+        let recorded = self
+            .state_lock
+            .set_len(0)
+            .and_then(|()| self.state_lock.rewind())
+            .and_then(|()| self.state_lock.write_all(owner.as_bytes()));
+        recorded.map_err(|e| format!("cannot record the owner in the state lock file: {e}"))
     }
 
-    /// Removes the pid file, then releases the lock. Removal comes first so that whoever takes
+    /// Removes the pid file, then releases the locks. Removal comes first so that whoever takes
     /// the lock next never finds our pid file.
     pub fn release(self) {
         if let Err(e) = std::fs::remove_file(&self.pid_file) {
@@ -100,12 +184,13 @@ impl Instance {
                 tracing::warn!(path = %self.pid_file.display(), "cannot remove pid file: {e}");
             }
         }
-        drop(self.lock);
+        drop(self.state_lock);
+        drop(self.runtime_lock);
     }
 }
 
 /// Reads the pid recorded in a pid file, if any.
-pub fn read_pid(path: &std::path::Path) -> Option<String> {
+pub fn read_pid(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let pid = text.trim();
     (!pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit())).then(|| pid.to_string())

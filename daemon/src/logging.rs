@@ -11,6 +11,9 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{reload, Registry};
 
+/// Keeps the log writer thread alive; dropping it flushes what is queued.
+pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+
 /// The filter used when none is configured.
 pub const DEFAULT_FILTER: &str = "info";
 
@@ -84,12 +87,22 @@ fn parse_level(text: &str) -> Result<LevelFilter, String> {
 
 impl LogControl {
     /// Installs the global subscriber writing to stderr (which is the log file once detached).
-    pub fn init(spec: &str) -> Result<LogControl, String> {
+    ///
+    /// Lines go through a bounded queue to a writer thread, so a stderr that blocks (a
+    /// terminal paused with ^S, a stalled pipe or journal) never stalls the event loop that
+    /// serves every client; if the queue fills, lines are dropped instead. Must be called
+    /// after detaching, since it starts a thread.
+    ///
+    /// The returned guard flushes buffered lines when dropped: keep it until the last line.
+    pub fn init(spec: &str) -> Result<(LogControl, LogGuard), String> {
         let (filter, text) = parse_filter(spec)?;
         let (layer, handle) = reload::Layer::new(filter);
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(true)
+            .finish(std::io::stderr());
         let fmt = tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .with_ansi(ansi)
             .with_target(true);
         tracing_subscriber::registry()
@@ -97,10 +110,11 @@ impl LogControl {
             .with(fmt)
             .try_init()
             .map_err(|e| format!("cannot install the logger: {e}"))?;
-        Ok(LogControl {
+        let control = LogControl {
             handle,
             current: Mutex::new(text),
-        })
+        };
+        Ok((control, LogGuard(guard)))
     }
 
     /// The filter in force.

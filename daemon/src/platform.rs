@@ -64,7 +64,8 @@ mod unix {
                 let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
                 let mut fds = [PollFd::new(self.pipe.as_fd(), PollFlags::POLLIN)];
                 match poll(&mut fds, PollTimeout::from(ms)) {
-                    Ok(0) if left.is_zero() => {
+                    // Nothing readable within what was left of the timeout.
+                    Ok(0) => {
                         return Err(format!(
                             "the daemon (pid {}) did not become ready within {timeout:?}",
                             self.child

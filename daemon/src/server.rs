@@ -43,14 +43,28 @@ pub fn bind(socket: &Path) -> io::Result<Bound> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let name = socket.to_fs_name::<GenericFilePath>()?;
-    let mut options = ListenerOptions::new().name(name).reclaim_name(false);
+    let options = || -> io::Result<ListenerOptions<'_>> {
+        Ok(ListenerOptions::new()
+            .name(socket.to_fs_name::<GenericFilePath>()?)
+            .reclaim_name(false))
+    };
     #[cfg(unix)]
-    {
+    let listener = {
         use interprocess::os::unix::local_socket::ListenerOptionsExt;
-        options = options.mode(0o600);
-    }
-    let listener = options.create_tokio()?;
+        // Setting the mode before bind leaves no window with a wider mode; platforms that
+        // cannot (macOS) get a chmod right after, which the 0700 directory makes just as safe.
+        match options()?.mode(0o600).create_tokio() {
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                let listener = options()?.create_tokio()?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+                listener
+            }
+            other => other?,
+        }
+    };
+    #[cfg(not(unix))]
+    let listener = options()?.create_tokio()?;
     Ok(Bound {
         listener,
         file_id: file_id(socket),
@@ -73,7 +87,10 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
 }
 
 /// Accepts and serves connections until shutdown, then drains. Removes the socket file.
-pub async fn serve(ctx: Arc<Daemon>, mut bound: Bound) {
+/// `lock_identity` is the runtime lock file this daemon holds; if that file disappears (the
+/// whole runtime directory was deleted, as at logout), the daemon shuts down rather than
+/// serve a socket nobody can find while a new daemon starts beside it.
+pub async fn serve(ctx: Arc<Daemon>, mut bound: Bound, lock_identity: Option<(u64, u64)>) {
     let socket = ctx.paths.socket();
     let drain = Drain::new();
     let mut shutdown = ctx.shutdown_listener();
@@ -97,6 +114,14 @@ pub async fn serve(ctx: Arc<Daemon>, mut bound: Bound) {
                 }
             },
             _ = tick.tick() => {
+                if lock_identity.is_some() && file_id(&ctx.paths.lock_file()) != lock_identity {
+                    warn!(
+                        runtime_dir = %ctx.paths.runtime_dir.display(),
+                        "the runtime directory was removed under the daemon"
+                    );
+                    ctx.trigger_shutdown("runtime directory removed");
+                    continue;
+                }
                 if file_id(&socket) != bound.file_id || bound.file_id.is_none() {
                     warn!(socket = %socket.display(), "socket file vanished or was replaced; recreating it");
                     match bind(&socket) {
@@ -129,21 +154,33 @@ fn spawn_connection(ctx: &Arc<Daemon>, stream: Stream, id: u64, drain: &Drain) {
     tokio::spawn(conn::serve(ctx.clone(), stream, drain.guard()).instrument(span));
 }
 
-/// Turns SIGTERM and SIGINT into a graceful shutdown.
+/// Turns SIGTERM, SIGINT and SIGHUP (the terminal of a foreground daemon closed) into a
+/// graceful shutdown. A second signal while shutting down means "now": the socket and pid file
+/// are removed and the process exits at once, without waiting for the grace period.
 pub fn spawn_signal_handlers(ctx: &Arc<Daemon>) -> io::Result<()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            let which = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            };
-            info!("received {which}");
-            ctx.trigger_shutdown(which);
+            loop {
+                let which = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                    _ = hup.recv() => "SIGHUP",
+                };
+                if ctx.shutting_down() {
+                    warn!("received {which} again during shutdown; exiting now");
+                    let _ = std::fs::remove_file(ctx.paths.socket());
+                    let _ = std::fs::remove_file(ctx.paths.pid_file());
+                    std::process::exit(1);
+                }
+                info!("received {which}");
+                ctx.trigger_shutdown(which);
+            }
         });
     }
     Ok(())

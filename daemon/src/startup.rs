@@ -63,7 +63,7 @@ fn start(args: Args) -> Result<(), Failure> {
     ensure_private_dir(&paths.runtime_dir, DirKind::Runtime)?;
     ensure_private_dir(&paths.state_dir, DirKind::State)?;
     let config = Config::load(&paths)?;
-    let instance = match Instance::acquire(&paths) {
+    let mut instance = match Instance::acquire(&paths) {
         Ok(instance) => instance,
         Err(e @ InstanceError::AlreadyRunning { .. }) => {
             return Err(Failure::AlreadyRunning(e.to_string()))
@@ -74,7 +74,7 @@ fn start(args: Args) -> Result<(), Failure> {
     let mut ready = None;
     let mut log_file = None;
     if args.detach {
-        match platform::daemonize(&paths.log_file(), &[instance.lock_fd()])? {
+        match platform::daemonize(&paths.log_file(), &instance.lock_fds())? {
             Fork::Parent(wait) => {
                 let child = wait.child;
                 // The child holds the lock through its inherited descriptor; ours must not
@@ -101,13 +101,9 @@ fn start(args: Args) -> Result<(), Failure> {
         }
     }
 
-    let outcome = serve(paths, config, &instance, log_file, &mut ready, &args);
-    if let Err(why) = &outcome {
-        // Into the log too: a detached daemon's parent may be gone by the time anyone looks.
-        tracing::error!("sessiond failed: {why}");
-        if let Some(signal) = ready.take() {
-            signal.fail(why);
-        }
+    let outcome = serve(paths, config, &mut instance, log_file, &mut ready, &args);
+    if let (Err(why), Some(signal)) = (&outcome, ready.take()) {
+        signal.fail(why);
     }
     instance.release();
     outcome.map_err(Failure::Other)
@@ -117,7 +113,7 @@ fn start(args: Args) -> Result<(), Failure> {
 fn serve(
     paths: Paths,
     config: Config,
-    instance: &Instance,
+    instance: &mut Instance,
     log_file: Option<std::path::PathBuf>,
     ready: &mut Option<ReadySignal>,
     args: &Args,
@@ -127,10 +123,27 @@ fn serve(
         .clone()
         .or_else(|| config.daemon.log_level.clone())
         .unwrap_or_else(|| DEFAULT_FILTER.to_string());
-    let log = LogControl::init(&filter).map_err(|e| format!("log filter {filter:?}: {e}"))?;
-    instance
-        .write_pid()
-        .map_err(|e| format!("cannot write {}: {e}", paths.pid_file().display()))?;
+    let (log, _flush_on_exit) =
+        LogControl::init(&filter).map_err(|e| format!("log filter {filter:?}: {e}"))?;
+    let outcome = run_server(paths, config, instance, log, log_file, ready);
+    if let Err(why) = &outcome {
+        // Into the log too: a detached daemon's parent may be gone by the time anyone looks.
+        tracing::error!("sessiond failed: {why}");
+    }
+    outcome
+}
+
+/// Pid file, runtime, socket, serving: everything that runs with logging in place.
+fn run_server(
+    paths: Paths,
+    config: Config,
+    instance: &mut Instance,
+    log: LogControl,
+    log_file: Option<std::path::PathBuf>,
+    ready: &mut Option<ReadySignal>,
+) -> Result<(), String> {
+    instance.write_pid()?;
+    let lock_identity = instance.runtime_lock_identity();
 
     // One thread serves every connection: requests are short, and a single event loop keeps
     // latency free of cross-thread wake-ups. Blocking work gets threads of its own.
@@ -154,7 +167,7 @@ fn serve(
         if let Some(signal) = ready.take() {
             signal.ready();
         }
-        server::serve(ctx, bound).await;
+        server::serve(ctx, bound, lock_identity).await;
         tracing::info!("sessiond stopped");
         Ok(())
     })

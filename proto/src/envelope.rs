@@ -20,6 +20,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorCode;
+use crate::frame::FrameError;
 use crate::version::ProtocolVersion;
 
 /// Declares a zero-sized marker that serializes as one fixed `type` string and refuses any
@@ -85,13 +86,47 @@ frame_tag!(
 
 /// The part of any frame a receiver reads first, to decide what to decode it as.
 #[derive(Debug, Deserialize)]
-pub struct FrameHead<'a> {
-    #[serde(rename = "type", borrow)]
-    pub kind: &'a str,
+pub struct FrameHead {
+    #[serde(rename = "type")]
+    pub kind: String,
     #[serde(default)]
     pub id: Option<u64>,
-    #[serde(default, borrow)]
-    pub method: Option<&'a str>,
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+impl FrameHead {
+    /// Reads a frame's head, enforcing what every frame must be (PROTOCOL.md, section 2): one
+    /// MessagePack map, nothing after it, with a string `type`. The rest of the map is skipped
+    /// without being kept.
+    pub fn decode(payload: &[u8]) -> Result<FrameHead, FrameError> {
+        let is_map = matches!(payload.first(), Some(0x80..=0x8f | 0xde | 0xdf));
+        if !is_map {
+            return Err(FrameError::Shape("the payload is not a map"));
+        }
+        let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(payload));
+        let head = FrameHead::deserialize(&mut de)?;
+        if de.position() != payload.len() as u64 {
+            return Err(FrameError::Shape(
+                "bytes follow the message; a frame holds exactly one value",
+            ));
+        }
+        Ok(head)
+    }
+
+    /// The integer `id` of a frame whose head is otherwise unusable (a `method` that is not a
+    /// string, say), so the error can still be addressed to that request.
+    pub fn salvage_id(payload: &[u8]) -> Option<u64> {
+        #[derive(Deserialize)]
+        struct IdOnly {
+            id: Option<u64>,
+        }
+        let is_map = matches!(payload.first(), Some(0x80..=0x8f | 0xde | 0xdf));
+        if !is_map {
+            return None;
+        }
+        crate::frame::decode::<IdOnly>(payload).ok()?.id
+    }
 }
 
 /// The client's first frame. The client may pipeline requests right behind it without waiting
@@ -103,8 +138,8 @@ pub struct Hello {
     pub kind: HelloTag,
     pub protocol: ProtocolVersion,
     /// Free text naming the client and its version, e.g. `"sessionctl 0.1.0"`; logged.
-    #[serde(default)]
-    pub client: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     /// The client's process id, when it has one; logged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -115,7 +150,7 @@ impl Hello {
         Self {
             kind: HelloTag,
             protocol,
-            client: client.into(),
+            client: Some(client.into()),
             pid,
         }
     }

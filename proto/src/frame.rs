@@ -11,7 +11,7 @@
 
 use std::io::{self, Read};
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Serialize};
 
 /// Bytes in the length prefix.
 pub const HEADER_LEN: usize = 4;
@@ -39,6 +39,9 @@ pub enum FrameError {
     /// The payload is not a MessagePack value of the expected shape.
     #[error("frame is not a valid message: {0}")]
     Decode(#[from] rmp_serde::decode::Error),
+    /// The payload decodes but breaks a framing rule (not a map, trailing bytes).
+    #[error("frame is not a valid message: {0}")]
+    Shape(&'static str),
     /// A value could not be encoded (a map key that is not a string, for instance).
     #[error("could not encode message: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
@@ -70,12 +73,6 @@ pub fn encode_into<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> Resul
 
 /// Decodes a frame's payload (the bytes after the length prefix) into a typed value.
 pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
-    Ok(rmp_serde::from_slice(payload)?)
-}
-
-/// Decodes a payload into a value that may borrow strings from it (used to peek at a frame's
-/// head without copying).
-pub fn decode_borrowed<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, FrameError> {
     Ok(rmp_serde::from_slice(payload)?)
 }
 

@@ -123,4 +123,8 @@ pub struct ShutdownParams {}
 pub struct ShutdownResult {
     /// The pid of the daemon that is shutting down, so a client can wait for it to exit.
     pub pid: u32,
+    /// How long the daemon will wait for requests in flight before exiting anyway, in ms: how
+    /// long a client should be prepared to wait for it to be gone.
+    #[serde(default)]
+    pub grace_ms: u64,
 }

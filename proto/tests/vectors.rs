@@ -172,7 +172,13 @@ fn golden_vectors_match_typed_messages() {
     );
     c.check(
         "response_shutdown",
-        Response::new(4, ShutdownResult { pid: 4243 }),
+        Response::new(
+            4,
+            ShutdownResult {
+                pid: 4243,
+                grace_ms: 5000,
+            },
+        ),
     );
     c.check(
         "error_unknown_method",

@@ -24,7 +24,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Directory holding the built binaries.
 pub fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SESSIOND_TEST_BIN_DIR") {
+    if let Some(dir) = std::env::var_os("SESSIOND_TEST_BIN_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
     // target/<profile>/deps/<test-binary> → target/<profile>
@@ -385,8 +385,7 @@ impl RawConn {
 
 /// The `type` of a frame.
 pub fn kind(payload: &[u8]) -> String {
-    let head: FrameHead = frame::decode_borrowed(payload).expect("frame head");
-    head.kind.to_string()
+    FrameHead::decode(payload).expect("frame head").kind
 }
 
 /// A payload as generic JSON, for assertions and messages.

@@ -4,6 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 
 use nix::sys::signal::Signal;
+use sessiond_proto::ErrorCode;
 use sessiond_tests::{eventually, kind, run_bounded, Sandbox};
 
 #[test]
@@ -96,12 +97,78 @@ fn sigterm_removes_socket_and_pid_file_and_exits_zero() {
 }
 
 #[test]
-fn sigint_is_a_graceful_shutdown_too() {
-    let sb = Sandbox::new();
+fn sigint_and_sighup_are_graceful_shutdowns_too() {
+    for sig in [Signal::SIGINT, Signal::SIGHUP] {
+        let sb = Sandbox::new();
+        let mut daemon = sb.start_daemon();
+        daemon.signal(sig);
+        assert_eq!(daemon.wait().code(), Some(0), "{sig}");
+        assert!(!sb.socket().exists(), "{sig}");
+        assert!(!sb.pid_file().exists(), "{sig}");
+    }
+}
+
+#[test]
+fn second_signal_during_a_slow_shutdown_exits_at_once() {
+    let sb =
+        Sandbox::with_config("[daemon]\nwrite_timeout_ms = 60000\nshutdown_grace_ms = 60000\n");
     let mut daemon = sb.start_daemon();
-    daemon.signal(Signal::SIGINT);
-    assert_eq!(daemon.wait().code(), Some(0));
+    // A client that never reads keeps its connection's writer blocked, so the graceful
+    // shutdown would wait out the 60 s grace period.
+    let mut hog = sb.raw();
+    hog.handshake();
+    let mut burst = Vec::new();
+    for id in 0..3000u64 {
+        sessiond_proto::frame::encode_into(
+            &mut burst,
+            &sessiond_proto::envelope::Request::new(id, "status", serde_json::json!({})),
+        )
+        .unwrap();
+    }
+    std::io::Write::write_all(&mut hog.stream, &burst).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    daemon.signal(Signal::SIGTERM);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        daemon.running(),
+        "the first signal waits for the stalled client"
+    );
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait().code(), Some(1));
     assert!(!sb.socket().exists());
+    assert!(!sb.pid_file().exists());
+}
+
+#[test]
+fn two_daemons_cannot_share_a_state_directory() {
+    let sb = Sandbox::new();
+    let _first = sb.start_daemon();
+    let other_runtime = sb.root.join("run2");
+    let out = run_bounded(
+        std::process::Command::new(sessiond_tests::sessiond_bin())
+            .arg("--runtime-dir")
+            .arg(&other_runtime)
+            .arg("--state-dir")
+            .arg(&sb.state)
+            .arg("--config")
+            .arg(&sb.config),
+    );
+    assert_eq!(out.code(), 3, "{}", out.stderr());
+    let err = out.stderr();
+    assert!(err.contains("sessiond already running"), "{err}");
+    assert!(
+        err.contains(&sb.socket().display().to_string()),
+        "names the running socket: {err}"
+    );
+    assert!(err.contains("same state directory"), "{err}");
+}
+
+#[test]
+fn daemon_exits_when_its_runtime_directory_is_removed() {
+    let sb = Sandbox::with_config("[daemon]\nsocket_check_interval_ms = 100\n");
+    let mut daemon = sb.start_daemon();
+    std::fs::remove_dir_all(&sb.runtime).unwrap();
+    assert_eq!(daemon.wait().code(), Some(0));
 }
 
 #[test]
@@ -117,8 +184,13 @@ fn shutdown_request_is_answered_before_the_daemon_exits() {
     let v = sessiond_tests::as_json(&payload);
     assert_eq!(v["id"], 5);
     assert_eq!(v["result"]["pid"], daemon.pid());
-    conn.expect_closed();
-    idle.expect_closed();
+    assert_eq!(v["result"]["grace_ms"], 5000);
+    // Every connection, the idle one too, is told before it is closed.
+    for c in [&mut conn, &mut idle] {
+        let notice = c.read_error();
+        assert_eq!((notice.code, notice.id), (ErrorCode::SHUTTING_DOWN, None));
+        c.expect_closed();
+    }
     assert_eq!(daemon.wait().code(), Some(0));
     assert!(!sb.socket().exists());
     assert!(!sb.pid_file().exists());
@@ -199,18 +271,36 @@ fn detach_reports_a_start_up_failure_with_the_reason() {
 }
 
 #[test]
-fn deleted_socket_is_recreated_and_clients_are_told_meanwhile() {
-    let sb = Sandbox::with_config("[daemon]\nsocket_check_interval_ms = 3000\n");
-    let _daemon = sb.start_daemon();
+fn deleted_socket_is_recreated_and_a_waiting_client_gets_through() {
+    let sb = Sandbox::with_config("[daemon]\nsocket_check_interval_ms = 300\n");
+    let daemon = sb.start_daemon();
     std::fs::remove_file(sb.socket()).unwrap();
-    // Before the daemon notices: a client must not autostart a second daemon, and says why.
-    let out = sb.ctl(&["--json", "ping"]);
-    assert_eq!(out.code(), 3, "{}", out.stderr());
-    let err = out.json_error();
-    assert_eq!(err["error"]["code"], "socket_missing", "{err}");
-    eventually("the socket to be recreated", || sb.socket().exists());
+    // The client finds a daemon holding the lock without a socket: it waits for the socket
+    // rather than start a second daemon, and reaches the same one.
+    let v = sb.ctl(&["--json", "ping"]).json();
+    assert_eq!(v["daemon_pid"], daemon.pid());
     let mut conn = sb.raw();
     conn.handshake();
     conn.request(1, "ping", serde_json::json!({}));
     assert_eq!(kind(&conn.read().unwrap()), "response");
+}
+
+#[test]
+fn socket_missing_is_reported_not_papered_over_with_a_second_daemon() {
+    let sb = Sandbox::with_config("[daemon]\nsocket_check_interval_ms = 600000\n");
+    let mut daemon = sb.start_daemon();
+    std::fs::remove_file(sb.socket()).unwrap();
+    let out = sb.ctl(&["--json", "ping"]);
+    assert_eq!(out.code(), 3, "{}", out.stderr());
+    let err = out.json_error();
+    assert_eq!(err["error"]["code"], "socket_missing", "{err}");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("pid {}", daemon.pid())),
+        "{message}"
+    );
+    // `stop` still works: the daemon cannot be asked, so it is signalled.
+    let v = sb.ctl(&["--json", "daemon", "stop"]).json();
+    assert_eq!(v["pid"], daemon.pid());
+    assert_eq!(daemon.wait().code(), Some(0));
 }

@@ -21,8 +21,12 @@ fn connection_from_another_uid_is_refused_with_permission_denied() {
     std::fs::set_permissions(&sb.root, std::fs::Permissions::from_mode(0o711)).unwrap();
     std::fs::set_permissions(&sb.runtime, std::fs::Permissions::from_mode(0o711)).unwrap();
     std::fs::set_permissions(sb.socket(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // The build directory may sit below a private directory; give the intruder its own copy.
+    let peer = sb.root.join("peer");
+    std::fs::copy(env!("CARGO_BIN_EXE_sessiond-test-peer"), &peer).unwrap();
+    std::fs::set_permissions(&peer, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = run_bounded(
-        std::process::Command::new(env!("CARGO_BIN_EXE_sessiond-test-peer"))
+        std::process::Command::new(&peer)
             .arg(sb.socket())
             .uid(OTHER_UID)
             .gid(OTHER_UID),

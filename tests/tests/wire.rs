@@ -165,6 +165,55 @@ fn unknown_fields_are_ignored_and_empty_params_may_be_omitted() {
 }
 
 #[test]
+fn frames_that_are_not_exactly_one_map_are_bad_frames() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    // A hello written as a positional array instead of a map.
+    let mut conn = sb.raw();
+    let array = rmp_serde::to_vec(&("hello", [1, 0], "positional")).unwrap();
+    let mut bytes = (array.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&array);
+    conn.send_bytes(&bytes);
+    assert_eq!(conn.read_error().code, ErrorCode::BAD_FRAME);
+    conn.expect_closed();
+    // A valid hello with a stray byte after it inside the frame.
+    let mut conn = sb.raw();
+    let mut payload =
+        frame::encode(&Hello::new(PROTOCOL_VERSION, "trailing", None)).unwrap()[4..].to_vec();
+    payload.push(0xc0);
+    let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&payload);
+    conn.send_bytes(&bytes);
+    let err = conn.read_error();
+    assert_eq!(err.code, ErrorCode::BAD_FRAME);
+    assert!(err.message.contains("exactly one value"), "{}", err.message);
+}
+
+#[test]
+fn request_with_a_malformed_method_fails_alone_when_it_has_an_id() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let mut conn = sb.raw();
+    conn.handshake();
+    conn.send(&serde_json::json!({"type": "request", "id": 12, "method": 42}));
+    let err = conn.read_error();
+    assert_eq!((err.code, err.id), (ErrorCode::BAD_FRAME, Some(12)));
+    conn.request(13, "ping", serde_json::json!({}));
+    assert_eq!(kind(&conn.read().unwrap()), "response");
+}
+
+#[test]
+fn hello_with_nil_optionals_is_accepted() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let mut conn = sb.raw();
+    conn.send(
+        &serde_json::json!({"type": "hello", "protocol": [1, 0], "client": null, "pid": null}),
+    );
+    assert_eq!(kind(&conn.read().unwrap()), "welcome");
+}
+
+#[test]
 fn set_log_level_changes_the_filter_reported_by_status() {
     let sb = Sandbox::new();
     let _daemon = sb.start_daemon();

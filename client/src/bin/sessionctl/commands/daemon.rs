@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sessiond_client::{autostart, daemon_lock_holder, BlockingClient, ClientError, ConnectOptions};
+use sessiond_client::{autostart, running_daemon, BlockingClient, ClientError, ConnectOptions};
 use sessiond_proto::methods::{
     SetLogLevel, SetLogLevelParams, Shutdown, ShutdownParams, Status, StatusParams, StatusResult,
 };
@@ -120,29 +120,59 @@ struct StopReport {
 }
 
 /// Asks the daemon to stop and waits until it has exited; `None` when none was running.
+///
+/// A daemon that cannot be asked (it speaks another protocol version after an upgrade, or its
+/// socket was deleted) is sent SIGTERM instead, which every version treats as a graceful
+/// shutdown: `restart` must work exactly when the client and daemon disagree.
 fn stop_daemon(opts: &ConnectOptions) -> Result<Option<u32>, ClientError> {
     let opts = existing_only(opts);
-    let mut client = match BlockingClient::connect(&opts) {
-        Ok(client) => client,
+    let asked =
+        BlockingClient::connect(&opts).and_then(|mut c| c.call::<Shutdown>(ShutdownParams {}));
+    let (pid, grace) = match asked {
+        Ok(r) => (r.pid, Duration::from_millis(r.grace_ms)),
         Err(ClientError::NotRunning { .. }) => return Ok(None),
+        Err(
+            e @ (ClientError::VersionMismatch(_)
+            | ClientError::SocketMissing { .. }
+            | ClientError::Protocol(_)),
+        ) => {
+            let Some(pid) = running_daemon(&opts.paths).and_then(|d| d.pid) else {
+                return Err(e);
+            };
+            terminate(pid).map_err(|err| {
+                ClientError::Local(format!(
+                    "cannot ask sessiond (pid {pid}) to stop: {e}; and SIGTERM failed: {err}"
+                ))
+            })?;
+            (pid, DEFAULT_GRACE)
+        }
         Err(e) => return Err(e),
     };
-    let pid = client.call::<Shutdown>(ShutdownParams {})?.pid;
-    drop(client);
     // The daemon holds its instance lock until the process is gone; the lock, unlike the pid,
     // cannot be fooled by pid reuse or by a zombie waiting for its parent.
-    let deadline = Instant::now() + opts.timeout;
-    while daemon_lock_holder(&opts.paths).is_some() {
+    let patience = opts.timeout + grace;
+    let deadline = Instant::now() + patience;
+    while running_daemon(&opts.paths).is_some() {
         if Instant::now() >= deadline {
             return Err(ClientError::Local(format!(
-                "sessiond (pid {pid}) accepted shutdown but had not exited after {:?}; check \
-                 its log, or end it with `kill {pid}`",
-                opts.timeout
+                "sessiond (pid {pid}) was asked to shut down but had not exited after                  {patience:?}; check its log, or end it with `kill -9 {pid}`"
             )));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
     Ok(Some(pid))
+}
+
+/// The daemon's default shutdown grace, assumed when it could not tell us its own.
+const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
+fn terminate(pid: u32) -> std::io::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| std::io::Error::other("pid out of range"))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .map_err(std::io::Error::from)
 }
 
 fn stop(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {

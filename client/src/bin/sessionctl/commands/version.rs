@@ -31,6 +31,14 @@ pub fn run(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
             pid: Some(w.pid),
         }),
         Err(ClientError::NotRunning { .. }) => None,
+        Err(e @ ClientError::VersionMismatch(_)) if !out.json => {
+            // The case this command exists for: say what we are before the mismatch.
+            println!(
+                "sessionctl {} (protocol {PROTOCOL_VERSION})",
+                env!("CARGO_PKG_VERSION")
+            );
+            return Err(e);
+        }
         Err(e) => return Err(e),
     };
     let report = VersionReport {
