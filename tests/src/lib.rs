@@ -7,6 +7,7 @@
 //! [`Sandbox`] or [`Daemon`] is dropped, pass or fail.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -187,6 +188,24 @@ impl Sandbox {
         RawConn::connect(&self.socket())
     }
 
+    /// Creates the runtime directory ahead of the daemon, with `mode`.
+    pub fn make_runtime_dir(&self, mode: u32) {
+        std::fs::create_dir_all(&self.runtime).unwrap();
+        std::fs::set_permissions(&self.runtime, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// Listens on the sandbox socket in place of a daemon, for clients to meet a scripted peer.
+    pub fn fake_listener(&self) -> std::os::unix::net::UnixListener {
+        self.make_runtime_dir(0o700);
+        std::os::unix::net::UnixListener::bind(self.socket()).unwrap()
+    }
+
+    /// Asserts a daemon left neither its socket nor its pid file behind.
+    pub fn assert_cleaned_up(&self) {
+        assert!(!self.socket().exists(), "socket file left behind");
+        assert!(!self.pid_file().exists(), "pid file left behind");
+    }
+
     /// The pid recorded in the pid file, if any.
     pub fn recorded_pid(&self) -> Option<i32> {
         std::fs::read_to_string(self.pid_file())
@@ -352,6 +371,20 @@ impl RawConn {
 
     pub fn request<P: Serialize>(&mut self, id: u64, method: &str, params: P) {
         self.send(&Request::new(id, method, params));
+    }
+
+    /// Sends `n` `status` requests and reads none of the answers: far more than the socket
+    /// buffers hold, so the daemon's writes to this connection stall.
+    pub fn flood_unread(&mut self, n: u64) {
+        let mut burst = Vec::new();
+        for id in 0..n {
+            frame::encode_into(
+                &mut burst,
+                &Request::new(id, "status", serde_json::json!({})),
+            )
+            .unwrap();
+        }
+        let _ = self.stream.write_all(&burst);
     }
 
     /// Reads one frame's payload; `None` on end of stream (or a reset after it).

@@ -1,7 +1,6 @@
 //! sessionctl brings the daemon up by itself, once, however many clients ask at once.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
 
 use sessiond_tests::{run_bounded, Sandbox};
 
@@ -83,8 +82,8 @@ fn failed_autostart_shows_the_reason_and_exits_3() {
 #[test]
 fn failure_after_detaching_shows_the_log_tail() {
     let sb = Sandbox::new();
-    std::fs::create_dir_all(sb.socket()).unwrap();
-    std::fs::set_permissions(&sb.runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
+    sb.make_runtime_dir(0o700);
+    std::fs::create_dir(sb.socket()).unwrap(); // a directory where the socket goes
     let out = sb.ctl(&["ping"]);
     assert_eq!(out.code(), 3, "{}", out.stderr());
     let err = out.stderr();
@@ -112,8 +111,7 @@ fn missing_daemon_program_is_named() {
 #[test]
 fn client_refuses_an_unsafe_runtime_dir() {
     let sb = Sandbox::new();
-    std::fs::create_dir_all(&sb.runtime).unwrap();
-    std::fs::set_permissions(&sb.runtime, std::fs::Permissions::from_mode(0o777)).unwrap();
+    sb.make_runtime_dir(0o777);
     let out = sb.ctl(&["--json", "ping"]);
     assert_eq!(out.code(), 1);
     let err = out.json_error();

@@ -1,6 +1,5 @@
 //! Hostile and broken clients: each gets an error or a close, and nobody else notices.
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use sessiond_proto::ErrorCode;
@@ -161,16 +160,7 @@ fn client_that_stops_reading_is_dropped_without_stalling_others() {
     hog.stream
         .set_write_timeout(Some(Duration::from_secs(3)))
         .unwrap();
-    // Ask for far more answers than the socket buffers hold, and never read them.
-    let mut burst = Vec::new();
-    for id in 0..2000u64 {
-        sessiond_proto::frame::encode_into(
-            &mut burst,
-            &sessiond_proto::envelope::Request::new(id, "status", serde_json::json!({})),
-        )
-        .unwrap();
-    }
-    let _ = hog.stream.write_all(&burst);
+    hog.flood_unread(2000);
     assert_still_serving(&sb);
     // Read nothing for well over the write timeout, so the daemon's write stalls that long.
     std::thread::sleep(Duration::from_millis(1000));

@@ -1,7 +1,5 @@
 //! sessionctl's commands, output forms and exit codes.
 
-use std::os::unix::net::UnixListener;
-
 use sessiond_proto::envelope::{ErrorFrame, Welcome};
 use sessiond_proto::{frame, ErrorCode, ProtocolVersion};
 use sessiond_tests::{run_bounded, Sandbox};
@@ -132,13 +130,7 @@ fn help_is_a_manual() {
 /// Serves one connection on the sandbox socket with a scripted first answer, standing in for
 /// a daemon of another protocol version.
 fn fake_daemon(sb: &Sandbox, answer: Vec<u8>) -> std::thread::JoinHandle<()> {
-    std::fs::create_dir_all(&sb.runtime).unwrap();
-    std::fs::set_permissions(
-        &sb.runtime,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
-    let listener = UnixListener::bind(sb.socket()).unwrap();
+    let listener = sb.fake_listener();
     std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
         let _ = frame::read_frame(&mut stream, 1 << 20);
@@ -193,14 +185,8 @@ fn daemon_welcoming_with_another_major_is_refused_by_the_client() {
 #[test]
 fn daemon_that_never_answers_times_out_with_exit_3() {
     let sb = Sandbox::new();
-    std::fs::create_dir_all(&sb.runtime).unwrap();
-    std::fs::set_permissions(
-        &sb.runtime,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
     // Accepts and reads, never answers.
-    let listener = UnixListener::bind(sb.socket()).unwrap();
+    let listener = sb.fake_listener();
     let holder = std::thread::spawn(move || {
         let (stream, _) = listener.accept().unwrap();
         std::thread::sleep(std::time::Duration::from_secs(2));

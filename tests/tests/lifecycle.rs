@@ -92,8 +92,7 @@ fn sigterm_removes_socket_and_pid_file_and_exits_zero() {
     daemon.signal(Signal::SIGTERM);
     let status = daemon.wait();
     assert_eq!(status.code(), Some(0));
-    assert!(!sb.socket().exists(), "socket removed");
-    assert!(!sb.pid_file().exists(), "pid file removed");
+    sb.assert_cleaned_up();
 }
 
 #[test]
@@ -103,8 +102,7 @@ fn sigint_and_sighup_are_graceful_shutdowns_too() {
         let mut daemon = sb.start_daemon();
         daemon.signal(sig);
         assert_eq!(daemon.wait().code(), Some(0), "{sig}");
-        assert!(!sb.socket().exists(), "{sig}");
-        assert!(!sb.pid_file().exists(), "{sig}");
+        sb.assert_cleaned_up();
     }
 }
 
@@ -117,15 +115,7 @@ fn second_signal_during_a_slow_shutdown_exits_at_once() {
     // shutdown would wait out the 60 s grace period.
     let mut hog = sb.raw();
     hog.handshake();
-    let mut burst = Vec::new();
-    for id in 0..3000u64 {
-        sessiond_proto::frame::encode_into(
-            &mut burst,
-            &sessiond_proto::envelope::Request::new(id, "status", serde_json::json!({})),
-        )
-        .unwrap();
-    }
-    std::io::Write::write_all(&mut hog.stream, &burst).unwrap();
+    hog.flood_unread(3000);
     std::thread::sleep(std::time::Duration::from_millis(300));
     daemon.signal(Signal::SIGTERM);
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -135,8 +125,7 @@ fn second_signal_during_a_slow_shutdown_exits_at_once() {
     );
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait().code(), Some(1));
-    assert!(!sb.socket().exists());
-    assert!(!sb.pid_file().exists());
+    sb.assert_cleaned_up();
 }
 
 #[test]
@@ -192,15 +181,13 @@ fn shutdown_request_is_answered_before_the_daemon_exits() {
         c.expect_closed();
     }
     assert_eq!(daemon.wait().code(), Some(0));
-    assert!(!sb.socket().exists());
-    assert!(!sb.pid_file().exists());
+    sb.assert_cleaned_up();
 }
 
 #[test]
 fn group_or_world_accessible_runtime_dir_is_refused_with_the_fix() {
     let sb = Sandbox::new();
-    std::fs::create_dir_all(&sb.runtime).unwrap();
-    std::fs::set_permissions(&sb.runtime, std::fs::Permissions::from_mode(0o755)).unwrap();
+    sb.make_runtime_dir(0o755);
     let out = run_bounded(&mut sb.sessiond());
     assert_eq!(out.code(), 1);
     let err = out.stderr();
@@ -258,8 +245,8 @@ fn detach_returns_once_the_socket_accepts() {
 #[test]
 fn detach_reports_a_start_up_failure_with_the_reason() {
     let sb = Sandbox::new();
-    std::fs::create_dir_all(sb.socket()).unwrap(); // a directory where the socket goes
-    std::fs::set_permissions(&sb.runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
+    sb.make_runtime_dir(0o700);
+    std::fs::create_dir(sb.socket()).unwrap(); // a directory where the socket goes
     let out = run_bounded(sb.sessiond().arg("--detach"));
     assert_eq!(out.code(), 1);
     assert!(out.stderr().contains("is a directory"), "{}", out.stderr());
