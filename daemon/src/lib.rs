@@ -28,6 +28,7 @@ pub mod control;
 pub mod dispatch;
 pub mod instance;
 pub mod logging;
+pub mod ownership;
 pub mod platform;
 pub mod server;
 pub mod shutdown;

@@ -1,0 +1,1 @@
+//! Per-session ownership files (being written).
