@@ -5,10 +5,12 @@
 //! - the **reader** waits (without a time limit) for the next frame to begin, then gives the
 //!   rest of it `frame_timeout` to arrive; it answers each request through the outbox, in
 //!   arrival order;
-//! - the **writer** drains the outbox to the socket, giving each write `write_timeout`.
+//! - the **writer** drains the outbox, and the connection's event queue, to the socket, giving
+//!   each write `write_timeout`.
 //!
 //! They share nothing but a bounded channel, so a client that stops reading fills its own
-//! outbox, stalls only its own reader, and is dropped when a write times out. No lock is held
+//! outbox, stalls only its own reader, and is dropped when a write times out. Events never wait
+//! for anyone: the queue they land in is bounded, and overflow becomes a `lagged` notice. No lock is held
 //! across any of this I/O, and nothing here can make another connection wait.
 //!
 //! Errors follow the protocol's rule: an error with an `id` fails one request and the
@@ -31,7 +33,16 @@ use tracing::{debug, info, warn};
 
 use crate::context::Daemon;
 use crate::dispatch::{self, METHODS};
+use crate::events::EventQueue;
 use crate::shutdown::DrainGuard;
+
+/// What handlers may know about the connection a request came on.
+pub struct Conn {
+    /// Unique for the daemon's life; names the connection in logs and subscriptions.
+    pub id: u64,
+    /// Where the connection's subscriptions deliver events.
+    pub events: Arc<EventQueue>,
+}
 
 /// Encoded frames waiting to be written. Bounded so a client that never reads cannot make the
 /// daemon buffer without limit; 64 answers is deep enough for any sane pipeline.
@@ -43,7 +54,7 @@ const READ_BUFFER: usize = 8 * 1024;
 
 /// Serves one accepted connection until it closes. The caller wraps it in a span naming the
 /// connection.
-pub async fn serve(ctx: Arc<Daemon>, stream: Stream, _drain: DrainGuard) {
+pub async fn serve(ctx: Arc<Daemon>, stream: Stream, id: u64, _drain: DrainGuard) {
     let (peer_uid, peer_pid) = match crate::platform::peer_identity(&stream) {
         Ok(identity) => identity,
         Err(e) => {
@@ -93,9 +104,13 @@ pub async fn serve(ctx: Arc<Daemon>, stream: Stream, _drain: DrainGuard) {
     };
     debug!(peer_pid = ?peer_pid, "connected");
 
+    let conn = Conn {
+        id,
+        events: Arc::new(EventQueue::default()),
+    };
     let (outbox, queue) = mpsc::channel(OUTBOX_FRAMES);
-    let reader = read_loop(&ctx, &stream, outbox);
-    let writer = write_loop(&ctx, &stream, queue);
+    let reader = read_loop(&ctx, &conn, &stream, outbox);
+    let writer = write_loop(&ctx, &stream, queue, &conn.events);
     tokio::pin!(reader, writer);
     tokio::select! {
         why = &mut reader => {
@@ -108,6 +123,7 @@ pub async fn serve(ctx: Arc<Daemon>, stream: Stream, _drain: DrainGuard) {
             debug!("closed: {}", failed.err().unwrap_or("writer finished"));
         }
     }
+    ctx.registry().events.drop_connection(conn.id);
 }
 
 /// Writes a connection-level error to a client that will not be served, then drops it.
@@ -131,7 +147,12 @@ async fn send_fatal(outbox: &mpsc::Sender<Vec<u8>>, code: ErrorCode, message: St
 }
 
 /// Reads frames until the connection should close; returns why, for the log.
-async fn read_loop(ctx: &Daemon, stream: &Stream, outbox: mpsc::Sender<Vec<u8>>) -> &'static str {
+async fn read_loop(
+    ctx: &Daemon,
+    conn: &Conn,
+    stream: &Stream,
+    outbox: mpsc::Sender<Vec<u8>>,
+) -> &'static str {
     let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
     let max = ctx.config.max_frame();
     let mut shutdown = ctx.shutdown_listener();
@@ -196,7 +217,7 @@ async fn read_loop(ctx: &Daemon, stream: &Stream, outbox: mpsc::Sender<Vec<u8>>)
                 return "bad or incomplete frame";
             }
         };
-        if !handle_frame(ctx, &payload, &outbox).await {
+        if !handle_frame(ctx, conn, &payload, &outbox).await {
             return "connection-level error";
         }
     }
@@ -299,7 +320,12 @@ fn bad_frame_message(e: &FrameError) -> String {
 }
 
 /// Handles one frame after the handshake. Returns false when the connection must close.
-async fn handle_frame(ctx: &Daemon, payload: &[u8], outbox: &mpsc::Sender<Vec<u8>>) -> bool {
+async fn handle_frame(
+    ctx: &Daemon,
+    conn: &Conn,
+    payload: &[u8],
+    outbox: &mpsc::Sender<Vec<u8>>,
+) -> bool {
     let head = match FrameHead::decode(payload) {
         Ok(head) => head,
         // A map with a usable id but a malformed head (a method that is not a string, say)
@@ -327,7 +353,7 @@ async fn handle_frame(ctx: &Daemon, payload: &[u8], outbox: &mpsc::Sender<Vec<u8
     match (head.kind.as_str(), head.id) {
         ("request", Some(id)) => {
             let answer = match head.method.as_deref() {
-                Some(method) => dispatch::dispatch(ctx, id, method, payload).await,
+                Some(method) => dispatch::dispatch(ctx, conn, id, method, payload).await,
                 None => reject(Some(id), "request has no method".into()),
             };
             send(outbox, answer).await
@@ -354,16 +380,32 @@ async fn handle_frame(ctx: &Daemon, payload: &[u8], outbox: &mpsc::Sender<Vec<u8
     }
 }
 
-/// Writes queued frames until the queue closes (Ok) or the client stops accepting bytes.
+/// Writes answers and events until the answer queue closes (Ok) or the client stops
+/// accepting bytes.
 async fn write_loop(
     ctx: &Daemon,
     stream: &Stream,
     mut queue: mpsc::Receiver<Vec<u8>>,
+    events: &EventQueue,
 ) -> Result<(), &'static str> {
     let mut w = stream;
     let mut batch = Vec::new();
-    while let Some(first) = queue.recv().await {
-        // Coalesce what is already queued into one write; a large frame goes out alone rather
+    loop {
+        let first = tokio::select! {
+            biased;
+            answer = queue.recv() => match answer {
+                Some(first) => first,
+                None => break,
+            },
+            _ = events.ready.notified() => {
+                let frames = events.take();
+                if frames.is_empty() {
+                    continue;
+                }
+                frames.concat()
+            }
+        };
+        // Coalesce answers already queued into one write; a large frame goes out alone rather
         // than being copied.
         let bytes = match queue.try_recv() {
             Err(_) => first,

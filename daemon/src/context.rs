@@ -1,15 +1,18 @@
 //! The daemon's shared context: what every connection may read, and the few things it may
-//! trigger. It holds configuration and counters, not session state (that has one owner, the
-//! registry, arriving with sessions).
+//! trigger: configuration, counters, the shutdown trigger, and access to the registry, which
+//! alone owns session state.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use sessiond_proto::paths::Paths;
 
 use crate::config::DaemonConfig;
 use crate::logging::LogControl;
+use crate::ownership::SessionFiles;
+use crate::registry::Registry;
 use crate::shutdown::{ShutdownListener, ShutdownSignal};
 
 /// Shared by every task through an `Arc`.
@@ -24,8 +27,14 @@ pub struct Daemon {
     pub log: LogControl,
     /// Where stderr goes when detached.
     pub log_file: Option<PathBuf>,
+    /// Per-session lock and pid files, for reporting owners.
+    pub session_files: SessionFiles,
     connections: AtomicU32,
     shutdown: ShutdownSignal,
+    /// Every session and context. Behind a mutex only so that handlers on the event loop can
+    /// reach it: the daemon serves on one thread, so it is never contended, and no code holds
+    /// it across an await (each registry call is synchronous; commits are awaited after).
+    registry: Mutex<Registry>,
 }
 
 impl Daemon {
@@ -34,6 +43,8 @@ impl Daemon {
         config: DaemonConfig,
         log: LogControl,
         log_file: Option<PathBuf>,
+        registry: Registry,
+        session_files: SessionFiles,
     ) -> Self {
         Self {
             paths,
@@ -43,9 +54,16 @@ impl Daemon {
             started: Instant::now(),
             log,
             log_file,
+            session_files,
             connections: AtomicU32::new(0),
             shutdown: ShutdownSignal::new(),
+            registry: Mutex::new(registry),
         }
+    }
+
+    /// The registry, for one synchronous step. Never hold the guard across an await.
+    pub fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn trigger_shutdown(&self, reason: &str) {

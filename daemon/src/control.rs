@@ -7,15 +7,29 @@ use sessiond_proto::methods::{
 };
 use sessiond_proto::PROTOCOL_VERSION;
 
+use crate::conn::Conn;
 use crate::context::Daemon;
 use crate::dispatch::{HandlerResult, RequestError};
 
-pub async fn ping(_ctx: &Daemon, _p: PingParams) -> HandlerResult<Pong> {
+pub async fn ping(_ctx: &Daemon, _conn: &Conn, _id: u64, _p: PingParams) -> HandlerResult<Pong> {
     Ok(Pong {})
 }
 
-pub async fn status(ctx: &Daemon, _p: StatusParams) -> HandlerResult<StatusResult> {
+pub async fn status(
+    ctx: &Daemon,
+    _conn: &Conn,
+    _id: u64,
+    _p: StatusParams,
+) -> HandlerResult<StatusResult> {
     let path = |p: &std::path::Path| p.display().to_string();
+    let (sessions, subscriptions, database) = {
+        let registry = ctx.registry();
+        (
+            registry.len() as u64,
+            registry.events.subscriber_count() as u64,
+            path(registry.store_path()),
+        )
+    };
     Ok(StatusResult {
         version: crate::VERSION.to_string(),
         protocol: PROTOCOL_VERSION,
@@ -31,10 +45,18 @@ pub async fn status(ctx: &Daemon, _p: StatusParams) -> HandlerResult<StatusResul
         connections: ctx.connection_count(),
         max_connections: ctx.config.max_connections,
         max_frame_bytes: ctx.config.max_frame_bytes,
+        sessions,
+        subscriptions,
+        database,
     })
 }
 
-pub async fn set_log_level(ctx: &Daemon, p: SetLogLevelParams) -> HandlerResult<SetLogLevelResult> {
+pub async fn set_log_level(
+    ctx: &Daemon,
+    _conn: &Conn,
+    _id: u64,
+    p: SetLogLevelParams,
+) -> HandlerResult<SetLogLevelResult> {
     let (previous, level) = ctx
         .log
         .set(&p.level)
@@ -43,7 +65,12 @@ pub async fn set_log_level(ctx: &Daemon, p: SetLogLevelParams) -> HandlerResult<
     Ok(SetLogLevelResult { previous, level })
 }
 
-pub async fn shutdown(ctx: &Daemon, _p: ShutdownParams) -> HandlerResult<ShutdownResult> {
+pub async fn shutdown(
+    ctx: &Daemon,
+    _conn: &Conn,
+    _id: u64,
+    _p: ShutdownParams,
+) -> HandlerResult<ShutdownResult> {
     ctx.trigger_shutdown("shutdown requested by a client");
     Ok(ShutdownResult {
         pid: ctx.pid,

@@ -9,11 +9,15 @@
 use serde::de::DeserializeOwned;
 use sessiond_proto::envelope::{ErrorFrame, RequestParams, Response};
 use sessiond_proto::frame;
-use sessiond_proto::methods::{Method, Ping, SetLogLevel, Shutdown, Status};
+use sessiond_proto::methods::{
+    Archive, Create, Current, Get, List, Method, Ping, Regenerate, Rename, Reopen, SetLogLevel,
+    Shutdown, Status, Subscribe, Switch, Unsubscribe,
+};
 use sessiond_proto::ErrorCode;
 
+use crate::conn::Conn;
 use crate::context::Daemon;
-use crate::control;
+use crate::{control, session_methods};
 
 /// A request that failed; becomes an `error` frame carrying the request's id.
 #[derive(Debug)]
@@ -43,11 +47,17 @@ macro_rules! routes {
         pub const METHODS: &[&str] = &[$(<$method as Method>::NAME),*];
 
         /// Answers one request: returns the encoded `response` or `error` frame.
-        pub async fn dispatch(ctx: &Daemon, id: u64, method: &str, payload: &[u8]) -> Vec<u8> {
+        pub async fn dispatch(
+            ctx: &Daemon,
+            conn: &Conn,
+            id: u64,
+            method: &str,
+            payload: &[u8],
+        ) -> Vec<u8> {
             $(
                 if method == <$method as Method>::NAME {
                     let outcome = match params::<$method>(payload) {
-                        Ok(p) => $handler(ctx, p).await,
+                        Ok(p) => $handler(ctx, conn, id, p).await,
                         Err(e) => Err(e),
                     };
                     return answer(id, outcome);
@@ -63,6 +73,17 @@ routes! {
     Status => control::status,
     SetLogLevel => control::set_log_level,
     Shutdown => control::shutdown,
+    Create => session_methods::create,
+    List => session_methods::list,
+    Get => session_methods::get,
+    Switch => session_methods::switch,
+    Current => session_methods::current,
+    Rename => session_methods::rename,
+    Archive => session_methods::archive,
+    Reopen => session_methods::reopen,
+    Regenerate => session_methods::regenerate,
+    Subscribe => session_methods::subscribe,
+    Unsubscribe => session_methods::unsubscribe,
 }
 
 /// Decodes a request's params for method `M`. Omitted params are read as an empty map, so a

@@ -26,13 +26,18 @@ pub mod conn;
 pub mod context;
 pub mod control;
 pub mod dispatch;
+pub mod events;
 pub mod instance;
 pub mod logging;
 pub mod ownership;
 pub mod platform;
+pub mod registry;
 pub mod server;
+pub mod session;
+pub mod session_methods;
 pub mod shutdown;
 pub mod startup;
+pub mod store;
 
 /// This build's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

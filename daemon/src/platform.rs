@@ -1,7 +1,8 @@
 //! Everything that differs between operating systems, in one place.
 //!
 //! Unix: peer credentials through interprocess (SO_PEERCRED / getpeereid), detaching with
-//! fork + setsid and a readiness pipe. The transport itself goes through interprocess and the
+//! fork + setsid and a readiness pipe, and the process facts that tell a session's live owner
+//! from a stale pid file (whether a pid exists, and when it started). The transport itself goes through interprocess and the
 //! locks through `std::fs::File::try_lock`, so a Windows port (named pipes, `LockFileEx`) needs
 //! only this module: peer checks by the pipe's client token, and a detach that re-spawns the
 //! daemon as a detached process instead of forking.
@@ -29,6 +30,50 @@ mod unix {
     pub fn peer_identity(stream: &Stream) -> io::Result<(Option<u32>, Option<u32>)> {
         let creds = stream.peer_creds()?;
         Ok((creds.euid(), creds.pid().map(|p| p as u32)))
+    }
+
+    /// When process `pid` started, in clock ticks since boot (field 22 of `/proc/PID/stat`).
+    /// A pid can be reused once its process is gone; the start time tells the new process from
+    /// the old. `None` where the system does not say (not Linux) or the process is gone.
+    pub fn process_start_time(pid: u32) -> Option<u64> {
+        #[cfg(target_os = "linux")]
+        {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Field 2 is the command name in parentheses, and the name itself may contain
+            // spaces and ')' ("(a) b)"), so the fields are counted from the last ')'. What
+            // follows it starts at field 3, so field 22 is the 20th word.
+            let after_comm = &stat[stat.rfind(')')? + 1..];
+            after_comm.split_whitespace().nth(22 - 3)?.parse().ok()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = pid;
+            None
+        }
+    }
+
+    /// A file's identity, (device, inode): two paths or descriptors with equal identities are
+    /// the same file. Ownership compares the file it locked with the file its path names now.
+    pub fn file_identity(meta: &std::fs::Metadata) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        (meta.dev(), meta.ino())
+    }
+
+    /// Whether a process with this pid exists (kill with signal 0). A process of another user
+    /// exists too (EPERM); a zombie not yet reaped counts as existing.
+    pub fn process_alive(pid: u32) -> bool {
+        // Pid 0 and negative pids name process groups for kill(2), never one process.
+        let Ok(raw) = i32::try_from(pid) else {
+            return false;
+        };
+        if raw <= 0 {
+            return false;
+        }
+        match nix::sys::signal::kill(Pid::from_raw(raw), None) {
+            Ok(()) => true,
+            Err(nix::errno::Errno::EPERM) => true,
+            Err(_) => false,
+        }
     }
 
     /// Which side of [`daemonize`] we are on.

@@ -151,7 +151,7 @@ pub async fn serve(ctx: Arc<Daemon>, mut bound: Bound, lock_identity: Option<(u6
 
 fn spawn_connection(ctx: &Arc<Daemon>, stream: Stream, id: u64, drain: &Drain) {
     let span = tracing::debug_span!("conn", id);
-    tokio::spawn(conn::serve(ctx.clone(), stream, drain.guard()).instrument(span));
+    tokio::spawn(conn::serve(ctx.clone(), stream, id, drain.guard()).instrument(span));
 }
 
 /// Turns SIGTERM, SIGINT and SIGHUP (the terminal of a foreground daemon closed) into a

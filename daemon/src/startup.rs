@@ -19,8 +19,11 @@ use crate::config::Config;
 use crate::context::Daemon;
 use crate::instance::{Instance, InstanceError};
 use crate::logging::{LogControl, DEFAULT_FILTER};
+use crate::ownership::SessionFiles;
 use crate::platform::{self, Fork, ReadySignal};
+use crate::registry::Registry;
 use crate::server;
+use crate::store::Store;
 
 /// How long `--detach` waits for the daemon to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -144,6 +147,18 @@ fn run_server(
 ) -> Result<(), String> {
     instance.write_pid()?;
     let lock_identity = instance.runtime_lock_identity();
+    // Threads start here (the store's), so this comes after detaching.
+    let started = std::time::Instant::now();
+    let (store, loaded) = Store::open(&paths.state_dir)?;
+    let registry = Registry::new(store, loaded, &[]);
+    let sessions_dir = paths.state_dir.join("sessions");
+    let session_files = SessionFiles::open(&sessions_dir)
+        .map_err(|e| format!("cannot use {}: {e}", sessions_dir.display()))?;
+    tracing::info!(
+        sessions = registry.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "registry loaded"
+    );
 
     // One thread serves every connection: requests are short, and a single event loop keeps
     // latency free of cross-thread wake-ups. Blocking work gets threads of its own.
@@ -155,7 +170,14 @@ fn run_server(
         let socket = paths.socket();
         let bound = server::bind(&socket)
             .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
-        let ctx = Arc::new(Daemon::new(paths, config.daemon, log, log_file));
+        let ctx = Arc::new(Daemon::new(
+            paths,
+            config.daemon,
+            log,
+            log_file,
+            registry,
+            session_files,
+        ));
         server::spawn_signal_handlers(&ctx)
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         tracing::info!(

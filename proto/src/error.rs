@@ -33,6 +33,9 @@ impl ErrorCode {
     pub const AMBIGUOUS: Self = Self::from_static("ambiguous");
     /// The peer is not allowed to talk to this daemon (another user). The connection is closed.
     pub const PERMISSION_DENIED: Self = Self::from_static("permission_denied");
+    /// The target's state does not allow the request (archiving an archived session, closing a
+    /// running one); the message says what state it is in.
+    pub const INVALID_STATE: Self = Self::from_static("invalid_state");
     /// The daemon or the target is at a limit right now (too many connections, session busy).
     pub const BUSY: Self = Self::from_static("busy");
     /// The peer took too long (to send its hello, or the rest of a frame). The connection is
@@ -53,6 +56,7 @@ impl ErrorCode {
         Self::INVALID_ARGUMENT,
         Self::NOT_FOUND,
         Self::AMBIGUOUS,
+        Self::INVALID_STATE,
         Self::PERMISSION_DENIED,
         Self::BUSY,
         Self::TIMEOUT,

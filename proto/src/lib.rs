@@ -30,6 +30,7 @@ pub mod error;
 pub mod frame;
 pub mod methods;
 pub mod paths;
+pub mod session;
 pub mod version;
 
 pub use envelope::version_mismatch_message;

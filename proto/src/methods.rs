@@ -94,6 +94,15 @@ pub struct StatusResult {
     pub max_connections: u32,
     /// The largest frame the daemon accepts, in bytes.
     pub max_frame_bytes: u64,
+    /// Sessions in the registry, archived ones included.
+    #[serde(default)]
+    pub sessions: u64,
+    /// Event subscriptions open on all connections.
+    #[serde(default)]
+    pub subscriptions: u64,
+    /// The database file.
+    #[serde(default)]
+    pub database: String,
 }
 
 /// Params of `set_log_level`.
@@ -128,3 +137,175 @@ pub struct ShutdownResult {
     #[serde(default)]
     pub grace_ms: u64,
 }
+
+// ---- Sessions -------------------------------------------------------------------------------
+//
+// Selecting a session (`session` in the params below) accepts, in this order of precedence: a
+// full id; a name; a provider's session id (current or earlier); a unique id prefix of at least
+// four hex digits. A name or provider id that matches several sessions, or a prefix that does,
+// is an `ambiguous` error listing them; `project` narrows a name lookup to one project. An
+// omitted `session` means the current session of `context` (default: "default").
+
+method!(
+    /// Creates a session. It is visible to listings and subscribers at once, as `provisional`.
+    Create = "create", CreateParams => SessionInfo
+);
+method!(
+    /// Lists sessions, most recently active first.
+    List = "list", ListParams => ListResult
+);
+method!(
+    /// One session, with its owner.
+    Get = "get", SessionParams => SessionInfo
+);
+method!(
+    /// Makes a session the context's current one (reopening it if archived).
+    Switch = "switch", SessionParams => SwitchResult
+);
+method!(
+    /// The context's current session and generation.
+    Current = "current", ContextParams => SwitchResult
+);
+method!(
+    /// Renames a session.
+    Rename = "rename", RenameParams => SessionInfo
+);
+method!(
+    /// Archives (closes) a session.
+    Archive = "archive", SessionParams => SessionInfo
+);
+method!(
+    /// Reopens an archived session.
+    Reopen = "reopen", SessionParams => SessionInfo
+);
+method!(
+    /// Creates a fresh session in the same project and provider, with `parent_id` set to the
+    /// old one, and switches the context to it.
+    Regenerate = "regenerate", SessionParams => SwitchResult
+);
+method!(
+    /// Starts pushing events matching a filter on this connection.
+    Subscribe = "subscribe", SubscribeParams => SubscribeResult
+);
+method!(
+    /// Stops a subscription.
+    Unsubscribe = "unsubscribe", UnsubscribeParams => UnsubscribeResult
+);
+
+use crate::session::{EventFilter, SessionId, SessionInfo};
+
+/// Params of `create`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateParams {
+    /// Project root: an existing directory; canonicalized by the daemon.
+    pub project: String,
+    /// A configured provider name (built in: shell, claude, codex, gemini).
+    pub provider: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Working directory; defaults to the project root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+}
+
+/// Params of `list`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// A phase or activity name (`bound`, `running`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Only sessions with exactly this name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Include archived sessions (hidden by default).
+    #[serde(default)]
+    pub all: bool,
+    /// The context whose current session the answer names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+}
+
+/// Result of `list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListResult {
+    pub sessions: Vec<SessionInfo>,
+    /// The context's current session, if any (whether or not it is in this listing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<SessionId>,
+}
+
+/// Params naming one session (see the selection rules above).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+}
+
+/// Params naming a context.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+}
+
+/// Params of `rename`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenameParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    pub name: String,
+}
+
+/// A context's pointer: result of `switch`, `current` and `regenerate`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchResult {
+    pub context: String,
+    /// Absent when the context points at nothing yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Incremented by every switch of this context; reads made for a switch carry it so a
+    /// client can drop an answer that belongs to an older switch.
+    pub generation: u64,
+}
+
+/// Params of `subscribe`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeParams {
+    #[serde(default)]
+    pub filter: EventFilter,
+}
+
+/// Result of `subscribe`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeResult {
+    /// Tags this subscription's events (`subscription` in each event frame); equal to the
+    /// request's id.
+    pub subscription: u64,
+    /// The `seq` of the most recent event before this subscription began: events with a
+    /// larger `seq` are delivered.
+    pub seq: u64,
+}
+
+/// Params of `unsubscribe`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnsubscribeParams {
+    pub subscription: u64,
+}
+
+/// Result of `unsubscribe`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnsubscribeResult {}

@@ -69,6 +69,9 @@ fn status() -> impl Strategy<Value = Response<StatusResult>> {
                         connections,
                         max_connections,
                         max_frame_bytes,
+                        sessions: 0,
+                        subscriptions: 0,
+                        database: "/db".into(),
                     },
                 )
             },

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sessiond_proto::envelope::{ErrorFrame, Event, Hello, Lagged, Request, Response, Welcome};
 use sessiond_proto::methods::*;
+use sessiond_proto::session::{Activity, EventFilter, Phase, SessionEvent, SessionId, SessionInfo};
 use sessiond_proto::{frame, ErrorCode, ProtocolVersion, PROTOCOL_VERSION};
 
 fn root() -> PathBuf {
@@ -111,6 +112,9 @@ fn status_result() -> StatusResult {
         connections: 1,
         max_connections: 256,
         max_frame_bytes: 8_388_608,
+        sessions: 12,
+        subscriptions: 1,
+        database: "/home/ada/.local/state/sessiond/sessiond.db".into(),
     }
 }
 
@@ -209,6 +213,106 @@ fn golden_vectors_match_typed_messages() {
             subscription: None,
             data: Lagged { missed: 3 },
         },
+    );
+    let id: SessionId = "0b8e3c1a-6a0e-4b7e-9d51-3c2f1e4d5a6b".parse().unwrap();
+    let info = SessionInfo {
+        id,
+        scope: format!("/home/ada/src/app::claude::{id}"),
+        provider: "claude".into(),
+        project: "/home/ada/src/app".into(),
+        cwd: "/home/ada/src/app".into(),
+        name: Some("fix-login".into()),
+        phase: Phase::Provisional,
+        activity: Activity::Idle,
+        created_at: 1_790_000_000_000,
+        updated_at: 1_790_000_000_000,
+        last_active_at: 1_790_000_000_000,
+        parent_id: None,
+        provider_session_id: None,
+        aliases: vec![],
+        queue_length: 0,
+        owner: None,
+    };
+    c.check(
+        "request_create",
+        Request::new(
+            6,
+            Create::NAME,
+            CreateParams {
+                project: "/home/ada/src/app".into(),
+                provider: "claude".into(),
+                name: Some("fix-login".into()),
+                cwd: None,
+            },
+        ),
+    );
+    c.check("response_create", Response::new(6, info.clone()));
+    c.check(
+        "request_switch",
+        Request::new(
+            7,
+            Switch::NAME,
+            SessionParams {
+                session: Some("fix-login".into()),
+                project: None,
+                context: Some("nvim".into()),
+            },
+        ),
+    );
+    c.check(
+        "response_switch",
+        Response::new(
+            7,
+            SwitchResult {
+                context: "nvim".into(),
+                session: Some(info.clone()),
+                project: Some("/home/ada/src/app".into()),
+                generation: 3,
+            },
+        ),
+    );
+    c.check(
+        "request_subscribe",
+        Request::new(
+            8,
+            Subscribe::NAME,
+            SubscribeParams {
+                filter: EventFilter {
+                    projects: vec!["/home/ada/src/app".into()],
+                    ..Default::default()
+                },
+            },
+        ),
+    );
+    c.check(
+        "event_session_switched",
+        Event {
+            kind: Default::default(),
+            seq: 42,
+            time: 1_790_000_000_500,
+            event: "session_switched".into(),
+            subscription: Some(8),
+            data: SessionEvent {
+                session: id,
+                project: "/home/ada/src/app".into(),
+                provider: "claude".into(),
+                info: None,
+                field: None,
+                from: None,
+                to: None,
+                reason: None,
+                context: Some("nvim".into()),
+                generation: Some(3),
+            },
+        },
+    );
+    c.check(
+        "error_ambiguous",
+        ErrorFrame::new(
+            Some(9),
+            ErrorCode::AMBIGUOUS,
+            "id prefix \"0b8e\" matches 2 sessions; use a longer prefix, the full id, or --project:\n  0b8e3c1a \"fix-login\" (/home/ada/src/app, claude)\n  0b8e77d0 (/home/ada/src/api, codex)",
+        ),
     );
     check_protocol_md_examples(&mut c.failures);
     check_no_orphan_vectors(&c.names, &mut c.failures);

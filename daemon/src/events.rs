@@ -1,0 +1,275 @@
+//! Lifecycle events: numbering, filtering, and delivery that no subscriber can slow down.
+//!
+//! The [`EventBus`] lives inside the registry, so an event is published in the same critical
+//! section as the change it reports: `seq` order is exactly the order of changes, and no
+//! subscriber can see them reordered. Publishing never waits: each connection has one bounded
+//! [`EventQueue`]; when a subscriber's queue is full, further events for it are counted, not
+//! stored, and its writer sends one `lagged {missed}` after the events queued before the gap.
+//! The connection's writer drains the queue beside its answers.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use sessiond_proto::envelope::{Event, EventTag, Lagged};
+use sessiond_proto::frame;
+use sessiond_proto::session::{event_kind, EventFilter, SessionEvent};
+use tokio::sync::Notify;
+
+/// Events a connection may have waiting before it counts as lagging. Deep enough to absorb a
+/// burst (a thousand sessions created at once), small enough that a stalled editor costs at
+/// most a few hundred kilobytes.
+pub const QUEUE_CAPACITY: usize = 1024;
+
+/// The most subscriptions one connection may hold.
+pub const MAX_SUBSCRIPTIONS: usize = 64;
+
+/// One connection's pending events.
+pub struct EventQueue {
+    state: Mutex<QueueState>,
+    /// Wakes the connection's writer.
+    pub ready: Notify,
+}
+
+#[derive(Default)]
+struct QueueState {
+    frames: VecDeque<Vec<u8>>,
+    /// Events dropped since the last delivered one, and the seq of the last of them.
+    missed: u64,
+    last_missed_seq: u64,
+}
+
+impl Default for EventQueue {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(QueueState::default()),
+            ready: Notify::new(),
+        }
+    }
+}
+
+impl EventQueue {
+    fn push(&self, seq: u64, frame: Vec<u8>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.frames.len() >= QUEUE_CAPACITY {
+            state.missed += 1;
+            state.last_missed_seq = seq;
+        } else {
+            state.frames.push_back(frame);
+        }
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    /// Takes everything pending. If events were dropped, a `lagged` frame follows the ones
+    /// queued before the gap (they are older than what was missed).
+    pub fn take(&self) -> Vec<Vec<u8>> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<Vec<u8>> = state.frames.drain(..).collect();
+        if state.missed > 0 {
+            let lagged = Event {
+                kind: EventTag,
+                seq: state.last_missed_seq,
+                time: sessiond_proto::now_ms(),
+                event: event_kind::LAGGED.to_string(),
+                subscription: None,
+                data: Lagged {
+                    missed: state.missed,
+                },
+            };
+            out.push(frame::encode(&lagged).expect("lagged event encodes"));
+            state.missed = 0;
+        }
+        out
+    }
+}
+
+struct Subscriber {
+    conn: u64,
+    subscription: u64,
+    filter: EventFilter,
+    queue: Arc<EventQueue>,
+}
+
+/// Numbers events and hands each to the subscribers whose filter it matches.
+#[derive(Default)]
+pub struct EventBus {
+    seq: u64,
+    subscribers: Vec<Subscriber>,
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubscribeError {
+    TooMany,
+    UnknownKind(String),
+}
+
+impl EventBus {
+    /// The seq of the most recent event.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.len()
+    }
+
+    /// Adds a subscription for connection `conn`; returns the seq it starts after.
+    pub fn subscribe(
+        &mut self,
+        conn: u64,
+        subscription: u64,
+        filter: EventFilter,
+        queue: Arc<EventQueue>,
+    ) -> Result<u64, SubscribeError> {
+        if let Some(kind) = filter
+            .events
+            .iter()
+            .find(|k| !event_kind::ALL.contains(&k.as_str()))
+        {
+            return Err(SubscribeError::UnknownKind(kind.clone()));
+        }
+        let held = self.subscribers.iter().filter(|s| s.conn == conn).count();
+        if held >= MAX_SUBSCRIPTIONS {
+            return Err(SubscribeError::TooMany);
+        }
+        self.subscribers
+            .retain(|s| !(s.conn == conn && s.subscription == subscription));
+        self.subscribers.push(Subscriber {
+            conn,
+            subscription,
+            filter,
+            queue,
+        });
+        Ok(self.seq)
+    }
+
+    /// Ends one subscription; false if it did not exist.
+    pub fn unsubscribe(&mut self, conn: u64, subscription: u64) -> bool {
+        let before = self.subscribers.len();
+        self.subscribers
+            .retain(|s| !(s.conn == conn && s.subscription == subscription));
+        self.subscribers.len() != before
+    }
+
+    /// Ends every subscription of a closed connection.
+    pub fn drop_connection(&mut self, conn: u64) {
+        self.subscribers.retain(|s| s.conn != conn);
+    }
+
+    /// Publishes one session event to every matching subscriber.
+    pub fn publish(&mut self, kind: &str, data: SessionEvent) {
+        self.seq += 1;
+        if self.subscribers.is_empty() {
+            return;
+        }
+        let time = sessiond_proto::now_ms();
+        for sub in &self.subscribers {
+            if !matches(&sub.filter, kind, &data) {
+                continue;
+            }
+            let frame = encode(self.seq, time, kind, sub.subscription, &data);
+            sub.queue.push(self.seq, frame);
+        }
+    }
+}
+
+fn encode<D: Serialize>(seq: u64, time: u64, kind: &str, subscription: u64, data: &D) -> Vec<u8> {
+    frame::encode(&Event {
+        kind: EventTag,
+        seq,
+        time,
+        event: kind.to_string(),
+        subscription: Some(subscription),
+        data,
+    })
+    .expect("session events encode")
+}
+
+fn matches(filter: &EventFilter, kind: &str, data: &SessionEvent) -> bool {
+    (filter.events.is_empty() || filter.events.iter().any(|k| k == kind))
+        && (filter.sessions.is_empty() || filter.sessions.contains(&data.session))
+        && (filter.projects.is_empty() || filter.projects.contains(&data.project))
+        && (filter.providers.is_empty() || filter.providers.contains(&data.provider))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sessiond_proto::session::SessionId;
+
+    fn event(project: &str) -> SessionEvent {
+        SessionEvent {
+            session: SessionId::new_v4(),
+            project: project.into(),
+            provider: "shell".into(),
+            info: None,
+            field: None,
+            from: None,
+            to: None,
+            reason: None,
+            context: None,
+            generation: None,
+        }
+    }
+
+    #[test]
+    fn filter_selects_by_project_and_kind() {
+        let mut bus = EventBus::default();
+        let q = Arc::new(EventQueue::default());
+        let filter = EventFilter {
+            projects: vec!["/a".into()],
+            events: vec![event_kind::SESSION_RENAMED.into()],
+            ..Default::default()
+        };
+        bus.subscribe(1, 7, filter, q.clone()).unwrap();
+        bus.publish(event_kind::SESSION_RENAMED, event("/b"));
+        bus.publish(event_kind::SESSION_CREATED, event("/a"));
+        bus.publish(event_kind::SESSION_RENAMED, event("/a"));
+        let frames = q.take();
+        assert_eq!(frames.len(), 1);
+        let e: Event<SessionEvent> = frame::decode(&frames[0][4..]).unwrap();
+        assert_eq!((e.seq, e.subscription), (3, Some(7)));
+    }
+
+    #[test]
+    fn full_queue_counts_missed_events_and_reports_lagged_after_them() {
+        let mut bus = EventBus::default();
+        let q = Arc::new(EventQueue::default());
+        bus.subscribe(1, 1, EventFilter::default(), q.clone())
+            .unwrap();
+        for _ in 0..QUEUE_CAPACITY + 5 {
+            bus.publish(event_kind::SESSION_CREATED, event("/a"));
+        }
+        let frames = q.take();
+        assert_eq!(frames.len(), QUEUE_CAPACITY + 1);
+        let lagged: Event<Lagged> = frame::decode(&frames[QUEUE_CAPACITY][4..]).unwrap();
+        assert_eq!(lagged.event, "lagged");
+        assert_eq!(lagged.data.missed, 5);
+        assert_eq!(lagged.seq, (QUEUE_CAPACITY + 5) as u64);
+        assert!(q.take().is_empty());
+    }
+
+    #[test]
+    fn unknown_event_kind_and_too_many_subscriptions_are_refused() {
+        let mut bus = EventBus::default();
+        let q = Arc::new(EventQueue::default());
+        let bad = EventFilter {
+            events: vec!["session_exploded".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            bus.subscribe(1, 1, bad, q.clone()),
+            Err(SubscribeError::UnknownKind("session_exploded".into()))
+        );
+        for id in 0..MAX_SUBSCRIPTIONS as u64 {
+            bus.subscribe(1, id, EventFilter::default(), q.clone())
+                .unwrap();
+        }
+        assert_eq!(
+            bus.subscribe(1, 999, EventFilter::default(), q),
+            Err(SubscribeError::TooMany)
+        );
+    }
+}

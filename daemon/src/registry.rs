@@ -1,0 +1,730 @@
+//! The registry: every session and context, and the only code that changes them.
+//!
+//! Each change runs in one short critical section: validate (bad input changes nothing),
+//! apply in memory, publish its events (so subscribers see a new session before its creator
+//! gets the answer), and queue the row writes. The caller then awaits the returned
+//! [`Commit`] *outside* the lock and acknowledges only once it is durable. Reads (`list`,
+//! `get`, `current`) are served from memory and never touch the database.
+//!
+//! Lookups by id prefix use the UUIDs as 128-bit integers in a sorted set: a hex prefix of k
+//! digits is exactly the integer range [p·2^(128−4k), (p+1)·2^(128−4k)), so a prefix lookup is
+//! one range scan with no per-session strings.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use sessiond_proto::methods::{
+    CreateParams, ListParams, ListResult, RenameParams, SessionParams, SwitchResult,
+};
+use sessiond_proto::session::{event_kind, Activity, Phase, SessionEvent, SessionId, SessionInfo};
+use sessiond_proto::ErrorCode;
+
+use crate::dispatch::RequestError;
+use crate::events::EventBus;
+use crate::session::Session;
+use crate::store::{Commit, ContextRow, Loaded, Store, Write};
+
+/// The context used when a client names none.
+pub const DEFAULT_CONTEXT: &str = "default";
+/// Longest session name, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+/// Longest context name, in bytes.
+pub const MAX_CONTEXT_LEN: usize = 64;
+/// Shortest id prefix accepted, in hex digits: shorter ones match too much to be useful.
+pub const MIN_PREFIX: usize = 4;
+/// Candidates listed in an `ambiguous` error.
+const MAX_CANDIDATES: usize = 10;
+/// Providers built into every daemon.
+pub const BUILTIN_PROVIDERS: &[&str] = &["shell", "claude", "codex", "gemini"];
+
+/// All sessions and contexts.
+pub struct Registry {
+    sessions: HashMap<SessionId, Session>,
+    /// Every id as an integer, sorted, for prefix lookups.
+    ids: BTreeSet<u128>,
+    /// Sessions by name (names are unique per project, not across projects).
+    by_name: HashMap<String, Vec<SessionId>>,
+    /// Sessions by provider session id, current and earlier.
+    by_provider_id: HashMap<String, Vec<SessionId>>,
+    contexts: HashMap<String, ContextRow>,
+    /// One shared string per project and provider.
+    interned: HashMap<String, Arc<str>>,
+    providers: Vec<String>,
+    store: Store,
+    pub events: EventBus,
+}
+
+fn invalid(message: impl Into<String>) -> RequestError {
+    RequestError::new(ErrorCode::INVALID_ARGUMENT, message)
+}
+
+fn not_found(message: impl Into<String>) -> RequestError {
+    RequestError::new(ErrorCode::NOT_FOUND, message)
+}
+
+fn invalid_state(message: impl Into<String>) -> RequestError {
+    RequestError::new(ErrorCode::INVALID_STATE, message)
+}
+
+/// The event data every session event starts from: its scope.
+fn scope_event(s: &Session) -> SessionEvent {
+    SessionEvent {
+        session: s.id,
+        project: s.project.to_string(),
+        provider: s.provider.to_string(),
+        info: None,
+        field: None,
+        from: None,
+        to: None,
+        reason: None,
+        context: None,
+        generation: None,
+    }
+}
+
+/// Checks a context name; `None` means the default.
+pub fn context_name(name: Option<&str>) -> Result<String, RequestError> {
+    let name = name.unwrap_or(DEFAULT_CONTEXT);
+    let valid = !name.is_empty()
+        && name.len() <= MAX_CONTEXT_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
+    if valid {
+        Ok(name.to_string())
+    } else {
+        Err(invalid(format!(
+            "context name {name:?} is invalid: use 1 to {MAX_CONTEXT_LEN} letters, digits, \
+             '.', '_', '-' or ':'"
+        )))
+    }
+}
+
+/// Checks a session name.
+fn check_name(name: &str) -> Result<(), RequestError> {
+    if name.trim().is_empty() {
+        return Err(invalid(
+            "a session name cannot be empty or only spaces; give a name, or omit it",
+        ));
+    }
+    let chars = name.chars().count();
+    if chars > MAX_NAME_CHARS {
+        return Err(invalid(format!(
+            "session name is {chars} characters long; the limit is {MAX_NAME_CHARS}"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(invalid(
+            "a session name cannot contain control characters (newlines, tabs, NUL)",
+        ));
+    }
+    Ok(())
+}
+
+/// Resolves a directory argument to its canonical absolute path.
+fn canonical_dir(path: &str, what: &str) -> Result<String, RequestError> {
+    if path.is_empty() {
+        return Err(invalid(format!("the {what} path is empty")));
+    }
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Err(invalid(format!(
+            "the {what} path {path:?} is relative; send an absolute path"
+        )));
+    }
+    let canonical = std::fs::canonicalize(p).map_err(|e| {
+        invalid(format!(
+            "the {what} {path} cannot be used: {e}; check that it exists"
+        ))
+    })?;
+    if !canonical.is_dir() {
+        return Err(invalid(format!(
+            "the {what} {} is not a directory",
+            canonical.display()
+        )));
+    }
+    canonical
+        .into_os_string()
+        .into_string()
+        .map_err(|_| invalid(format!("the {what} path is not valid UTF-8")))
+}
+
+impl Registry {
+    /// Builds the registry from what the store loaded.
+    pub fn new(store: Store, loaded: Loaded, extra_providers: &[String]) -> Registry {
+        let mut providers: Vec<String> = BUILTIN_PROVIDERS.iter().map(|p| p.to_string()).collect();
+        providers.extend(extra_providers.iter().cloned());
+        let mut registry = Registry {
+            sessions: HashMap::with_capacity(loaded.sessions.len()),
+            ids: BTreeSet::new(),
+            by_name: HashMap::new(),
+            by_provider_id: HashMap::new(),
+            contexts: loaded
+                .contexts
+                .into_iter()
+                .map(|c| (c.name.clone(), c))
+                .collect(),
+            interned: HashMap::new(),
+            providers,
+            store,
+            events: EventBus::default(),
+        };
+        for mut session in loaded.sessions {
+            // A turn cannot be in progress in a daemon that just started; until turns exist,
+            // a transient activity left by a crash falls back to idle (paused is kept).
+            if matches!(
+                session.activity,
+                Activity::Starting
+                    | Activity::Running
+                    | Activity::WaitingInput
+                    | Activity::Stopping
+            ) {
+                session.activity = Activity::Idle;
+            }
+            session.project = registry.intern(&session.project);
+            session.provider = registry.intern(&session.provider);
+            registry.index(&session);
+            registry.sessions.insert(session.id, session);
+        }
+        registry
+    }
+
+    fn intern(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.interned.get(text) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(text);
+        self.interned.insert(text.to_string(), shared.clone());
+        shared
+    }
+
+    fn index(&mut self, s: &Session) {
+        self.ids.insert(s.id.as_u128());
+        if let Some(name) = &s.name {
+            self.by_name.entry(name.clone()).or_default().push(s.id);
+        }
+        for pid in s.provider_session_id.iter().chain(&s.aliases) {
+            let ids = self.by_provider_id.entry(pid.clone()).or_default();
+            if !ids.contains(&s.id) {
+                ids.push(s.id);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    pub fn store_path(&self) -> &Path {
+        self.store.path()
+    }
+
+    fn session(&self, id: SessionId) -> &Session {
+        &self.sessions[&id]
+    }
+
+    /// Finds the session a client means (see `sessiond_proto::methods` for the rules).
+    pub fn resolve(
+        &self,
+        selector: Option<&str>,
+        project: Option<&str>,
+        context: &str,
+    ) -> Result<SessionId, RequestError> {
+        let Some(sel) = selector else {
+            return self
+                .contexts
+                .get(context)
+                .and_then(|c| c.session)
+                .filter(|id| self.sessions.contains_key(id))
+                .ok_or_else(|| {
+                    not_found(format!(
+                        "context {context:?} has no current session; name one, or switch to \
+                         one first (`sessionctl switch SESSION`)"
+                    ))
+                });
+        };
+        let sel = sel.trim();
+        if let Ok(id) = sel.parse::<SessionId>() {
+            return if self.sessions.contains_key(&id) {
+                Ok(id)
+            } else {
+                Err(not_found(format!("no session has id {id}")))
+            };
+        }
+        let in_project = |id: &SessionId| project.is_none_or(|p| *self.session(*id).project == *p);
+        let by_name: Vec<SessionId> = self
+            .by_name
+            .get(sel)
+            .map(|ids| ids.iter().copied().filter(in_project).collect())
+            .unwrap_or_default();
+        if !by_name.is_empty() {
+            return self.one(by_name, &format!("name {sel:?}"));
+        }
+        let by_provider: Vec<SessionId> = self
+            .by_provider_id
+            .get(sel)
+            .map(|ids| ids.iter().copied().filter(in_project).collect())
+            .unwrap_or_default();
+        if !by_provider.is_empty() {
+            return self.one(by_provider, &format!("provider session id {sel:?}"));
+        }
+        let hex: String = sel.chars().filter(|c| *c != '-').collect();
+        if hex.len() >= MIN_PREFIX && hex.len() < 32 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            let shift = 128 - 4 * hex.len() as u32;
+            let value = u128::from_str_radix(&hex, 16).expect("checked hex");
+            let low = value << shift;
+            let high = low | ((1u128 << shift) - 1);
+            let found: Vec<SessionId> = self
+                .ids
+                .range(low..=high)
+                .map(|n| SessionId::from_u128(*n))
+                .filter(in_project)
+                .take(MAX_CANDIDATES + 1)
+                .collect();
+            if !found.is_empty() {
+                return self.one(found, &format!("id prefix {sel:?}"));
+            }
+        }
+        let scope = project.map_or(String::new(), |p| format!(" in project {p}"));
+        Err(not_found(format!(
+            "no session matches {sel:?}{scope} (as an id, a name, a provider session id or an \
+             id prefix of at least {MIN_PREFIX} hex digits); see `sessionctl list --all`"
+        )))
+    }
+
+    fn one(&self, mut ids: Vec<SessionId>, what: &str) -> Result<SessionId, RequestError> {
+        if ids.len() == 1 {
+            return Ok(ids[0]);
+        }
+        ids.sort();
+        let shown: Vec<String> = ids
+            .iter()
+            .take(MAX_CANDIDATES)
+            .map(|id| format!("  {}", self.session(*id).describe()))
+            .collect();
+        let more = if ids.len() > MAX_CANDIDATES {
+            "\n  …and more"
+        } else {
+            ""
+        };
+        Err(RequestError::new(
+            ErrorCode::AMBIGUOUS,
+            format!(
+                "{what} matches {} sessions; use a longer prefix, the full id, or --project:\n{}{more}",
+                ids.len(),
+                shown.join("\n")
+            ),
+        ))
+    }
+
+    fn name_taken(&self, project: &str, name: &str, except: Option<SessionId>) -> Option<&Session> {
+        self.by_name.get(name)?.iter().find_map(|id| {
+            let s = self.session(*id);
+            (*s.project == *project && Some(*id) != except).then_some(s)
+        })
+    }
+
+    fn name_conflict(other: &Session, name: &str) -> RequestError {
+        RequestError::new(
+            ErrorCode::INVALID_ARGUMENT,
+            format!(
+                "name {name:?} is already used in project {} by session {}; choose another, or \
+                 rename that one",
+                other.project,
+                other.id.short()
+            ),
+        )
+    }
+
+    /// Creates a session (provisional, idle).
+    pub fn create(&mut self, p: CreateParams) -> Result<(SessionInfo, Commit), RequestError> {
+        if !self.providers.contains(&p.provider) {
+            return Err(invalid(format!(
+                "unknown provider {:?}; configured providers: {}",
+                p.provider,
+                self.providers.join(", ")
+            )));
+        }
+        let project = canonical_dir(&p.project, "project")?;
+        let cwd = match &p.cwd {
+            Some(cwd) => canonical_dir(cwd, "working directory")?,
+            None => project.clone(),
+        };
+        if let Some(name) = &p.name {
+            check_name(name)?;
+            if let Some(other) = self.name_taken(&project, name, None) {
+                return Err(Self::name_conflict(other, name));
+            }
+        }
+        let now = sessiond_proto::now_ms();
+        let session = Session {
+            id: SessionId::new_v4(),
+            provider: self.intern(&p.provider),
+            project: self.intern(&project),
+            cwd,
+            name: p.name,
+            phase: Phase::Provisional,
+            activity: Activity::Idle,
+            created_at: now,
+            updated_at: now,
+            last_active_at: now,
+            parent_id: None,
+            provider_session_id: None,
+            aliases: Vec::new(),
+            queue_length: 0,
+        };
+        Ok(self.insert(session))
+    }
+
+    fn insert(&mut self, session: Session) -> (SessionInfo, Commit) {
+        let info = session.info();
+        self.index(&session);
+        let mut event = scope_event(&session);
+        event.info = Some(info.clone());
+        self.events.publish(event_kind::SESSION_CREATED, event);
+        let commit = self.store.write(vec![Write::Session(session.clone())]);
+        self.sessions.insert(session.id, session);
+        (info, commit)
+    }
+
+    /// Lists sessions, most recently active first.
+    pub fn list(&self, p: &ListParams) -> Result<ListResult, RequestError> {
+        let context = context_name(p.context.as_deref())?;
+        let state = match &p.state {
+            None => None,
+            Some(s) => Some(
+                Phase::ALL
+                    .iter()
+                    .map(|p| p.as_str())
+                    .chain(Activity::ALL.iter().map(|a| a.as_str()))
+                    .find(|known| known == s)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "unknown state {s:?}; use a phase (provisional, bound, archived, \
+                             failed) or an activity (idle, starting, running, waiting_input, \
+                             stopping, paused, attached)"
+                        ))
+                    })?,
+            ),
+        };
+        // A project that no longer exists on disk still lists its sessions by its old path.
+        let project = p
+            .project
+            .as_deref()
+            .map(|raw| canonical_dir(raw, "project").unwrap_or_else(|_| raw.to_string()));
+        let archived_wanted = p.all || state == Some("archived");
+        let mut matched: Vec<&Session> = self
+            .sessions
+            .values()
+            .filter(|s| archived_wanted || s.phase != Phase::Archived)
+            .filter(|s| project.as_deref().is_none_or(|p| *s.project == *p))
+            .filter(|s| p.provider.as_deref().is_none_or(|p| *s.provider == *p))
+            .filter(|s| p.name.is_none() || s.name == p.name)
+            .filter(|s| state.is_none_or(|st| s.phase.as_str() == st || s.activity.as_str() == st))
+            .collect();
+        matched.sort_by(|a, b| {
+            b.last_active_at
+                .cmp(&a.last_active_at)
+                .then(b.created_at.cmp(&a.created_at))
+                .then(a.id.cmp(&b.id))
+        });
+        Ok(ListResult {
+            sessions: matched.into_iter().map(Session::info).collect(),
+            current: self.contexts.get(&context).and_then(|c| c.session),
+        })
+    }
+
+    /// One session's record.
+    pub fn get(&self, p: &SessionParams) -> Result<SessionInfo, RequestError> {
+        let context = context_name(p.context.as_deref())?;
+        let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
+        Ok(self.session(id).info())
+    }
+
+    /// The context's pointer.
+    pub fn current(&self, context: Option<&str>) -> Result<SwitchResult, RequestError> {
+        let context = context_name(context)?;
+        Ok(self.pointer(&context))
+    }
+
+    fn pointer(&self, context: &str) -> SwitchResult {
+        let row = self.contexts.get(context);
+        SwitchResult {
+            context: context.to_string(),
+            session: row
+                .and_then(|c| c.session)
+                .and_then(|id| self.sessions.get(&id))
+                .map(Session::info),
+            project: row.and_then(|c| c.project.clone()),
+            generation: row.map_or(0, |c| c.generation),
+        }
+    }
+
+    /// Makes a session current in a context, reopening it if archived.
+    pub fn switch(&mut self, p: &SessionParams) -> Result<(SwitchResult, Commit), RequestError> {
+        let context = context_name(p.context.as_deref())?;
+        let Some(selector) = p.session.as_deref() else {
+            return Err(invalid("switch needs a session: an id, a prefix or a name"));
+        };
+        let id = self.resolve(Some(selector), p.project.as_deref(), &context)?;
+        let mut writes = Vec::with_capacity(2);
+        if self.session(id).phase == Phase::Archived {
+            self.reopen_in_place(id, "reopened by a switch")?;
+        }
+        let now = sessiond_proto::now_ms();
+        let session = self.sessions.get_mut(&id).expect("resolved");
+        session.last_active_at = now;
+        session.updated_at = now;
+        writes.push(Write::Session(session.clone()));
+        writes.push(self.point(&context, id));
+        let commit = self.store.write(writes);
+        Ok((self.pointer(&context), commit))
+    }
+
+    /// Points `context` at `id`, bumps its generation, publishes `session_switched`, and
+    /// returns the row to write.
+    fn point(&mut self, context: &str, id: SessionId) -> Write {
+        let session = &self.sessions[&id];
+        let project = session.project.to_string();
+        let row = self
+            .contexts
+            .entry(context.to_string())
+            .or_insert_with(|| ContextRow {
+                name: context.to_string(),
+                session: None,
+                project: None,
+                generation: 0,
+            });
+        row.session = Some(id);
+        row.project = Some(project);
+        row.generation += 1;
+        let row = row.clone();
+        let mut event = scope_event(session);
+        event.context = Some(context.to_string());
+        event.generation = Some(row.generation);
+        self.events.publish(event_kind::SESSION_SWITCHED, event);
+        Write::Context(row)
+    }
+
+    /// Renames a session.
+    pub fn rename(&mut self, p: &RenameParams) -> Result<(SessionInfo, Commit), RequestError> {
+        let context = context_name(p.context.as_deref())?;
+        let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
+        check_name(&p.name)?;
+        let project = self.session(id).project.clone();
+        if let Some(other) = self.name_taken(&project, &p.name, Some(id)) {
+            return Err(Self::name_conflict(other, &p.name));
+        }
+        let session = self.sessions.get_mut(&id).expect("resolved");
+        let old = session.name.replace(p.name.clone());
+        session.updated_at = sessiond_proto::now_ms();
+        let info = session.info();
+        let write = Write::Session(session.clone());
+        if let Some(old) = &old {
+            if let Some(ids) = self.by_name.get_mut(old) {
+                ids.retain(|other| *other != id);
+                if ids.is_empty() {
+                    self.by_name.remove(old);
+                }
+            }
+        }
+        self.by_name.entry(p.name.clone()).or_default().push(id);
+        let mut event = scope_event(self.session(id));
+        event.from = old;
+        event.to = Some(p.name.clone());
+        self.events.publish(event_kind::SESSION_RENAMED, event);
+        Ok((info, self.store.write(vec![write])))
+    }
+
+    /// Archives a session.
+    pub fn archive(&mut self, p: &SessionParams) -> Result<(SessionInfo, Commit), RequestError> {
+        let context = context_name(p.context.as_deref())?;
+        let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
+        let session = self.sessions.get_mut(&id).expect("resolved");
+        if session.phase == Phase::Archived {
+            return Err(invalid_state(format!(
+                "session {} is already archived",
+                session.id.short()
+            )));
+        }
+        if !matches!(session.activity, Activity::Idle | Activity::Paused) {
+            return Err(invalid_state(format!(
+                "session {} is {}; wait for it to finish or cancel its work before closing it",
+                session.id.short(),
+                session.activity.as_str()
+            )));
+        }
+        let from = session
+            .set_phase(Phase::Archived)
+            .map_err(|e| invalid_state(e.0))?;
+        session.updated_at = sessiond_proto::now_ms();
+        let info = session.info();
+        let write = Write::Session(session.clone());
+        self.publish_phase(id, from, "archived by a client");
+        self.events
+            .publish(event_kind::SESSION_ARCHIVED, scope_event(self.session(id)));
+        Ok((info, self.store.write(vec![write])))
+    }
+
+    /// Reopens an archived session.
+    pub fn reopen(&mut self, p: &SessionParams) -> Result<(SessionInfo, Commit), RequestError> {
+        let context = context_name(p.context.as_deref())?;
+        let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
+        if self.session(id).phase != Phase::Archived {
+            return Err(invalid_state(format!(
+                "session {} is not archived (it is {})",
+                id.short(),
+                self.session(id).phase.as_str()
+            )));
+        }
+        self.reopen_in_place(id, "reopened by a client")?;
+        let session = self.session(id);
+        let (info, write) = (session.info(), Write::Session(session.clone()));
+        Ok((info, self.store.write(vec![write])))
+    }
+
+    fn reopen_in_place(&mut self, id: SessionId, reason: &str) -> Result<(), RequestError> {
+        let session = self.sessions.get_mut(&id).expect("resolved");
+        let target = session.reopened_phase();
+        let from = session.set_phase(target).map_err(|e| invalid_state(e.0))?;
+        session.updated_at = sessiond_proto::now_ms();
+        self.publish_phase(id, from, reason);
+        self.events
+            .publish(event_kind::SESSION_REOPENED, scope_event(self.session(id)));
+        Ok(())
+    }
+
+    fn publish_phase(&mut self, id: SessionId, from: Phase, reason: &str) {
+        let session = self.session(id);
+        let mut event = scope_event(session);
+        event.field = Some("phase".into());
+        event.from = Some(from.as_str().into());
+        event.to = Some(session.phase.as_str().into());
+        event.reason = Some(reason.into());
+        self.events
+            .publish(event_kind::SESSION_STATE_CHANGED, event);
+    }
+
+    /// A fresh session in the same project and provider, child of the old one, made current.
+    pub fn regenerate(
+        &mut self,
+        p: &SessionParams,
+    ) -> Result<(SwitchResult, Commit), RequestError> {
+        let context = context_name(p.context.as_deref())?;
+        let old_id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
+        let old = self.session(old_id);
+        let now = sessiond_proto::now_ms();
+        let fresh = Session {
+            id: SessionId::new_v4(),
+            provider: old.provider.clone(),
+            project: old.project.clone(),
+            cwd: old.cwd.clone(),
+            name: None,
+            phase: Phase::Provisional,
+            activity: Activity::Idle,
+            created_at: now,
+            updated_at: now,
+            last_active_at: now,
+            parent_id: Some(old_id),
+            provider_session_id: None,
+            aliases: Vec::new(),
+            queue_length: 0,
+        };
+        let id = fresh.id;
+        let (_, created) = self.insert(fresh);
+        // The row write for the new session is already queued; the context follows it, so
+        // one commit (or the next) makes both durable before the answer.
+        drop(created);
+        let write = self.point(&context, id);
+        let commit = self.store.write(vec![write]);
+        Ok((self.pointer(&context), commit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> (Registry, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, loaded) = Store::open(dir.path()).unwrap();
+        (Registry::new(store, loaded, &[]), dir)
+    }
+
+    fn create(r: &mut Registry, project: &Path, name: Option<&str>) -> SessionId {
+        r.create(CreateParams {
+            project: project.display().to_string(),
+            provider: "shell".into(),
+            name: name.map(str::to_string),
+            cwd: None,
+        })
+        .unwrap()
+        .0
+        .id
+    }
+
+    #[test]
+    fn prefix_lookup_finds_one_and_reports_ambiguity_with_candidates() {
+        let (mut r, dir) = registry();
+        let ids: Vec<SessionId> = (0..40).map(|_| create(&mut r, dir.path(), None)).collect();
+        for id in &ids {
+            let text = id.to_string();
+            assert_eq!(r.resolve(Some(&text[..13]), None, "default").unwrap(), *id);
+        }
+        // A 4-digit prefix is required; shorter input is not treated as a prefix.
+        let first = ids[0].to_string();
+        let err = r.resolve(Some(&first[..3]), None, "default").unwrap_err();
+        assert_eq!(err.code, ErrorCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn names_are_unique_per_project_and_scoped_lookups_disambiguate() {
+        let (mut r, dir) = registry();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let in_a = create(&mut r, &a, Some("fix-bug"));
+        let in_b = create(&mut r, &b, Some("fix-bug"));
+        let err = r
+            .create(CreateParams {
+                project: a.display().to_string(),
+                provider: "shell".into(),
+                name: Some("fix-bug".into()),
+                cwd: None,
+            })
+            .unwrap_err();
+        assert!(err.message.contains("already used"), "{}", err.message);
+        let err = r.resolve(Some("fix-bug"), None, "default").unwrap_err();
+        assert_eq!(err.code, ErrorCode::AMBIGUOUS);
+        assert!(err.message.contains(&in_a.short()) && err.message.contains(&in_b.short()));
+        let a_text = std::fs::canonicalize(&a).unwrap().display().to_string();
+        assert_eq!(
+            r.resolve(Some("fix-bug"), Some(&a_text), "default")
+                .unwrap(),
+            in_a
+        );
+    }
+
+    #[test]
+    fn switch_bumps_generation_and_reopens_archived() {
+        let (mut r, dir) = registry();
+        let id = create(&mut r, dir.path(), Some("s"));
+        let params = SessionParams {
+            session: Some("s".into()),
+            ..Default::default()
+        };
+        r.archive(&params).unwrap();
+        let (first, _) = r.switch(&params).unwrap();
+        assert_eq!(first.generation, 1);
+        let info = first.session.unwrap();
+        assert_eq!((info.id, info.phase), (id, Phase::Provisional));
+        let (second, _) = r.switch(&params).unwrap();
+        assert_eq!(second.generation, 2);
+    }
+}

@@ -1,0 +1,489 @@
+//! Durable storage: SQLite in WAL mode, owned by one thread.
+//!
+//! The registry changes its in-memory state, then hands the store a batch of row writes and
+//! waits for the commit before acknowledging the client. The store thread takes every batch
+//! already queued and commits them in one transaction (group commit), so durability costs one
+//! fsync per burst rather than one per request, and a slow disk delays only the writers.
+//!
+//! At start-up [`Store::open`] applies versioned migrations and loads everything; from then on
+//! reads are served from the registry's memory and the database is written, never read. A
+//! database that cannot be used (damaged, from a newer sessiond, read-only, disk full) stops
+//! the daemon with the file and what to do; it is never silently recreated.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rusqlite::{params, Connection, OpenFlags};
+use sessiond_proto::session::{Activity, Phase, SessionId};
+use tokio::sync::oneshot;
+
+use crate::session::Session;
+
+/// File name inside the state directory.
+pub const DB_FILE: &str = "sessiond.db";
+
+/// Schema versions, in order; `PRAGMA user_version` records how many have been applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: sessions, their provider-id aliases, and contexts.
+    "CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        provider TEXT NOT NULL,
+        project TEXT NOT NULL,
+        cwd TEXT NOT NULL,
+        name TEXT,
+        phase TEXT NOT NULL,
+        activity TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        last_active_at INTEGER NOT NULL,
+        parent_id TEXT,
+        provider_session_id TEXT
+     );
+     CREATE TABLE session_aliases (
+        session_id TEXT NOT NULL,
+        provider_session_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        PRIMARY KEY (session_id, provider_session_id)
+     );
+     CREATE TABLE contexts (
+        name TEXT PRIMARY KEY,
+        session_id TEXT,
+        project TEXT,
+        generation INTEGER NOT NULL
+     );",
+];
+
+/// What went wrong inside the store: SQLite itself, or content it cannot accept.
+#[derive(Debug)]
+enum DbError {
+    Sqlite(rusqlite::Error),
+    /// Readable, but not something this build can use (newer schema, unknown state names).
+    Unusable(String),
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        DbError::Sqlite(e)
+    }
+}
+
+/// One row write.
+#[derive(Clone, Debug)]
+pub enum Write {
+    /// Insert or replace a session's row (aliases included).
+    Session(Session),
+    /// Insert or replace a context.
+    Context(ContextRow),
+}
+
+/// A context as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContextRow {
+    pub name: String,
+    pub session: Option<SessionId>,
+    pub project: Option<String>,
+    pub generation: u64,
+}
+
+/// Everything in the database, read once at start-up.
+pub struct Loaded {
+    pub sessions: Vec<Session>,
+    pub contexts: Vec<ContextRow>,
+}
+
+/// A failed commit, shared by every write in the batch.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("cannot save to {path}: {message}")]
+pub struct StoreError {
+    pub path: Arc<PathBuf>,
+    pub message: String,
+}
+
+/// Resolves when the writes it was handed to the store are durable (or failed).
+pub type Commit = oneshot::Receiver<Result<(), StoreError>>;
+
+struct Job {
+    writes: Vec<Write>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The handle the registry writes through.
+pub struct Store {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    path: Arc<PathBuf>,
+}
+
+/// The largest number of jobs committed in one transaction; bounds the latency one commit
+/// adds for the first writer in a burst.
+const MAX_BATCH: usize = 4096;
+
+impl Store {
+    /// Opens (creating if absent) the database in `state_dir`, migrates it, and loads it.
+    pub fn open(state_dir: &Path) -> Result<(Store, Loaded), String> {
+        let path = state_dir.join(DB_FILE);
+        let conn = open_connection(&path)?;
+        let loaded = load(&conn).map_err(|e| explain(&path, &e))?;
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let path = Arc::new(path);
+        let thread_path = path.clone();
+        let thread = std::thread::Builder::new()
+            .name("sessiond-store".into())
+            .spawn(move || run(conn, queue, thread_path))
+            .map_err(|e| format!("cannot start the store thread: {e}"))?;
+        Ok((
+            Store {
+                jobs: Some(jobs),
+                thread: Some(thread),
+                path,
+            },
+            loaded,
+        ))
+    }
+
+    /// Queues writes for the next commit.
+    pub fn write(&self, writes: Vec<Write>) -> Commit {
+        let (done, commit) = oneshot::channel();
+        let job = Job { writes, done };
+        if let Some(jobs) = &self.jobs {
+            if let Err(mpsc::SendError(job)) = jobs.send(job) {
+                let _ = job.done.send(Err(StoreError {
+                    path: self.path.clone(),
+                    message: "the store thread has stopped".into(),
+                }));
+            }
+        }
+        commit
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Store {
+    /// Lets the thread commit what is queued, then joins it.
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, String> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn =
+        Connection::open_with_flags(path, flags).map_err(|e| explain(path, &e.into()))?;
+    let setup = |conn: &mut Connection| -> Result<(), DbError> {
+        // WAL: readers never block the writer and a crash never tears a commit. FULL: a commit
+        // is on disk before it is acknowledged (group commit pays for the fsync).
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(conn)
+    };
+    setup(&mut conn).map_err(|e| explain(path, &e))?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), DbError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(DbError::Unusable(format!(
+            "it was written by a newer sessiond (schema {version}; this one knows up to \
+             {known}). Upgrade sessiond, or move the file aside to start an empty registry"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Turns an SQLite error into a message naming the file and the fix.
+fn explain(path: &Path, e: &DbError) -> String {
+    use rusqlite::ErrorCode::*;
+    let shown = path.display();
+    let e = match e {
+        DbError::Unusable(what) => return format!("cannot use database {shown}: {what}"),
+        DbError::Sqlite(e) => e,
+    };
+    let advice = match e.sqlite_error_code() {
+        Some(NotADatabase | DatabaseCorrupt) => format!(
+            "the file is damaged or is not a sessiond database. Move it aside \
+             (`mv {shown} {shown}.broken`) and start again to begin with an empty registry; \
+             the sessions in it will not be loaded"
+        ),
+        Some(ReadOnly) => format!(
+            "the file or its directory is read-only; make them writable (`chmod u+w {shown}`)"
+        ),
+        Some(DiskFull) => "the disk is full; free some space and start again".to_string(),
+        Some(CannotOpen | PermissionDenied) => {
+            "check that the state directory exists and is yours".to_string()
+        }
+        Some(DatabaseBusy | DatabaseLocked) => {
+            "another process holds the database; is another sessiond using this state \
+             directory?"
+                .to_string()
+        }
+        _ => String::new(),
+    };
+    if advice.is_empty() {
+        format!("cannot use database {shown}: {e}")
+    } else {
+        format!("cannot use database {shown}: {e}; {advice}")
+    }
+}
+
+fn parse_phase(text: &str) -> Option<Phase> {
+    Phase::ALL.into_iter().find(|p| p.as_str() == text)
+}
+
+fn parse_activity(text: &str) -> Option<Activity> {
+    Activity::ALL.into_iter().find(|a| a.as_str() == text)
+}
+
+fn load(conn: &Connection) -> Result<Loaded, DbError> {
+    let bad = DbError::Unusable;
+    let mut interned: std::collections::HashMap<String, Arc<str>> = Default::default();
+    let mut intern = |s: String| -> Arc<str> {
+        interned
+            .entry(s)
+            .or_insert_with_key(|k| Arc::from(k.as_str()))
+            .clone()
+    };
+    let mut aliases: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut stmt = conn.prepare(
+        "SELECT session_id, provider_session_id FROM session_aliases ORDER BY session_id, position",
+    )?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+        let (id, alias) = row?;
+        aliases.entry(id).or_default().push(alias);
+    }
+    let mut stmt = conn.prepare(
+        "SELECT id, provider, project, cwd, name, phase, activity, created_at, updated_at,
+                last_active_at, parent_id, provider_session_id FROM sessions",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut sessions = Vec::new();
+    while let Some(r) = rows.next()? {
+        let id_text: String = r.get(0)?;
+        let id: SessionId = id_text
+            .parse()
+            .map_err(|_| bad(format!("row with invalid session id {id_text:?}")))?;
+        let phase_text: String = r.get(5)?;
+        let activity_text: String = r.get(6)?;
+        let phase = parse_phase(&phase_text).ok_or_else(|| {
+            bad(format!(
+                "session {id_text} has unknown phase {phase_text:?} (written by a newer sessiond?)"
+            ))
+        })?;
+        let activity = parse_activity(&activity_text).ok_or_else(|| {
+            bad(format!(
+                "session {id_text} has unknown activity {activity_text:?} (written by a newer \
+                 sessiond?)"
+            ))
+        })?;
+        let parent_id = match r.get::<_, Option<String>>(10)? {
+            Some(text) => Some(
+                text.parse()
+                    .map_err(|_| bad(format!("session {id_text} has invalid parent {text:?}")))?,
+            ),
+            None => None,
+        };
+        sessions.push(Session {
+            id,
+            provider: intern(r.get(1)?),
+            project: intern(r.get(2)?),
+            cwd: r.get(3)?,
+            name: r.get(4)?,
+            phase,
+            activity,
+            created_at: r.get::<_, i64>(7)? as u64,
+            updated_at: r.get::<_, i64>(8)? as u64,
+            last_active_at: r.get::<_, i64>(9)? as u64,
+            parent_id,
+            provider_session_id: r.get(11)?,
+            aliases: aliases.remove(&id_text).unwrap_or_default(),
+            queue_length: 0,
+        });
+    }
+    let mut stmt = conn.prepare("SELECT name, session_id, project, generation FROM contexts")?;
+    let mut rows = stmt.query([])?;
+    let mut contexts = Vec::new();
+    while let Some(r) = rows.next()? {
+        let session = match r.get::<_, Option<String>>(1)? {
+            Some(text) => Some(
+                text.parse()
+                    .map_err(|_| bad(format!("context points at invalid id {text:?}")))?,
+            ),
+            None => None,
+        };
+        contexts.push(ContextRow {
+            name: r.get(0)?,
+            session,
+            project: r.get(2)?,
+            generation: r.get::<_, i64>(3)? as u64,
+        });
+    }
+    Ok(Loaded { sessions, contexts })
+}
+
+/// The store thread: commit every queued job together, acknowledge each, repeat.
+fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, path: Arc<PathBuf>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = commit(&mut conn, &batch).map_err(|e| {
+            let message = explain(&path, &e.into());
+            tracing::error!("{message}");
+            StoreError {
+                path: path.clone(),
+                message,
+            }
+        });
+        for job in batch {
+            let _ = job.done.send(result.clone());
+        }
+    }
+}
+
+fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut upsert_session = tx.prepare_cached(
+            "INSERT OR REPLACE INTO sessions (id, provider, project, cwd, name, phase, activity,
+                created_at, updated_at, last_active_at, parent_id, provider_session_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )?;
+        let mut clear_aliases =
+            tx.prepare_cached("DELETE FROM session_aliases WHERE session_id = ?1")?;
+        let mut add_alias = tx.prepare_cached(
+            "INSERT INTO session_aliases (session_id, provider_session_id, position)
+             VALUES (?1, ?2, ?3)",
+        )?;
+        let mut upsert_context = tx.prepare_cached(
+            "INSERT OR REPLACE INTO contexts (name, session_id, project, generation)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for write in batch.iter().flat_map(|job| &job.writes) {
+            match write {
+                Write::Session(s) => {
+                    let id = s.id.to_string();
+                    upsert_session.execute(params![
+                        id,
+                        &*s.provider,
+                        &*s.project,
+                        s.cwd,
+                        s.name,
+                        s.phase.as_str(),
+                        s.activity.as_str(),
+                        s.created_at as i64,
+                        s.updated_at as i64,
+                        s.last_active_at as i64,
+                        s.parent_id.map(|p| p.to_string()),
+                        s.provider_session_id,
+                    ])?;
+                    clear_aliases.execute(params![id])?;
+                    for (position, alias) in s.aliases.iter().enumerate() {
+                        add_alias.execute(params![id, alias, position as i64])?;
+                    }
+                }
+                Write::Context(c) => {
+                    upsert_context.execute(params![
+                        c.name,
+                        c.session.map(|s| s.to_string()),
+                        c.project,
+                        c.generation as i64,
+                    ])?;
+                }
+            }
+        }
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(name: &str) -> Session {
+        Session {
+            id: SessionId::new_v4(),
+            provider: "shell".into(),
+            project: "/p".into(),
+            cwd: "/p".into(),
+            name: Some(name.into()),
+            phase: Phase::Bound,
+            activity: Activity::Idle,
+            created_at: 1,
+            updated_at: 2,
+            last_active_at: 3,
+            parent_id: Some(SessionId::new_v4()),
+            provider_session_id: Some("p-2".into()),
+            aliases: vec!["p-0".into(), "p-1".into()],
+            queue_length: 0,
+        }
+    }
+
+    #[test]
+    fn committed_writes_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = session("a");
+        let ctx = ContextRow {
+            name: "default".into(),
+            session: Some(s.id),
+            project: Some("/p".into()),
+            generation: 7,
+        };
+        {
+            let (store, loaded) = Store::open(dir.path()).unwrap();
+            assert!(loaded.sessions.is_empty());
+            let commit = store.write(vec![Write::Session(s.clone()), Write::Context(ctx.clone())]);
+            commit.blocking_recv().unwrap().unwrap();
+        }
+        let (_store, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded.sessions, vec![s]);
+        assert_eq!(loaded.contexts, vec![ctx]);
+    }
+
+    #[test]
+    fn garbage_file_is_refused_with_the_way_out_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        std::fs::write(&path, b"this is not sqlite, it is a shopping list").unwrap();
+        let err = Store::open(dir.path()).err().unwrap();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("mv "), "{err}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"this is not sqlite, it is a shopping list"
+        );
+    }
+
+    #[test]
+    fn database_from_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = Store::open(dir.path()).err().unwrap();
+        assert!(err.contains("newer sessiond"), "{err}");
+        assert!(err.contains("99"), "{err}");
+    }
+}
