@@ -128,6 +128,9 @@ impl ClientError {
             ClientError::Remote { code, .. } if *code == ErrorCode::VERSION_MISMATCH => {
                 exit::VERSION_MISMATCH
             }
+            ClientError::Remote { code, .. } if *code == ErrorCode::SHUTTING_DOWN => {
+                exit::UNREACHABLE
+            }
             _ => exit::FAILURE,
         }
     }

@@ -140,8 +140,16 @@ pub async fn subscribe(
     ctx: &Daemon,
     conn: &Conn,
     id: u64,
-    p: SubscribeParams,
+    mut p: SubscribeParams,
 ) -> HandlerResult<SubscribeResult> {
+    // Sessions carry canonical project paths; match what the client meant, symlinks and all.
+    for project in &mut p.filter.projects {
+        if let Ok(canonical) = std::fs::canonicalize(&*project) {
+            if let Some(text) = canonical.to_str() {
+                *project = text.to_string();
+            }
+        }
+    }
     let seq = ctx
         .registry()
         .events

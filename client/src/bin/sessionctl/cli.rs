@@ -33,7 +33,18 @@ ENVIRONMENT:
   SESSIOND_BIN           the sessiond program autostart runs (default: next to sessionctl,
                          else on PATH)
 
+SESSIONS:
+  SESSION is a full id, a name, a provider's session id, or an id prefix of at least 4 hex
+  digits; names are unique within a project, so --project picks among equal names in
+  different projects. Omitted, it is the current session of the context (--context, or
+  SESSIOND_CONTEXT, default \"default\").
+
 EXAMPLES:
+  sessionctl new --provider claude --name fix-login
+  sessionctl list --json             every open session, as JSON
+  sessionctl switch fix-login        make it current (in the default context)
+  sessionctl --context nvim current  what the editor's context points at
+  sessionctl watch --event session_switched
   sessionctl ping                    start the daemon if needed and check it answers
   sessionctl daemon status --json    the daemon's pid, paths and load, as JSON
   sessionctl daemon log-level debug  more detail in the daemon's log, until it restarts
@@ -76,6 +87,23 @@ pub struct Global {
     /// Daemon configuration file, passed on when starting the daemon [env: SESSIOND_CONFIG]
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// The context whose current session commands use and change: a terminal and an editor
+    /// can follow different sessions [default: "default"]
+    #[arg(long, global = true, value_name = "NAME", env = "SESSIOND_CONTEXT")]
+    pub context: Option<String>,
+}
+
+/// Naming a session. SESSION is a full id, a name, a provider's session id, or an id prefix of
+/// at least 4 hex digits; omitted, it is the context's current session.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The session [default: the context's current session]
+    pub session: Option<String>,
+
+    /// Look names up in this project only (when a name exists in several)
+    #[arg(long, value_name = "DIR")]
+    pub project: Option<PathBuf>,
 }
 
 fn parse_timeout(text: &str) -> Result<f64, String> {
@@ -94,6 +122,93 @@ pub enum Command {
 
     /// Print sessionctl's version and, if a daemon runs, the daemon's
     Version,
+
+    /// Create a session (visible at once, as provisional) and print its id
+    New {
+        /// Project root [default: the enclosing git repository of the current directory, else
+        /// the current directory]
+        #[arg(long, value_name = "DIR")]
+        project: Option<PathBuf>,
+        /// Provider: shell, claude, codex, gemini, or one configured in config.toml
+        #[arg(long, value_name = "NAME", default_value = "shell")]
+        provider: String,
+        /// A name, unique within the project (at most 100 characters)
+        #[arg(long)]
+        name: Option<String>,
+        /// Working directory [default: the project root]
+        #[arg(long, value_name = "DIR")]
+        cwd: Option<PathBuf>,
+    },
+
+    /// List sessions, most recently active first; `*` marks the context's current one
+    List {
+        /// Only this project's sessions
+        #[arg(long, value_name = "DIR")]
+        project: Option<PathBuf>,
+        /// Only this provider's sessions
+        #[arg(long, value_name = "NAME")]
+        provider: Option<String>,
+        /// Only sessions in this phase (provisional, bound, archived, failed) or activity
+        /// (idle, running, waiting_input, paused, attached, …)
+        #[arg(long, value_name = "STATE")]
+        state: Option<String>,
+        /// Include archived (closed) sessions
+        #[arg(long)]
+        all: bool,
+    },
+
+    /// Show one session in full, with the process that owns it, if any
+    Show(Target),
+
+    /// Make a session the context's current one (reopening it if closed)
+    Switch {
+        /// The session: id, name, provider id or id prefix
+        session: String,
+        /// Look names up in this project only
+        #[arg(long, value_name = "DIR")]
+        project: Option<PathBuf>,
+    },
+
+    /// Print the context's current session
+    Current,
+
+    /// Rename a session
+    Rename {
+        /// The session: id, name, provider id or id prefix
+        session: String,
+        /// The new name, unique within the project
+        name: String,
+        /// Look names up in this project only
+        #[arg(long, value_name = "DIR")]
+        project: Option<PathBuf>,
+    },
+
+    /// Close (archive) a session: hidden from `list` unless --all; `switch` or `reopen` bring
+    /// it back
+    Close(Target),
+
+    /// Reopen a closed session
+    Reopen(Target),
+
+    /// Start a fresh session in the same project and provider, recording the old one as its
+    /// parent, and make it current
+    Regenerate(Target),
+
+    /// Print events as JSON Lines until interrupted (Ctrl-C)
+    Watch {
+        /// Only events about these sessions (repeatable)
+        #[arg(long, value_name = "SESSION")]
+        session: Vec<String>,
+        /// Only events in these projects (repeatable)
+        #[arg(long, value_name = "DIR")]
+        project: Vec<PathBuf>,
+        /// Only events of these providers (repeatable)
+        #[arg(long, value_name = "NAME")]
+        provider: Vec<String>,
+        /// Only these kinds, e.g. session_created, session_switched (repeatable)
+        #[arg(long, value_name = "KIND")]
+        event: Vec<String>,
+    },
 
     /// Manage the daemon itself: status, start, stop, restart, log level, paths
     #[command(subcommand)]

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         Command::Ping => commands::ping::run(&opts, &out),
         Command::Version => commands::version::run(&opts, &out),
         Command::Daemon(cmd) => commands::daemon::run(cmd, &opts, &out),
+        other => commands::sessions::run(other, &opts, &out, cli.global.context.as_deref()),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,8 +21,8 @@ impl Out {
         value: &T,
         human: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     ) -> Result<(), ClientError> {
-        let stdout = io::stdout();
-        let mut lock = stdout.lock();
+        // Buffered: a listing of thousands of sessions is one write, not one per line.
+        let mut lock = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
         let result = if self.json {
             serde_json::to_writer_pretty(&mut lock, value)
                 .map_err(io::Error::from)
@@ -50,6 +50,17 @@ pub fn report(err: &ClientError, json: bool) -> u8 {
         eprintln!("sessionctl: {err}");
     }
     code
+}
+
+/// How long ago `then` was, as people read it in a table: "12s ago", "5m ago", "3h ago".
+pub fn ago(now: u64, then: u64) -> String {
+    let s = now.saturating_sub(then) / 1000;
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86_399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
 }
 
 /// Renders a duration in milliseconds the way people read uptimes: "3d 4h", "2h 5m", "4m 10s".

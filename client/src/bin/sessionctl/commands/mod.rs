@@ -3,4 +3,5 @@
 
 pub mod daemon;
 pub mod ping;
+pub mod sessions;
 pub mod version;

@@ -1,0 +1,361 @@
+//! The session commands: new, list, show, switch, current, rename, close, reopen, regenerate,
+//! watch. Paths are sent absolute; the daemon canonicalizes and checks them.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sessiond_client::{BlockingClient, ClientError, ConnectOptions};
+use sessiond_proto::methods::{
+    Archive, ContextParams, Create, CreateParams, Current, Get, List, ListParams, Regenerate,
+    Rename, RenameParams, Reopen, SessionParams, Subscribe, SubscribeParams, Switch, SwitchResult,
+};
+use sessiond_proto::session::{Activity, EventFilter, SessionInfo};
+
+use crate::cli::{Command, Target};
+use crate::output::{ago, Out};
+
+pub fn run(
+    cmd: &Command,
+    opts: &ConnectOptions,
+    out: &Out,
+    context: Option<&str>,
+) -> Result<(), ClientError> {
+    let mut client = BlockingClient::connect(opts)?;
+    let context = context.map(str::to_string);
+    let target = |t: &Target| -> Result<SessionParams, ClientError> {
+        Ok(SessionParams {
+            session: t.session.clone(),
+            project: t.project.as_deref().map(absolute).transpose()?,
+            context: context.clone(),
+        })
+    };
+    match cmd {
+        Command::New {
+            project,
+            provider,
+            name,
+            cwd,
+        } => {
+            let project = match project {
+                Some(p) => absolute(p)?,
+                None => default_project()?,
+            };
+            let info = client.call::<Create>(CreateParams {
+                project,
+                provider: provider.clone(),
+                name: name.clone(),
+                cwd: cwd.as_deref().map(absolute).transpose()?,
+            })?;
+            out.emit(&info, |w| writeln!(w, "{}", info.id))
+        }
+        Command::List {
+            project,
+            provider,
+            state,
+            all,
+        } => {
+            let result = client.call::<List>(ListParams {
+                project: project.as_deref().map(absolute).transpose()?,
+                provider: provider.clone(),
+                state: state.clone(),
+                name: None,
+                all: *all,
+                context: context.clone(),
+            })?;
+            out.emit(&result, |w| {
+                print_table(w, &result.sessions, result.current.map(|c| c.to_string()))
+            })
+        }
+        Command::Show(t) => {
+            let info = client.call::<Get>(target(t)?)?;
+            out.emit(&info, |w| print_details(w, &info))
+        }
+        Command::Switch { session, project } => {
+            let result = client.call::<Switch>(SessionParams {
+                session: Some(session.clone()),
+                project: project.as_deref().map(absolute).transpose()?,
+                context: context.clone(),
+            })?;
+            out.emit(&result, |w| print_pointer(w, &result, "switched"))
+        }
+        Command::Current => {
+            let result = client.call::<Current>(ContextParams {
+                context: context.clone(),
+            })?;
+            out.emit(&result, |w| print_pointer(w, &result, "current"))
+        }
+        Command::Rename {
+            session,
+            name,
+            project,
+        } => {
+            let info = client.call::<Rename>(RenameParams {
+                session: Some(session.clone()),
+                project: project.as_deref().map(absolute).transpose()?,
+                context: context.clone(),
+                name: name.clone(),
+            })?;
+            out.emit(&info, |w| {
+                writeln!(w, "renamed {} to {:?}", info.id.short(), name)
+            })
+        }
+        Command::Close(t) => {
+            let info = client.call::<Archive>(target(t)?)?;
+            out.emit(&info, |w| writeln!(w, "closed {}", describe(&info)))
+        }
+        Command::Reopen(t) => {
+            let info = client.call::<Reopen>(target(t)?)?;
+            out.emit(&info, |w| writeln!(w, "reopened {}", describe(&info)))
+        }
+        Command::Regenerate(t) => {
+            let result = client.call::<Regenerate>(target(t)?)?;
+            out.emit(&result, |w| print_pointer(w, &result, "regenerated"))
+        }
+        Command::Watch {
+            session,
+            project,
+            provider,
+            event,
+        } => watch(&mut client, session, project, provider, event, context),
+        Command::Ping | Command::Version | Command::Daemon(_) => {
+            unreachable!("handled by their own modules")
+        }
+    }
+}
+
+/// Makes a path absolute against the current directory (the daemon canonicalizes it).
+fn absolute(path: &Path) -> Result<String, ClientError> {
+    let abs = std::path::absolute(path)
+        .map_err(|e| ClientError::Local(format!("cannot make {} absolute: {e}", path.display())))?;
+    abs.into_os_string()
+        .into_string()
+        .map_err(|p| ClientError::Local(format!("path {p:?} is not valid UTF-8")))
+}
+
+/// The project a new session belongs to when none is named: the enclosing git repository of
+/// the current directory, else the current directory.
+fn default_project() -> Result<String, ClientError> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| ClientError::Local(format!("cannot read the current directory: {e}")))?;
+    let root = cwd
+        .ancestors()
+        .find(|dir| dir.join(".git").exists())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| cwd.clone());
+    absolute(&root)
+}
+
+fn describe(info: &SessionInfo) -> String {
+    match &info.name {
+        Some(name) => format!("{} {name:?}", info.id.short()),
+        None => info.id.short(),
+    }
+}
+
+fn state(info: &SessionInfo) -> String {
+    if info.activity == Activity::Idle {
+        info.phase.as_str().to_string()
+    } else {
+        format!("{} {}", info.phase.as_str(), info.activity.as_str())
+    }
+}
+
+/// Shortens a path under the home directory to `~/…`.
+fn tilde(path: &str) -> String {
+    match std::env::var_os("HOME").map(PathBuf::from) {
+        Some(home) if home.as_os_str().len() > 1 => match Path::new(path).strip_prefix(&home) {
+            Ok(rest) if rest.as_os_str().is_empty() => "~".to_string(),
+            Ok(rest) => format!("~/{}", rest.display()),
+            Err(_) => path.to_string(),
+        },
+        _ => path.to_string(),
+    }
+}
+
+fn print_table(
+    w: &mut dyn Write,
+    sessions: &[SessionInfo],
+    current: Option<String>,
+) -> std::io::Result<()> {
+    if sessions.is_empty() {
+        return writeln!(w, "no sessions (create one with `sessionctl new`)");
+    }
+    let now = sessiond_proto::now_ms();
+    let rows: Vec<[String; 8]> = sessions
+        .iter()
+        .map(|s| {
+            let marker = if current.as_deref() == Some(&s.id.to_string()) {
+                "*"
+            } else {
+                " "
+            };
+            [
+                marker.to_string(),
+                s.id.short(),
+                s.name.clone().unwrap_or_else(|| "-".into()),
+                tilde(&s.project),
+                s.provider.clone(),
+                state(s),
+                s.queue_length.to_string(),
+                ago(now, s.last_active_at),
+            ]
+        })
+        .collect();
+    let header = [
+        "",
+        "ID",
+        "NAME",
+        "PROJECT",
+        "PROVIDER",
+        "STATE",
+        "QUEUE",
+        "LAST ACTIVE",
+    ];
+    let mut widths = header.map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |w: &mut dyn Write, cells: &[&str]| -> std::io::Result<()> {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                let pad = widths[i] - cell.chars().count();
+                text.push_str(cell);
+                text.extend(std::iter::repeat_n(' ', pad + if i == 0 { 1 } else { 2 }));
+            }
+        }
+        writeln!(w, "{}", text.trim_end())
+    };
+    line(w, &header)?;
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        line(w, &cells)?;
+    }
+    Ok(())
+}
+
+fn print_details(w: &mut dyn Write, s: &SessionInfo) -> std::io::Result<()> {
+    let now = sessiond_proto::now_ms();
+    let owner = match &s.owner {
+        None => "none".to_string(),
+        Some(o) => {
+            let who = match o.pid {
+                Some(pid) => format!("pid {pid} ({}), since {}", o.owner, ago(now, o.since)),
+                None => format!("unknown process ({})", o.owner),
+            };
+            match (&o.live, &o.stale_reason) {
+                (true, _) => who,
+                (false, Some(reason)) => format!("stale: {reason}"),
+                (false, None) => format!("stale: {who}"),
+            }
+        }
+    };
+    let rows = [
+        ("id", s.id.to_string()),
+        ("name", s.name.clone().unwrap_or_else(|| "-".into())),
+        ("scope", s.scope.clone()),
+        ("project", s.project.clone()),
+        ("cwd", s.cwd.clone()),
+        ("provider", s.provider.clone()),
+        (
+            "state",
+            format!("{}, {}", s.phase.as_str(), s.activity.as_str()),
+        ),
+        ("created", ago(now, s.created_at)),
+        ("last active", ago(now, s.last_active_at)),
+        (
+            "parent",
+            s.parent_id.map_or("-".to_string(), |p| p.to_string()),
+        ),
+        (
+            "provider id",
+            s.provider_session_id.clone().unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "aliases",
+            if s.aliases.is_empty() {
+                "-".to_string()
+            } else {
+                s.aliases.join(", ")
+            },
+        ),
+        ("queue", s.queue_length.to_string()),
+        ("owner", owner),
+    ];
+    for (key, value) in rows {
+        writeln!(w, "{key:<12} {value}")?;
+    }
+    Ok(())
+}
+
+fn print_pointer(w: &mut dyn Write, r: &SwitchResult, verb: &str) -> std::io::Result<()> {
+    match &r.session {
+        Some(s) => writeln!(
+            w,
+            "{verb}: context {} → {} ({}, {}), generation {}",
+            r.context,
+            describe(s),
+            tilde(&s.project),
+            s.provider,
+            r.generation
+        ),
+        None => writeln!(
+            w,
+            "context {} has no current session (`sessionctl switch SESSION` sets one)",
+            r.context
+        ),
+    }
+}
+
+/// Subscribes and prints every event as one JSON line, until the daemon goes away or the user
+/// interrupts.
+fn watch(
+    client: &mut BlockingClient,
+    sessions: &[String],
+    projects: &[PathBuf],
+    providers: &[String],
+    events: &[String],
+    context: Option<String>,
+) -> Result<(), ClientError> {
+    let mut ids = Vec::with_capacity(sessions.len());
+    for selector in sessions {
+        let info = client.call::<Get>(SessionParams {
+            session: Some(selector.clone()),
+            project: None,
+            context: context.clone(),
+        })?;
+        ids.push(info.id);
+    }
+    let filter = EventFilter {
+        sessions: ids,
+        projects: projects
+            .iter()
+            .map(|p| absolute(p))
+            .collect::<Result<_, _>>()?,
+        providers: providers.to_vec(),
+        events: events.to_vec(),
+    };
+    client.call::<Subscribe>(SubscribeParams { filter })?;
+    client.set_timeout(None)?;
+    let stdout = std::io::stdout();
+    while let Some(payload) = client.next_event()? {
+        let mut de = rmp_serde::Deserializer::new(payload.as_slice());
+        let value: serde_json::Value = serde::Deserialize::deserialize(&mut de)
+            .map_err(|e| ClientError::Protocol(format!("undecodable event: {e}")))?;
+        let mut lock = stdout.lock();
+        let written = writeln!(lock, "{value}").and_then(|()| lock.flush());
+        if let Err(e) = written {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(());
+            }
+            return Err(ClientError::Local(format!("cannot write output: {e}")));
+        }
+    }
+    Err(ClientError::Disconnected(
+        "the daemon closed the connection".into(),
+    ))
+}
