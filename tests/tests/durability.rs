@@ -1,0 +1,236 @@
+//! Nothing acknowledged is lost: kill -9 during a burst of writes, restart, check every
+//! acknowledged change; and a database that cannot be used stops the daemon, untouched.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use sessiond_client::Client;
+use sessiond_proto::methods::{
+    ContextParams, Create, CreateParams, Current, List, ListParams, Rename, RenameParams,
+    SessionParams, Switch,
+};
+use sessiond_proto::session::SessionId;
+use sessiond_tests::{run_bounded, Sandbox};
+
+/// What the clients were told succeeded before the daemon died.
+#[derive(Default)]
+struct Acked {
+    /// Session id → the names it may have: the last acknowledged one, and a newer one sent
+    /// but not acknowledged (it may or may not have committed before the kill).
+    names: HashMap<SessionId, Vec<String>>,
+    /// Context → (generation, session) of the highest acknowledged switch.
+    switches: HashMap<String, (u64, SessionId)>,
+}
+
+/// Runs six clients creating, switching and renaming as fast as they can until the daemon dies;
+/// records what each was told succeeded.
+fn burst(
+    runtime: &tokio::runtime::Runtime,
+    sb: &Sandbox,
+    project: &str,
+    acked: &Arc<Mutex<Acked>>,
+    round: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..6)
+        .map(|worker| {
+            let mut opts = sb.connect_options();
+            opts.autostart = false;
+            let acked = acked.clone();
+            let project = project.to_string();
+            runtime.spawn(async move {
+                let Ok(client) = Client::connect(&opts).await else {
+                    return;
+                };
+                let context = format!("ctx{}", worker % 3);
+                for i in 0.. {
+                    let name = format!("r{round}-w{worker}-s{i}");
+                    let created = client
+                        .call::<Create>(CreateParams {
+                            project: project.clone(),
+                            provider: "shell".into(),
+                            name: Some(name.clone()),
+                            cwd: None,
+                        })
+                        .await;
+                    let Ok(info) = created else { return };
+                    acked
+                        .lock()
+                        .unwrap()
+                        .names
+                        .insert(info.id, vec![name.clone()]);
+                    let switched = client
+                        .call::<Switch>(SessionParams {
+                            session: Some(info.id.to_string()),
+                            project: None,
+                            context: Some(context.clone()),
+                        })
+                        .await;
+                    let Ok(pointer) = switched else { return };
+                    {
+                        let mut a = acked.lock().unwrap();
+                        let entry = a.switches.entry(context.clone()).or_insert((0, info.id));
+                        if pointer.generation > entry.0 {
+                            *entry = (pointer.generation, info.id);
+                        }
+                    }
+                    if i % 3 == 0 {
+                        let renamed = format!("{name}-r");
+                        acked
+                            .lock()
+                            .unwrap()
+                            .names
+                            .insert(info.id, vec![name.clone(), renamed.clone()]);
+                        let ok = client
+                            .call::<Rename>(RenameParams {
+                                session: Some(info.id.to_string()),
+                                project: None,
+                                context: None,
+                                name: renamed.clone(),
+                            })
+                            .await;
+                        if ok.is_err() {
+                            return;
+                        }
+                        acked.lock().unwrap().names.insert(info.id, vec![renamed]);
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Checks that everything acknowledged so far is in the (restarted) daemon.
+fn verify(runtime: &tokio::runtime::Runtime, sb: &Sandbox, acked: &Acked) {
+    let mut opts = sb.connect_options();
+    opts.autostart = false;
+    runtime.block_on(async {
+        let client = Client::connect(&opts).await.unwrap();
+        let listed = client
+            .call::<List>(ListParams {
+                all: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let stored: HashMap<SessionId, Option<String>> = listed
+            .sessions
+            .into_iter()
+            .map(|s| (s.id, s.name))
+            .collect();
+        for (id, names) in &acked.names {
+            let found = stored.get(id);
+            assert!(
+                found.is_some_and(|n| n.as_ref().is_some_and(|n| names.contains(n))),
+                "acknowledged session {id} ({names:?}) was lost or lost its name: {found:?}"
+            );
+        }
+        for (context, (generation, session)) in &acked.switches {
+            let now = client
+                .call::<Current>(ContextParams {
+                    context: Some(context.clone()),
+                })
+                .await
+                .unwrap();
+            assert!(
+                now.generation >= *generation,
+                "context {context} went back from acknowledged generation {generation} to {}",
+                now.generation
+            );
+            if now.generation == *generation {
+                assert_eq!(now.session.map(|s| s.id), Some(*session));
+            }
+        }
+    });
+}
+
+#[test]
+fn kill_9_during_a_burst_loses_no_acknowledged_change() {
+    let sb = Sandbox::new();
+    let project = sb.root.join("project");
+    std::fs::create_dir(&project).unwrap();
+    let project = project.display().to_string();
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Several rounds, each killed at a different moment, each checking everything so far.
+    for (round, run_ms) in [350u64, 600, 150, 450, 250].into_iter().enumerate() {
+        let mut daemon = sb.start_daemon();
+        let workers = burst(&runtime, &sb, &project, &acked, round);
+        std::thread::sleep(Duration::from_millis(run_ms));
+        daemon.signal(Signal::SIGKILL);
+        daemon.wait();
+        runtime.block_on(async {
+            for w in workers {
+                let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+            }
+        });
+        let _restarted = sb.start_daemon();
+        let snapshot = acked.lock().unwrap();
+        eprintln!(
+            "round {round}: {} sessions acknowledged so far, switches in {} contexts",
+            snapshot.names.len(),
+            snapshot.switches.len()
+        );
+        verify(&runtime, &sb, &snapshot);
+    }
+    assert!(
+        acked.lock().unwrap().names.len() > 100,
+        "the bursts acknowledged too little to prove anything"
+    );
+}
+
+#[test]
+fn damaged_database_stops_the_daemon_and_is_left_alone() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(&sb.state).unwrap();
+    std::fs::set_permissions(
+        &sb.state,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let db = sb.state.join("sessiond.db");
+    let junk = b"definitely not an SQLite database, but somebody's data all the same";
+    std::fs::write(&db, junk).unwrap();
+    let out = run_bounded(&mut sb.sessiond());
+    assert_eq!(out.code(), 1, "{}", out.stderr());
+    let err = out.stderr();
+    assert!(
+        err.contains(&db.display().to_string()),
+        "names the file: {err}"
+    );
+    assert!(err.contains("mv "), "says how to start over: {err}");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        junk,
+        "never silently recreated"
+    );
+    assert!(!sb.socket().exists());
+}
+
+#[test]
+fn sessions_contexts_and_names_survive_a_clean_restart() {
+    let sb = Sandbox::new();
+    let mut daemon = sb.start_daemon();
+    let id = sb.ctl(&[
+        "new",
+        "--name",
+        "keep-me",
+        "--project",
+        sb.root.to_str().unwrap(),
+    ]);
+    let id = id.ok().trim().to_string();
+    sb.ctl(&["--context", "nvim", "switch", "keep-me"]).ok();
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait().code(), Some(0));
+    let _again = sb.start_daemon();
+    let shown = sb.ctl(&["--json", "show", "keep-me"]).json();
+    assert_eq!(shown["id"], id);
+    let current = sb.ctl(&["--json", "--context", "nvim", "current"]).json();
+    assert_eq!(current["session"]["id"], id);
+    assert_eq!(current["generation"], 1);
+}
