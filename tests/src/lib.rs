@@ -441,3 +441,123 @@ pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+// ---- Sessions and events ---------------------------------------------------------------------
+
+/// A multi-threaded runtime for tests that drive the async client.
+pub fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+impl Sandbox {
+    /// A project directory `root/projects/NAME`, created; returned canonical, as the daemon
+    /// stores project paths.
+    pub fn project(&self, name: &str) -> PathBuf {
+        let dir = self.root.join("projects").join(name);
+        std::fs::create_dir_all(&dir).expect("create project dir");
+        std::fs::canonicalize(&dir).expect("canonical project dir")
+    }
+
+    /// Runs `sessionctl ARGS` from directory `dir` (bounded by [`WAIT`]).
+    pub fn ctl_in(&self, dir: &Path, args: &[&str]) -> CtlOutput {
+        run_bounded(self.sessionctl().current_dir(dir).args(args))
+    }
+
+    /// `sessionctl --json list --all`: every session, archived ones included.
+    pub fn list_all(&self) -> serde_json::Value {
+        self.ctl(&["--json", "list", "--all"]).json()
+    }
+
+    /// `sessionctl new --project DIR ARGS`; returns the new session's id.
+    pub fn new_session(&self, project: &Path, args: &[&str]) -> String {
+        let mut all = vec!["new", "--project", project.to_str().expect("UTF-8 path")];
+        all.extend_from_slice(args);
+        self.ctl(&all).ok().trim().to_string()
+    }
+}
+
+/// Connections [`create_sessions`] spreads its requests over, so the daemon's group commit
+/// has concurrent writes to batch (one connection's requests are answered one at a time).
+const BULK_CONNECTIONS: usize = 16;
+
+/// Creates `n` `shell` sessions in `project` with every request in flight at once, over
+/// [`BULK_CONNECTIONS`] async connections; returns them in request order. Each call may wait
+/// up to a minute, since a pipelined request waits behind the ones ahead of it.
+pub async fn create_sessions(
+    opts: &ConnectOptions,
+    project: &Path,
+    n: usize,
+) -> Vec<sessiond_proto::session::SessionInfo> {
+    use sessiond_proto::methods::{Create, CreateParams};
+    let mut opts = opts.clone();
+    opts.timeout = Duration::from_secs(60);
+    let mut clients = Vec::with_capacity(BULK_CONNECTIONS);
+    for _ in 0..BULK_CONNECTIONS {
+        let client = sessiond_client::Client::connect(&opts)
+            .await
+            .expect("connect for bulk creation");
+        clients.push(std::sync::Arc::new(client));
+    }
+    let project = project.to_str().expect("UTF-8 path").to_string();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let client = clients[i % BULK_CONNECTIONS].clone();
+            let params = CreateParams {
+                project: project.clone(),
+                provider: "shell".into(),
+                name: None,
+                cwd: None,
+            };
+            tokio::spawn(async move { client.call::<Create>(params).await })
+        })
+        .collect();
+    let mut created = Vec::with_capacity(n);
+    for task in tasks {
+        created.push(task.await.expect("create task").expect("create"));
+    }
+    created
+}
+
+/// Decodes an event frame about a session (any kind but `lagged`).
+pub fn session_event(
+    payload: &[u8],
+) -> sessiond_proto::envelope::Event<sessiond_proto::session::SessionEvent> {
+    frame::decode(payload)
+        .unwrap_or_else(|e| panic!("not a session event ({e}): {}", as_json(payload)))
+}
+
+impl RawConn {
+    /// Sends a request and reads until its answer (a response or an error with its id);
+    /// returns the events that arrived first, and the answer.
+    pub fn call<P: Serialize>(
+        &mut self,
+        id: u64,
+        method: &str,
+        params: P,
+    ) -> (Vec<Vec<u8>>, Vec<u8>) {
+        self.request(id, method, params);
+        let mut events = Vec::new();
+        loop {
+            let payload = self
+                .read()
+                .unwrap_or_else(|| panic!("connection closed before the answer to {method}"));
+            let head = FrameHead::decode(&payload).expect("frame head");
+            match (head.kind.as_str(), head.id) {
+                ("event", _) => events.push(payload),
+                ("response" | "error", Some(got)) if got == id => return (events, payload),
+                _ => panic!("unexpected frame: {}", as_json(&payload)),
+            }
+        }
+    }
+
+    /// Reads the next frame, which must be an event.
+    pub fn read_event(&mut self) -> Vec<u8> {
+        let payload = self.read().expect("an event, got end of stream");
+        assert_eq!(kind(&payload), "event", "{}", as_json(&payload));
+        payload
+    }
+}

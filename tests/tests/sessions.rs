@@ -1,0 +1,731 @@
+//! Sessions through sessionctl and the async client: creation, scoped lookups, bad input,
+//! contexts and switches, regeneration, and ownership as `show` reports it.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use sessiond_client::Client;
+use sessiond_proto::methods::{SessionParams, Subscribe, SubscribeParams, Switch};
+use sessiond_proto::session::EventFilter;
+use sessiond_tests::{create_sessions, session_event, tokio_runtime, Sandbox, WAIT};
+
+/// The ids in a `list --json` document, in listed order.
+fn ids(list: &serde_json::Value) -> Vec<String> {
+    list["sessions"]
+        .as_array()
+        .expect("sessions array")
+        .iter()
+        .map(|s| s["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+/// The listed session with `id`, if any.
+fn listed<'a>(list: &'a serde_json::Value, id: &str) -> Option<&'a serde_json::Value> {
+    list["sessions"]
+        .as_array()
+        .expect("sessions array")
+        .iter()
+        .find(|s| s["id"] == id)
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+#[test]
+fn new_session_is_listed_and_shown_as_provisional() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let repo = sb.project("repo");
+    std::fs::create_dir(repo.join(".git")).unwrap();
+    let subdir = repo.join("src").join("deep");
+    std::fs::create_dir_all(&subdir).unwrap();
+
+    // No --project: the enclosing git root of the current directory.
+    let out = sb
+        .ctl_in(&subdir, &["new", "--name", "first"])
+        .ok()
+        .trim()
+        .to_string();
+    assert_eq!(out.len(), 36, "new prints the full id: {out:?}");
+    let id = out;
+
+    let list = sb.ctl(&["--json", "list"]).json();
+    let entry = listed(&list, &id).unwrap_or_else(|| panic!("{id} not listed: {list}"));
+    assert_eq!(entry["phase"], "provisional");
+    assert_eq!(entry["activity"], "idle");
+    assert_eq!(entry["project"], path_str(&repo));
+    assert_eq!(entry["cwd"], path_str(&repo));
+    assert_eq!(entry["provider"], "shell");
+    assert_eq!(entry["name"], "first");
+    assert_eq!(
+        entry["scope"],
+        format!("{}::shell::{id}", repo.display()),
+        "scope is project::provider::id"
+    );
+
+    let by_name = sb.ctl(&["--json", "show", "first"]).json();
+    let by_prefix = sb.ctl(&["--json", "show", &id[..8]]).json();
+    let by_id = sb.ctl(&["--json", "show", &id]).json();
+    for shown in [&by_name, &by_prefix, &by_id] {
+        assert_eq!(shown["id"], id.as_str());
+        assert_eq!(shown["phase"], "provisional");
+        assert_eq!(shown["project"], path_str(&repo));
+    }
+    // A session at rest has no owner.
+    assert!(by_id["owner"].is_null(), "{by_id}");
+
+    // Without a git repository, the current directory itself is the project.
+    let plain = sb.project("plain");
+    let nested = plain.join("inner");
+    std::fs::create_dir(&nested).unwrap();
+    let other = sb.ctl_in(&nested, &["new"]).ok().trim().to_string();
+    let shown = sb.ctl(&["--json", "show", &other]).json();
+    assert_eq!(shown["project"], path_str(&nested));
+}
+
+#[test]
+fn names_collide_across_projects_but_lookups_stay_scoped() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let a = sb.project("a");
+    let b = sb.project("b");
+    let in_a = sb.new_session(&a, &["--name", "fix-bug"]);
+    let in_b = sb.new_session(&b, &["--name", "fix-bug", "--provider", "claude"]);
+    assert_ne!(in_a, in_b);
+
+    let out = sb.ctl(&["--json", "show", "fix-bug"]);
+    assert_eq!(out.code(), 1, "stderr: {}", out.stderr());
+    let err = out.json_error();
+    assert_eq!(err["error"]["code"], "ambiguous");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(message.contains("matches 2 sessions"), "{message}");
+    assert!(message.contains(&in_a[..8]), "{message}");
+    assert!(message.contains(&in_b[..8]), "{message}");
+    assert!(
+        message.contains("--project"),
+        "says how to narrow: {message}"
+    );
+
+    let shown = sb
+        .ctl(&["--json", "show", "fix-bug", "--project", path_str(&a)])
+        .json();
+    assert_eq!(shown["id"], in_a.as_str());
+    let shown = sb
+        .ctl(&["--json", "show", "fix-bug", "--project", path_str(&b)])
+        .json();
+    assert_eq!(shown["id"], in_b.as_str());
+    let switched = sb
+        .ctl(&["--json", "switch", "fix-bug", "--project", path_str(&b)])
+        .json();
+    assert_eq!(switched["session"]["id"], in_b.as_str());
+
+    // The same name in the same project is refused and nothing changes.
+    let before = sb.list_all();
+    let out = sb.ctl(&[
+        "--json",
+        "new",
+        "--project",
+        path_str(&a),
+        "--name",
+        "fix-bug",
+    ]);
+    assert_eq!(out.code(), 1, "stdout: {}", out.stdout());
+    let err = out.json_error();
+    assert_eq!(err["error"]["code"], "invalid_argument");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(message.contains("already used"), "{message}");
+    assert!(message.contains(&in_a[..8]), "names the holder: {message}");
+    // Renaming onto a name taken in the same project is refused too.
+    let third = sb.new_session(&a, &[]);
+    let before_rename = sb.list_all();
+    assert_eq!(ids(&before_rename).len(), ids(&before).len() + 1);
+    let out = sb.ctl(&["rename", &third, "fix-bug"]);
+    assert_eq!(out.code(), 1);
+    assert!(out.stderr().contains("already used"), "{}", out.stderr());
+    assert_eq!(sb.list_all(), before_rename);
+}
+
+#[test]
+fn ambiguous_prefix_lists_candidates() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = sb.project("p");
+    let rt = tokio_runtime();
+    let mut all: Vec<String> = Vec::new();
+    // 300 ids over 65,536 four-digit prefixes collide about half the time; by 3,000 a miss is
+    // beyond belief.
+    let group = loop {
+        let batch = rt.block_on(create_sessions(&sb.connect_options(), &project, 300));
+        all.extend(batch.iter().map(|s| s.id.to_string()));
+        let mut by_prefix: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
+        for id in &all {
+            by_prefix.entry(&id[..4]).or_default().push(id);
+        }
+        if let Some(group) = by_prefix.values().find(|g| g.len() >= 2) {
+            break group.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        }
+        assert!(
+            all.len() < 3000,
+            "no shared 4-digit prefix among {} ids",
+            all.len()
+        );
+    };
+    let prefix = &group[0][..4];
+
+    let out = sb.ctl(&["--json", "show", prefix]);
+    assert_eq!(out.code(), 1, "stdout: {}", out.stdout());
+    let err = out.json_error();
+    assert_eq!(err["error"]["code"], "ambiguous");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("matches {} sessions", group.len())),
+        "{message}"
+    );
+    for id in &group {
+        assert!(message.contains(&id[..8]), "{id} not listed: {message}");
+    }
+
+    // The shortest prefix that tells the first apart from every other id resolves to it.
+    let target = &group[0];
+    let unique_len = (5..=8)
+        .find(|&k| all.iter().filter(|id| id[..k] == target[..k]).count() == 1)
+        .expect("8 hex digits tell these ids apart");
+    let shown = sb.ctl(&["--json", "show", &target[..unique_len]]).json();
+    assert_eq!(shown["id"], target.as_str());
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = sb.project("p");
+    let p = path_str(&project);
+    let known = sb.new_session(&project, &["--name", "taken"]);
+    let before = sb.list_all();
+    assert_eq!(ids(&before), vec![known.clone()]);
+
+    let missing = sb.root.join("no-such-dir");
+    let missing = path_str(&missing);
+    let long_name = "x".repeat(101);
+    let three = &known[..3];
+    let cases: Vec<(Vec<&str>, &str, Vec<String>)> = vec![
+        (
+            vec!["new", "--project", p, "--provider", "nope"],
+            "invalid_argument",
+            vec!["unknown provider \"nope\"".into(), "shell".into()],
+        ),
+        (
+            vec!["new", "--project", missing],
+            "invalid_argument",
+            vec![missing.to_string(), "exists".into()],
+        ),
+        (
+            vec!["new", "--project", p, "--name", ""],
+            "invalid_argument",
+            vec!["empty".into()],
+        ),
+        (
+            vec!["new", "--project", p, "--name", "   "],
+            "invalid_argument",
+            vec!["empty or only spaces".into()],
+        ),
+        (
+            vec!["new", "--project", p, "--name", &long_name],
+            "invalid_argument",
+            vec!["101 characters".into(), "limit is 100".into()],
+        ),
+        (
+            vec!["new", "--project", p, "--name", "two\nlines"],
+            "invalid_argument",
+            vec!["control characters".into()],
+        ),
+        (
+            vec!["new", "--project", p, "--name", "taken"],
+            "invalid_argument",
+            vec!["already used".into()],
+        ),
+        (
+            vec!["show", "no-such-session"],
+            "not_found",
+            vec!["no session matches \"no-such-session\"".into()],
+        ),
+        (
+            vec!["switch", "no-such-session"],
+            "not_found",
+            vec!["no session matches".into()],
+        ),
+        (
+            vec!["rename", &known, "   "],
+            "invalid_argument",
+            vec!["empty".into()],
+        ),
+        (
+            vec!["show", three],
+            "not_found",
+            vec!["at least 4 hex digits".into()],
+        ),
+        (
+            vec!["close", "00000000-0000-4000-8000-000000000000"],
+            "not_found",
+            vec!["no session has id".into()],
+        ),
+        (
+            vec!["reopen", &known],
+            "invalid_state",
+            vec!["not archived".into()],
+        ),
+    ];
+    for (args, code, words) in &cases {
+        let mut argv = vec!["--json"];
+        argv.extend(args.iter().copied());
+        let out = sb.ctl(&argv);
+        assert_eq!(
+            out.code(),
+            1,
+            "{args:?} should fail with exit 1\nstdout: {}\nstderr: {}",
+            out.stdout(),
+            out.stderr()
+        );
+        assert!(out.stdout().is_empty(), "{args:?} printed {}", out.stdout());
+        let err = out.json_error();
+        assert_eq!(err["error"]["code"], *code, "{args:?}: {err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        for word in words {
+            assert!(
+                message.contains(word.as_str()),
+                "{args:?}: {message:?} lacks {word:?}"
+            );
+        }
+        // The human form says the same on stderr.
+        let human = sb.ctl(args);
+        assert_eq!(human.code(), 1);
+        assert!(
+            human.stderr().starts_with("sessionctl: "),
+            "{args:?}: {}",
+            human.stderr()
+        );
+    }
+    assert_eq!(
+        sb.list_all(),
+        before,
+        "a refused request changed the registry"
+    );
+    let current = sb.ctl(&["--json", "current"]).json();
+    assert_eq!(current["generation"], 0, "no switch happened: {current}");
+}
+
+#[test]
+fn switch_sets_session_and_project_and_bumps_generation() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let pa = sb.project("a");
+    let pb = sb.project("b");
+    let a = sb.new_session(&pa, &["--name", "alpha"]);
+    let b = sb.new_session(&pb, &["--name", "beta"]);
+
+    let none = sb.ctl(&["--json", "current"]).json();
+    assert!(none["session"].is_null(), "{none}");
+    assert_eq!(none["generation"], 0);
+
+    let first = sb.ctl(&["--json", "switch", "alpha"]).json();
+    assert_eq!(first["context"], "default");
+    assert_eq!(first["session"]["id"], a.as_str());
+    assert_eq!(first["project"], path_str(&pa));
+    assert_eq!(first["generation"], 1);
+    let second = sb.ctl(&["--json", "switch", &b[..8]]).json();
+    assert_eq!(second["session"]["id"], b.as_str());
+    assert_eq!(second["project"], path_str(&pb));
+    assert_eq!(second["generation"], 2);
+    let current = sb.ctl(&["--json", "current"]).json();
+    assert_eq!(
+        (
+            current["session"]["id"].as_str(),
+            current["generation"].as_u64()
+        ),
+        (Some(b.as_str()), Some(2))
+    );
+    let list = sb.ctl(&["--json", "list"]).json();
+    assert_eq!(list["current"], b.as_str());
+
+    // Another context is independent, in both directions.
+    let editor = sb.ctl(&["--json", "--context", "nvim", "current"]).json();
+    assert!(editor["session"].is_null(), "{editor}");
+    assert_eq!(editor["generation"], 0);
+    let editor = sb
+        .ctl(&["--json", "--context", "nvim", "switch", "alpha"])
+        .json();
+    assert_eq!(
+        (editor["context"].as_str(), editor["generation"].as_u64()),
+        (Some("nvim"), Some(1))
+    );
+    let default = sb.ctl(&["--json", "current"]).json();
+    assert_eq!(default["session"]["id"], b.as_str());
+    assert_eq!(default["generation"], 2);
+    // SESSIOND_CONTEXT names the context as --context does.
+    let by_env = sessiond_tests::run_bounded(
+        sb.sessionctl()
+            .env("SESSIOND_CONTEXT", "nvim")
+            .args(["--json", "current"]),
+    )
+    .json();
+    assert_eq!(by_env["session"]["id"], a.as_str());
+    let list = sb.ctl(&["--json", "--context", "nvim", "list"]).json();
+    assert_eq!(list["current"], a.as_str());
+
+    // Switching to a closed session reopens it.
+    let closed = sb.ctl(&["--json", "close", "alpha"]).json();
+    assert_eq!(closed["phase"], "archived");
+    assert!(listed(&sb.ctl(&["--json", "list"]).json(), &a).is_none());
+    let back = sb.ctl(&["--json", "switch", "alpha"]).json();
+    assert_eq!(back["session"]["id"], a.as_str());
+    assert_eq!(back["session"]["phase"], "provisional");
+    assert_eq!(back["project"], path_str(&pa));
+    assert_eq!(back["generation"], 3);
+    let list = sb.ctl(&["--json", "list"]).json();
+    let entry = listed(&list, &a).expect("reopened session is listed without --all");
+    assert_eq!(entry["phase"], "provisional");
+    assert_eq!(list["current"], a.as_str());
+    // Most recently active first: the switch made alpha the latest.
+    assert_eq!(ids(&list)[0], a);
+}
+
+#[test]
+fn regenerate_creates_a_child_and_makes_it_current() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = sb.project("p");
+    let cwd = project.join("sub");
+    std::fs::create_dir(&cwd).unwrap();
+    let parent = sb.new_session(
+        &project,
+        &[
+            "--provider",
+            "claude",
+            "--name",
+            "old",
+            "--cwd",
+            path_str(&cwd),
+        ],
+    );
+    sb.ctl(&["switch", "old"]).ok();
+
+    // With no SESSION, regenerate the context's current one.
+    let fresh = sb.ctl(&["--json", "regenerate"]).json();
+    let child = fresh["session"]["id"].as_str().unwrap().to_string();
+    assert_ne!(child, parent);
+    assert_eq!(fresh["context"], "default");
+    assert_eq!(fresh["generation"], 2);
+    assert_eq!(fresh["project"], path_str(&project));
+    let info = &fresh["session"];
+    assert_eq!(info["parent_id"], parent.as_str());
+    assert_eq!(info["project"], path_str(&project));
+    assert_eq!(info["provider"], "claude");
+    assert_eq!(info["cwd"], path_str(&cwd));
+    assert_eq!(info["phase"], "provisional");
+    assert!(
+        info["name"].is_null(),
+        "a name stays with its session: {info}"
+    );
+
+    let current = sb.ctl(&["--json", "current"]).json();
+    assert_eq!(current["session"]["id"], child.as_str());
+    assert_eq!(current["generation"], 2);
+    let shown = sb.ctl(&["--json", "show", &child]).json();
+    assert_eq!(shown["parent_id"], parent.as_str());
+    // The parent is untouched and still listed.
+    let old = sb.ctl(&["--json", "show", "old"]).json();
+    assert_eq!(old["id"], parent.as_str());
+    assert_eq!(old["phase"], "provisional");
+
+    // Regenerating a named session in another context points that context only.
+    let other = sb
+        .ctl(&["--json", "--context", "ci", "regenerate", "old"])
+        .json();
+    assert_eq!(other["session"]["parent_id"], parent.as_str());
+    assert_eq!(other["generation"], 1);
+    assert_eq!(
+        sb.ctl(&["--json", "current"]).json()["session"]["id"],
+        child.as_str()
+    );
+}
+
+#[test]
+fn fifty_concurrent_switches_from_ten_clients_end_consistent() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = sb.project("p");
+    let rt = tokio_runtime();
+    rt.block_on(async {
+        let opts = sb.connect_options();
+        let sessions = create_sessions(&opts, &project, 5).await;
+        let subscriber = Client::connect(&opts).await.unwrap();
+        let mut events = subscriber.take_events().unwrap();
+        subscriber
+            .call::<Subscribe>(SubscribeParams {
+                filter: EventFilter {
+                    events: vec!["session_switched".into()],
+                    ..Default::default()
+                },
+            })
+            .await
+            .unwrap();
+
+        let mut clients = Vec::new();
+        for _ in 0..10 {
+            clients.push(Arc::new(Client::connect(&opts).await.unwrap()));
+        }
+        let start = Arc::new(tokio::sync::Barrier::new(10));
+        let mut tasks = Vec::new();
+        for (i, client) in clients.iter().enumerate() {
+            let client = client.clone();
+            let start = start.clone();
+            let targets: Vec<String> = (0..5)
+                .map(|j| sessions[(i + j) % 5].id.to_string())
+                .collect();
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                let calls = targets.into_iter().map(|target| {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        client
+                            .call::<Switch>(SessionParams {
+                                session: Some(target),
+                                ..Default::default()
+                            })
+                            .await
+                    })
+                });
+                let calls: Vec<_> = calls.collect();
+                let mut answers = Vec::new();
+                for call in calls {
+                    answers.push(call.await.unwrap().unwrap());
+                }
+                answers
+            }));
+        }
+        let mut by_generation = BTreeMap::new();
+        for task in tasks {
+            for answer in task.await.unwrap() {
+                let session = answer.session.expect("a switch names its session").id;
+                assert_eq!(answer.project.as_deref(), Some(path_str(&project)));
+                let previous = by_generation.insert(answer.generation, session);
+                assert!(
+                    previous.is_none(),
+                    "generation {} answered twice",
+                    answer.generation
+                );
+            }
+        }
+        assert_eq!(
+            by_generation.keys().copied().collect::<Vec<_>>(),
+            (1..=50).collect::<Vec<u64>>(),
+            "every switch got its own generation"
+        );
+
+        // A switch in another context marks the end of the stream for this test.
+        clients[0]
+            .call::<Switch>(SessionParams {
+                session: Some(sessions[0].id.to_string()),
+                context: Some("sentinel".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut received = Vec::new();
+        loop {
+            let payload = tokio::time::timeout(WAIT, events.recv())
+                .await
+                .expect("events keep coming")
+                .expect("event stream open");
+            let event = session_event(&payload);
+            if event.data.context.as_deref() == Some("sentinel") {
+                break;
+            }
+            received.push(event);
+        }
+        assert_eq!(received.len(), 50, "exactly one event per switch");
+        for (n, event) in received.iter().enumerate() {
+            let generation = n as u64 + 1;
+            assert_eq!(event.event, "session_switched");
+            assert_eq!(event.data.context.as_deref(), Some("default"));
+            assert_eq!(
+                event.data.generation,
+                Some(generation),
+                "events in generation order"
+            );
+            assert_eq!(
+                event.data.session, by_generation[&generation],
+                "generation {generation}"
+            );
+            assert_eq!(event.data.project, path_str(&project));
+        }
+        for pair in received.windows(2) {
+            assert!(
+                pair[0].seq < pair[1].seq,
+                "seq {} then {}",
+                pair[0].seq,
+                pair[1].seq
+            );
+        }
+        assert_eq!(subscriber.events_dropped(), 0);
+        let last = received.last().unwrap().data.session;
+        let current = sb.ctl(&["--json", "current"]).json();
+        assert_eq!(current["session"]["id"], last.to_string());
+        assert_eq!(current["generation"], 50);
+    });
+}
+
+/// A child process holding a session's lock; killed on drop, so a failed test leaves no
+/// holder behind.
+struct LockHolder(std::process::Child);
+
+impl LockHolder {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Kills the holder and reaps it, so its pid names no process at all.
+    fn kill(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for LockHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Holds an exclusive flock on `path` from a child process; returns once it is held.
+fn hold_lock(path: &Path) -> LockHolder {
+    let script = format!(
+        "exec 9>'{}' && flock -n 9 && echo locked && exec sleep 30",
+        path.display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn sh");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let holder = LockHolder(child);
+    let line = rx.recv_timeout(WAIT).expect("the lock holder reports");
+    assert_eq!(line.trim(), "locked", "the lock holder failed");
+    holder
+}
+
+fn write_pid_file(path: &Path, pid: u32, start_time: Option<u64>, since: u64) {
+    let record = serde_json::json!({
+        "pid": pid,
+        "start_time": start_time,
+        "owner": "test",
+        "since": since,
+    });
+    std::fs::write(path, record.to_string()).unwrap();
+}
+
+/// A pid that has just exited (and been reaped).
+fn exited_pid() -> u32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+/// This process's start time in clock ticks since boot (`/proc/self/stat` field 22).
+fn own_start_time() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the parenthesised command name, which may contain spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(19).unwrap().parse().unwrap()
+}
+
+#[test]
+fn show_reports_the_owner_and_recognises_stale_pid_files() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = sb.project("p");
+    let id = sb.new_session(&project, &["--name", "owned"]);
+    let dir = sb.state.join("sessions");
+    assert!(dir.is_dir(), "the daemon makes STATE/sessions");
+    let lock = dir.join(format!("{id}.lock"));
+    let pid_file = dir.join(format!("{id}.pid"));
+
+    let mut holder = hold_lock(&lock);
+    let since = sessiond_proto::now_ms();
+    write_pid_file(&pid_file, holder.pid(), None, since);
+    let shown = sb.ctl(&["--json", "show", "owned"]).json();
+    let owner = &shown["owner"];
+    assert_eq!(owner["live"], true, "{shown}");
+    assert_eq!(owner["pid"], holder.pid());
+    assert_eq!(owner["owner"], "test");
+    assert_eq!(owner["since"], since);
+    assert!(owner["stale_reason"].is_null(), "{owner}");
+    let human = sb.ctl(&["show", "owned"]).ok();
+    assert!(
+        human.contains(&format!("pid {} (test)", holder.pid())),
+        "{human}"
+    );
+
+    let pid = holder.pid();
+    holder.kill();
+    let shown = sb.ctl(&["--json", "show", "owned"]).json();
+    let owner = &shown["owner"];
+    assert_eq!(owner["live"], false, "{shown}");
+    assert_eq!(owner["pid"], pid);
+    assert_eq!(
+        owner["stale_reason"],
+        format!("owner pid {pid} has exited"),
+        "{owner}"
+    );
+    let human = sb.ctl(&["show", "owned"]).ok();
+    assert!(
+        human.contains(&format!("stale: owner pid {pid} has exited")),
+        "{human}"
+    );
+
+    // A pid file with no lock file at all, naming a process that has exited.
+    let other = sb.new_session(&project, &[]);
+    let gone = exited_pid();
+    write_pid_file(&dir.join(format!("{other}.pid")), gone, Some(1), 1);
+    let shown = sb.ctl(&["--json", "show", &other]).json();
+    assert_eq!(shown["owner"]["live"], false, "{shown}");
+    assert_eq!(shown["owner"]["pid"], gone);
+    assert_eq!(
+        shown["owner"]["stale_reason"],
+        format!("owner pid {gone} has exited")
+    );
+
+    // A pid file naming a running process that started at another time: the pid was reused.
+    let third = sb.new_session(&project, &[]);
+    let me = std::process::id();
+    write_pid_file(
+        &dir.join(format!("{third}.pid")),
+        me,
+        Some(own_start_time() + 1),
+        1,
+    );
+    let shown = sb.ctl(&["--json", "show", &third]).json();
+    assert_eq!(shown["owner"]["live"], false, "{shown}");
+    assert_eq!(
+        shown["owner"]["stale_reason"],
+        format!("pid {me} now belongs to another process (start time differs)")
+    );
+
+    // The session without files still reports no owner.
+    let free = sb.new_session(&project, &[]);
+    assert!(sb.ctl(&["--json", "show", &free]).json()["owner"].is_null());
+}
