@@ -28,9 +28,75 @@ use crate::transport::{absent_error, try_connect_async, Attempt};
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, ClientError>>>>>;
 
-/// Events buffered for the application before further ones are dropped (and counted in
-/// [`Client::events_dropped`]). Answers never wait behind unread events.
-const EVENT_BUFFER: usize = 1024;
+/// Events buffered for the application. Answers never wait behind unread events: past this
+/// many, events are counted instead of kept, and the stream reports the gap as a `lagged`
+/// event, exactly as the daemon does for a connection that reads too slowly.
+const EVENT_BUFFER: usize = 4096;
+
+/// The pushed events of one connection, as raw frame payloads (decode with
+/// `sessiond_proto::frame::decode::<Event<_>>`). Obtained once from [`Client::take_events`].
+pub struct EventStream {
+    shared: Arc<EventBuffer>,
+}
+
+#[derive(Default)]
+struct EventBuffer {
+    state: Mutex<EventState>,
+    ready: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct EventState {
+    frames: std::collections::VecDeque<Vec<u8>>,
+    /// Events dropped since the last one delivered, and the seq of the last of them.
+    missed: u64,
+    last_missed_seq: u64,
+    total_missed: u64,
+    closed: bool,
+}
+
+impl EventBuffer {
+    fn push(&self, payload: Vec<u8>) {
+        let mut state = lock(&self.state);
+        if state.frames.len() >= EVENT_BUFFER {
+            state.missed += 1;
+            state.total_missed += 1;
+            state.last_missed_seq = exchange::event_seq(&payload).unwrap_or(0);
+        } else {
+            state.frames.push_back(payload);
+        }
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        lock(&self.state).closed = true;
+        self.ready.notify_one();
+    }
+}
+
+impl EventStream {
+    /// The next event; after a gap, a `lagged {missed}` event first. `None` once the
+    /// connection has closed and everything received was delivered.
+    pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        loop {
+            {
+                let mut state = lock(&self.shared.state);
+                if let Some(frame) = state.frames.pop_front() {
+                    return Some(frame);
+                }
+                if state.missed > 0 {
+                    let missed = std::mem::take(&mut state.missed);
+                    return Some(exchange::lagged(state.last_missed_seq, missed));
+                }
+                if state.closed {
+                    return None;
+                }
+            }
+            self.shared.ready.notified().await;
+        }
+    }
+}
 
 /// An async connection to the daemon.
 pub struct Client {
@@ -39,8 +105,8 @@ pub struct Client {
     next_id: AtomicU64,
     welcome: Welcome,
     timeout: Duration,
-    events: Mutex<Option<mpsc::Receiver<Vec<u8>>>>,
-    events_dropped: Arc<AtomicU64>,
+    events: Arc<EventBuffer>,
+    events_taken: std::sync::atomic::AtomicBool,
     tasks: [JoinHandle<()>; 2],
 }
 
@@ -88,14 +154,8 @@ impl Client {
 
         let pending: Pending = Arc::default();
         let (outbox, queue) = mpsc::channel::<Vec<u8>>(256);
-        let (event_tx, event_rx) = mpsc::channel(EVENT_BUFFER);
-        let events_dropped = Arc::new(AtomicU64::new(0));
-        let reader_task = tokio::spawn(read_loop(
-            reader,
-            pending.clone(),
-            event_tx,
-            events_dropped.clone(),
-        ));
+        let events = Arc::new(EventBuffer::default());
+        let reader_task = tokio::spawn(read_loop(reader, pending.clone(), events.clone()));
         let writer_task = tokio::spawn(write_loop(stream, queue, pending.clone()));
         Ok(Client {
             outbox,
@@ -103,8 +163,8 @@ impl Client {
             next_id: AtomicU64::new(1),
             welcome,
             timeout: opts.timeout,
-            events: Mutex::new(Some(event_rx)),
-            events_dropped,
+            events,
+            events_taken: Default::default(),
             tasks: [reader_task, writer_task],
         })
     }
@@ -141,16 +201,20 @@ impl Client {
         outcome
     }
 
-    /// Events dropped because the application did not take them from the stream fast enough
-    /// (or never took the stream).
+    /// Events dropped in all because the application did not take them from the stream fast
+    /// enough (each gap is also reported in the stream as `lagged`).
     pub fn events_dropped(&self) -> u64 {
-        self.events_dropped.load(Ordering::Relaxed)
+        lock(&self.events.state).total_missed
     }
 
-    /// The stream of pushed event frames (raw payloads; decode with
-    /// `sessiond_proto::frame::decode`). Can be taken once; `None` after that.
-    pub fn take_events(&self) -> Option<mpsc::Receiver<Vec<u8>>> {
-        lock(&self.events).take()
+    /// The stream of pushed events. Can be taken once; `None` after that.
+    pub fn take_events(&self) -> Option<EventStream> {
+        if self.events_taken.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        Some(EventStream {
+            shared: self.events.clone(),
+        })
     }
 }
 
@@ -171,12 +235,7 @@ impl tokio::io::AsyncRead for OwnedRead {
     }
 }
 
-async fn read_loop(
-    mut reader: BufReader<OwnedRead>,
-    pending: Pending,
-    events: mpsc::Sender<Vec<u8>>,
-    dropped: Arc<AtomicU64>,
-) {
+async fn read_loop(mut reader: BufReader<OwnedRead>, pending: Pending, events: Arc<EventBuffer>) {
     let why = loop {
         match wait_readable(&mut reader).await {
             Ok(true) => {}
@@ -204,13 +263,12 @@ async fn read_loop(
             }
             ("error", None) => break exchange::error(&payload),
             // Never wait for the application here: answers queue behind this loop.
-            ("event", _) if events.try_send(payload).is_err() => {
-                dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            ("event", _) => events.push(payload),
             _ => {}
         }
     };
     fail_all(&pending, &why);
+    events.close();
 }
 
 async fn write_loop(stream: Arc<Stream>, mut queue: mpsc::Receiver<Vec<u8>>, pending: Pending) {

@@ -1,7 +1,9 @@
 //! Interpreting the daemon's frames, shared by the blocking and the async client so both
 //! agree on what a welcome, an answer or a refusal means. No I/O here.
 
-use sessiond_proto::envelope::{ErrorFrame, FrameHead, Hello, Request, Response, Welcome};
+use sessiond_proto::envelope::{
+    ErrorFrame, Event, EventTag, FrameHead, Hello, Lagged, Request, Response, Welcome,
+};
 use sessiond_proto::methods::Method;
 use sessiond_proto::{frame, version_mismatch_message, PROTOCOL_VERSION};
 
@@ -55,6 +57,29 @@ pub(crate) fn error(payload: &[u8]) -> ClientError {
         Ok(e) => e.into(),
         Err(e) => ClientError::Protocol(format!("malformed error frame: {e}")),
     }
+}
+
+/// The `seq` of an event frame, if it has one.
+pub(crate) fn event_seq(payload: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
+    frame::decode::<Seq>(payload).ok().map(|s| s.seq)
+}
+
+/// A `lagged` event payload, as the daemon would send it, for a gap the client itself made.
+pub(crate) fn lagged(seq: u64, missed: u64) -> Vec<u8> {
+    let event = Event {
+        kind: EventTag,
+        seq,
+        time: sessiond_proto::now_ms(),
+        event: "lagged".to_string(),
+        subscription: None,
+        data: Lagged { missed },
+    };
+    // Without the length prefix: streams hand out payloads.
+    frame::encode(&event).expect("lagged encodes")[frame::HEADER_LEN..].to_vec()
 }
 
 /// Decodes the answer (response or error) to a request for method `M`.

@@ -36,7 +36,7 @@ pub mod options;
 mod transport;
 
 pub use blocking::BlockingClient;
-pub use client::Client;
+pub use client::{Client, EventStream};
 pub use error::{exit, ClientError};
 pub use options::ConnectOptions;
 pub use sessiond_proto as proto;

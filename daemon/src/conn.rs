@@ -17,6 +17,7 @@
 //! connection goes on; an error without one is about the connection, which is closed right
 //! after the error is flushed.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use interprocess::local_socket::tokio::Stream;
@@ -32,9 +33,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::context::Daemon;
-use crate::dispatch::{self, METHODS};
+use crate::dispatch::{self, Answer, METHODS};
 use crate::events::EventQueue;
 use crate::shutdown::DrainGuard;
+use crate::store::Commit;
 
 /// What handlers may know about the connection a request came on.
 pub struct Conn {
@@ -190,36 +192,101 @@ async fn read_loop(
         return why;
     }
 
-    loop {
+    let mut pending = Pending::default();
+    let mut since_yield = 0;
+    let mut read_error = None;
+    let mut shutting_down = false;
+    let why = loop {
         tokio::select! {
             biased;
             _ = shutdown.triggered() => {
-                send_fatal(
-                    &outbox,
-                    ErrorCode::SHUTTING_DOWN,
-                    "sessiond is shutting down; requests on this connection that got no answer \
-                     were not run. The next client command starts a new daemon."
-                        .to_string(),
-                )
-                .await;
-                return "daemon shutting down";
+                shutting_down = true;
+                break "daemon shutting down";
             }
-            readable = wait_readable(&mut reader) => match readable {
+            frame = pending.next(), if !pending.is_empty() => {
+                if !send(&outbox, frame).await {
+                    break "writer gone";
+                }
+                continue;
+            }
+            // With too many answers waiting on commits, stop reading until some land.
+            readable = wait_readable(&mut reader), if pending.len() < MAX_PENDING => match readable {
                 Ok(true) => {}
-                Ok(false) => return "client closed the connection",
-                Err(_) => return "connection reset",
+                Ok(false) => break "client closed the connection",
+                Err(_) => break "connection reset",
             },
         }
         let payload = match read_frame(&mut reader, max, ctx.config.frame_timeout()).await {
             Ok(payload) => payload,
             Err(e) => {
-                report_read_error(&outbox, e, max).await;
-                return "bad or incomplete frame";
+                read_error = Some(e);
+                break "bad or incomplete frame";
             }
         };
-        if !handle_frame(ctx, conn, &payload, &outbox).await {
-            return "connection-level error";
+        if !handle_frame(ctx, conn, &payload, &outbox, &mut pending).await {
+            break "connection-level error";
         }
+        // Frames already in the read buffer never make this loop wait, so without this a
+        // client pipelining thousands of requests would hold the event loop and starve every
+        // other connection, its subscribers' writers included, until it ran dry. A short
+        // quantum keeps even a dozen such clients from outrunning a subscriber's queue.
+        since_yield += 1;
+        if since_yield == FRAMES_PER_TURN {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
+    };
+    // Changes already started happen whatever becomes of the connection; answer them before
+    // any closing notice, in case the client is still listening.
+    while !pending.is_empty() {
+        let frame = pending.next().await;
+        send(&outbox, frame).await;
+    }
+    if let Some(e) = read_error {
+        report_read_error(&outbox, e, max).await;
+    }
+    if shutting_down {
+        send_fatal(
+            &outbox,
+            ErrorCode::SHUTTING_DOWN,
+            "sessiond is shutting down; requests on this connection that got no answer were \
+             not run. The next client command starts a new daemon."
+                .to_string(),
+        )
+        .await;
+    }
+    why
+}
+
+/// Answers that wait for their commits before they may be sent.
+const MAX_PENDING: usize = 1024;
+
+/// Frames one connection handles before letting the other tasks run. With the event queue
+/// at 1,024, sixteen connections flooding requests still leave a subscriber's writer a turn
+/// every 256 events.
+const FRAMES_PER_TURN: usize = 16;
+
+/// Answers waiting on commits, oldest first. The store commits jobs in the order it receives
+/// them, so the oldest commit always lands first and waiting on it alone is enough.
+#[derive(Default)]
+struct Pending(VecDeque<(u64, Vec<u8>, Commit)>);
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Waits for the oldest commit and returns the frame to send for it. Cancel-safe: nothing
+    /// is removed until the commit has resolved.
+    async fn next(&mut self) -> Vec<u8> {
+        let (_, _, commit) = self.0.front_mut().expect("next() on an empty queue");
+        let outcome = commit.await;
+        let (id, frame, _) = self.0.pop_front().expect("still there");
+        Answer::after_commit(id, frame, outcome)
     }
 }
 
@@ -325,6 +392,7 @@ async fn handle_frame(
     conn: &Conn,
     payload: &[u8],
     outbox: &mpsc::Sender<Vec<u8>>,
+    pending: &mut Pending,
 ) -> bool {
     let head = match FrameHead::decode(payload) {
         Ok(head) => head,
@@ -353,10 +421,16 @@ async fn handle_frame(
     match (head.kind.as_str(), head.id) {
         ("request", Some(id)) => {
             let answer = match head.method.as_deref() {
-                Some(method) => dispatch::dispatch(ctx, conn, id, method, payload).await,
-                None => reject(Some(id), "request has no method".into()),
+                Some(method) => dispatch::dispatch(ctx, conn, id, method, payload),
+                None => Answer::Now(reject(Some(id), "request has no method".into())),
             };
-            send(outbox, answer).await
+            match answer {
+                Answer::Now(bytes) => send(outbox, bytes).await,
+                Answer::AfterCommit { id, frame, commit } => {
+                    pending.0.push_back((id, frame, commit));
+                    true
+                }
+            }
         }
         ("request", None) => {
             send(

@@ -9,18 +9,18 @@ use sessiond_proto::PROTOCOL_VERSION;
 
 use crate::conn::Conn;
 use crate::context::Daemon;
-use crate::dispatch::{HandlerResult, RequestError};
+use crate::dispatch::{HandlerResult, Reply, RequestError};
 
-pub async fn ping(_ctx: &Daemon, _conn: &Conn, _id: u64, _p: PingParams) -> HandlerResult<Pong> {
-    Ok(Pong {})
+pub fn ping(_ctx: &Daemon, _conn: &Conn, _id: u64, _p: PingParams) -> HandlerResult<Reply<Pong>> {
+    Ok(Reply::Now(Pong {}))
 }
 
-pub async fn status(
+pub fn status(
     ctx: &Daemon,
     _conn: &Conn,
     _id: u64,
     _p: StatusParams,
-) -> HandlerResult<StatusResult> {
+) -> HandlerResult<Reply<StatusResult>> {
     let path = |p: &std::path::Path| p.display().to_string();
     let (sessions, subscriptions, database) = {
         let registry = ctx.registry();
@@ -30,7 +30,7 @@ pub async fn status(
             path(registry.store_path()),
         )
     };
-    Ok(StatusResult {
+    Ok(Reply::Now(StatusResult {
         version: crate::VERSION.to_string(),
         protocol: PROTOCOL_VERSION,
         pid: ctx.pid,
@@ -48,32 +48,32 @@ pub async fn status(
         sessions,
         subscriptions,
         database,
-    })
+    }))
 }
 
-pub async fn set_log_level(
+pub fn set_log_level(
     ctx: &Daemon,
     _conn: &Conn,
     _id: u64,
     p: SetLogLevelParams,
-) -> HandlerResult<SetLogLevelResult> {
+) -> HandlerResult<Reply<SetLogLevelResult>> {
     let (previous, level) = ctx
         .log
         .set(&p.level)
         .map_err(RequestError::invalid_argument)?;
     tracing::info!("log filter changed from {previous} to {level}");
-    Ok(SetLogLevelResult { previous, level })
+    Ok(Reply::Now(SetLogLevelResult { previous, level }))
 }
 
-pub async fn shutdown(
+pub fn shutdown(
     ctx: &Daemon,
     _conn: &Conn,
     _id: u64,
     _p: ShutdownParams,
-) -> HandlerResult<ShutdownResult> {
+) -> HandlerResult<Reply<ShutdownResult>> {
     ctx.trigger_shutdown("shutdown requested by a client");
-    Ok(ShutdownResult {
+    Ok(Reply::Now(ShutdownResult {
         pid: ctx.pid,
         grace_ms: ctx.config.shutdown_grace_ms,
-    })
+    }))
 }

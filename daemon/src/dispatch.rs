@@ -5,6 +5,10 @@
 //! (from `sessiond_proto::methods`), decodes its params into the typed struct, calls the
 //! handler, encodes the typed result, and lists the method in the `welcome` capabilities. A
 //! handler never sees bytes and never writes to the client.
+//!
+//! Handlers are synchronous steps. A read answers at once; a change answers once its commit
+//! is durable ([`Reply::AfterCommit`]), and the connection keeps reading while it waits, so a
+//! client pipelining a thousand writes shares commits instead of paying one fsync each.
 
 use serde::de::DeserializeOwned;
 use sessiond_proto::envelope::{ErrorFrame, RequestParams, Response};
@@ -17,6 +21,7 @@ use sessiond_proto::ErrorCode;
 
 use crate::conn::Conn;
 use crate::context::Daemon;
+use crate::store::{Commit, StoreError};
 use crate::{control, session_methods};
 
 /// A request that failed; becomes an `error` frame carrying the request's id.
@@ -41,29 +46,66 @@ impl RequestError {
 
 pub type HandlerResult<T> = Result<T, RequestError>;
 
+/// A handler's outcome.
+pub enum Reply<T> {
+    /// Answer now.
+    Now(T),
+    /// Answer once this commit is durable (or fail the request if it is not).
+    AfterCommit(T, Commit),
+}
+
+/// A request's encoded answer, as the connection must deliver it.
+pub enum Answer {
+    Now(Vec<u8>),
+    AfterCommit {
+        id: u64,
+        /// The success frame, sent when the commit lands.
+        frame: Vec<u8>,
+        commit: Commit,
+    },
+}
+
+impl Answer {
+    /// The frame to send once `commit` has resolved this way.
+    pub fn after_commit(
+        id: u64,
+        frame: Vec<u8>,
+        outcome: Result<Result<(), StoreError>, tokio::sync::oneshot::error::RecvError>,
+    ) -> Vec<u8> {
+        let failure = match outcome {
+            Ok(Ok(())) => return frame,
+            Ok(Err(e)) => format!(
+                "{e}; the change is in effect but was not saved and will not survive a restart"
+            ),
+            Err(_) => "the store stopped before saving the change".to_string(),
+        };
+        error_frame(id, RequestError::new(ErrorCode::INTERNAL, failure))
+    }
+}
+
 macro_rules! routes {
     ($($method:ty => $handler:path),* $(,)?) => {
         /// Wire names of every method, in declaration order; the `welcome` capabilities.
         pub const METHODS: &[&str] = &[$(<$method as Method>::NAME),*];
 
-        /// Answers one request: returns the encoded `response` or `error` frame.
-        pub async fn dispatch(
+        /// Runs one request's step and encodes its answer.
+        pub fn dispatch(
             ctx: &Daemon,
             conn: &Conn,
             id: u64,
             method: &str,
             payload: &[u8],
-        ) -> Vec<u8> {
+        ) -> Answer {
             $(
                 if method == <$method as Method>::NAME {
                     let outcome = match params::<$method>(payload) {
-                        Ok(p) => $handler(ctx, conn, id, p).await,
+                        Ok(p) => $handler(ctx, conn, id, p),
                         Err(e) => Err(e),
                     };
                     return answer(id, outcome);
                 }
             )*
-            answer::<()>(id, Err(unknown_method(method)))
+            Answer::Now(error_frame(id, unknown_method(method)))
         }
     };
 }
@@ -127,18 +169,32 @@ fn unknown_method(method: &str) -> RequestError {
     )
 }
 
-fn answer<R: serde::Serialize>(id: u64, outcome: HandlerResult<R>) -> Vec<u8> {
-    let encoded = match outcome {
-        Ok(result) => frame::encode(&Response::new(id, result)),
-        Err(e) => frame::encode(&ErrorFrame::new(Some(id), e.code, e.message)),
-    };
-    encoded.unwrap_or_else(|e| {
+fn answer<R: serde::Serialize>(id: u64, outcome: HandlerResult<Reply<R>>) -> Answer {
+    match outcome {
+        Ok(Reply::Now(result)) => Answer::Now(response_frame(id, &result)),
+        Ok(Reply::AfterCommit(result, commit)) => Answer::AfterCommit {
+            id,
+            frame: response_frame(id, &result),
+            commit,
+        },
+        Err(e) => Answer::Now(error_frame(id, e)),
+    }
+}
+
+fn response_frame<R: serde::Serialize>(id: u64, result: &R) -> Vec<u8> {
+    frame::encode(&Response::new(id, result)).unwrap_or_else(|e| {
         tracing::error!("cannot encode the answer to request {id}: {e}");
-        frame::encode(&ErrorFrame::new(
-            Some(id),
-            ErrorCode::INTERNAL,
-            format!("the daemon could not encode its answer: {e}"),
-        ))
-        .expect("an error frame of plain strings always encodes")
+        error_frame(
+            id,
+            RequestError::new(
+                ErrorCode::INTERNAL,
+                format!("the daemon could not encode its answer: {e}"),
+            ),
+        )
     })
+}
+
+fn error_frame(id: u64, e: RequestError) -> Vec<u8> {
+    frame::encode(&ErrorFrame::new(Some(id), e.code, e.message))
+        .expect("an error frame of plain strings always encodes")
 }

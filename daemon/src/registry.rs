@@ -378,18 +378,64 @@ impl Registry {
             aliases: Vec::new(),
             queue_length: 0,
         };
-        Ok(self.insert(session))
+        let (info, write) = self.insert(session);
+        Ok((info, self.store.write(vec![write])))
     }
 
-    fn insert(&mut self, session: Session) -> (SessionInfo, Commit) {
+    /// Adds a new session, publishes `session_created`, and returns the row to write.
+    fn insert(&mut self, session: Session) -> (SessionInfo, Write) {
         let info = session.info();
         self.index(&session);
         let mut event = scope_event(&session);
         event.info = Some(info.clone());
         self.events.publish(event_kind::SESSION_CREATED, event);
-        let commit = self.store.write(vec![Write::Session(session.clone())]);
+        let write = Write::Session(session.clone());
         self.sessions.insert(session.id, session);
-        (info, commit)
+        (info, write)
+    }
+
+    /// Records the provider's own id for a session: the first one binds a provisional
+    /// session; a later, different one (after a /clear or a compaction) becomes current and
+    /// the old one stays an alias, so every id the provider ever used still finds it.
+    pub fn rebind(
+        &mut self,
+        id: SessionId,
+        provider_session_id: &str,
+    ) -> Result<Option<Commit>, RequestError> {
+        let session = self
+            .sessions
+            .get_mut(&id)
+            .ok_or_else(|| not_found(format!("no session has id {id}")))?;
+        let old = session.provider_session_id.clone();
+        if old.as_deref() == Some(provider_session_id) {
+            return Ok(None);
+        }
+        let from_phase = session
+            .set_phase(Phase::Bound)
+            .map_err(|e| invalid_state(e.0))?;
+        if let Some(old) = &old {
+            if !session.aliases.contains(old) {
+                session.aliases.push(old.clone());
+            }
+        }
+        session.provider_session_id = Some(provider_session_id.to_string());
+        session.updated_at = sessiond_proto::now_ms();
+        let write = Write::Session(session.clone());
+        let ids = self
+            .by_provider_id
+            .entry(provider_session_id.to_string())
+            .or_default();
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+        if from_phase != Phase::Bound {
+            self.publish_phase(id, from_phase, "the provider reported its session id");
+        }
+        let mut event = scope_event(self.session(id));
+        event.from = old;
+        event.to = Some(provider_session_id.to_string());
+        self.events.publish(event_kind::SESSION_REBOUND, event);
+        Ok(Some(self.store.write(vec![write])))
     }
 
     /// Lists sessions, most recently active first.
@@ -636,12 +682,10 @@ impl Registry {
             queue_length: 0,
         };
         let id = fresh.id;
-        let (_, created) = self.insert(fresh);
-        // The row write for the new session is already queued; the context follows it, so
-        // one commit (or the next) makes both durable before the answer.
-        drop(created);
-        let write = self.point(&context, id);
-        let commit = self.store.write(vec![write]);
+        let (_, session_row) = self.insert(fresh);
+        let context_row = self.point(&context, id);
+        // One job: the context can never be saved pointing at a session that was not.
+        let commit = self.store.write(vec![session_row, context_row]);
         Ok((self.pointer(&context), commit))
     }
 }
@@ -709,6 +753,27 @@ mod tests {
                 .unwrap(),
             in_a
         );
+    }
+
+    #[test]
+    fn rebind_binds_then_keeps_old_provider_ids_as_aliases() {
+        let (mut r, dir) = registry();
+        let id = create(&mut r, dir.path(), None);
+        r.rebind(id, "prov-1").unwrap();
+        assert_eq!(r.session(id).phase, Phase::Bound);
+        assert!(
+            r.rebind(id, "prov-1").unwrap().is_none(),
+            "same id: no change"
+        );
+        r.rebind(id, "prov-2").unwrap();
+        let s = r.session(id);
+        assert_eq!(s.provider_session_id.as_deref(), Some("prov-2"));
+        assert_eq!(s.aliases, vec!["prov-1".to_string()]);
+        for alias in ["prov-1", "prov-2"] {
+            assert_eq!(r.resolve(Some(alias), None, "default").unwrap(), id);
+        }
+        // created; provisional→bound state change; two rebounds (the repeat published nothing)
+        assert_eq!(r.events.seq(), 4);
     }
 
     #[test]

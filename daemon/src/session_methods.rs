@@ -1,6 +1,6 @@
 //! Handlers for the session methods: each takes the registry's lock for one short, synchronous
-//! step, releases it, and only then waits for the commit (never holding the lock across an
-//! await), so a slow disk delays the writer alone.
+//! step and returns. A change answers once its commit is durable (`Reply::AfterCommit`); the
+//! connection waits for that, never the registry, so a slow disk delays the writer alone.
 
 use sessiond_proto::methods::{
     ContextParams, CreateParams, ListParams, ListResult, RenameParams, SessionParams,
@@ -11,56 +11,43 @@ use sessiond_proto::ErrorCode;
 
 use crate::conn::Conn;
 use crate::context::Daemon;
-use crate::dispatch::{HandlerResult, RequestError};
+use crate::dispatch::{HandlerResult, Reply, RequestError};
 use crate::events::{SubscribeError, MAX_SUBSCRIPTIONS};
 use crate::ownership::OwnerStatus;
 use crate::store::Commit;
 
-/// Waits until a change is durable; the answer is sent only then.
-async fn durable<T>((value, commit): (T, Commit)) -> HandlerResult<T> {
-    match commit.await {
-        Ok(Ok(())) => Ok(value),
-        Ok(Err(e)) => Err(RequestError::new(
-            ErrorCode::INTERNAL,
-            format!(
-                "{e}; the change is in effect but was not saved and will not survive a restart"
-            ),
-        )),
-        Err(_) => Err(RequestError::new(
-            ErrorCode::INTERNAL,
-            "the store stopped before saving the change",
-        )),
-    }
+/// A change's answer, sent once its commit is durable.
+fn after_commit<T>((value, commit): (T, Commit)) -> Reply<T> {
+    Reply::AfterCommit(value, commit)
 }
 
-pub async fn create(
+pub fn create(
     ctx: &Daemon,
     _conn: &Conn,
     _id: u64,
     p: CreateParams,
-) -> HandlerResult<SessionInfo> {
-    let step = ctx.registry().create(p);
-    durable(step?).await
+) -> HandlerResult<Reply<SessionInfo>> {
+    ctx.registry().create(p).map(after_commit)
 }
 
-pub async fn list(
+pub fn list(
     ctx: &Daemon,
     _conn: &Conn,
     _id: u64,
     p: ListParams,
-) -> HandlerResult<ListResult> {
-    ctx.registry().list(&p)
+) -> HandlerResult<Reply<ListResult>> {
+    ctx.registry().list(&p).map(Reply::Now)
 }
 
-pub async fn get(
+pub fn get(
     ctx: &Daemon,
     _conn: &Conn,
     _id: u64,
     p: SessionParams,
-) -> HandlerResult<SessionInfo> {
+) -> HandlerResult<Reply<SessionInfo>> {
     let mut info = ctx.registry().get(&p)?;
     info.owner = ctx.session_files.inspect(&info.id.to_string()).map(owner);
-    Ok(info)
+    Ok(Reply::Now(info))
 }
 
 fn owner(status: OwnerStatus) -> Owner {
@@ -77,71 +64,66 @@ fn owner(status: OwnerStatus) -> Owner {
     }
 }
 
-pub async fn switch(
+pub fn switch(
     ctx: &Daemon,
     _conn: &Conn,
     _id: u64,
     p: SessionParams,
-) -> HandlerResult<SwitchResult> {
-    let step = ctx.registry().switch(&p);
-    durable(step?).await
+) -> HandlerResult<Reply<SwitchResult>> {
+    ctx.registry().switch(&p).map(after_commit)
 }
 
-pub async fn current(
+pub fn current(
     ctx: &Daemon,
     _conn: &Conn,
     _id: u64,
     p: ContextParams,
-) -> HandlerResult<SwitchResult> {
-    ctx.registry().current(p.context.as_deref())
+) -> HandlerResult<Reply<SwitchResult>> {
+    ctx.registry().current(p.context.as_deref()).map(Reply::Now)
 }
 
-pub async fn rename(
+pub fn rename(
     ctx: &Daemon,
     _conn: &Conn,
     _id: u64,
     p: RenameParams,
-) -> HandlerResult<SessionInfo> {
-    let step = ctx.registry().rename(&p);
-    durable(step?).await
+) -> HandlerResult<Reply<SessionInfo>> {
+    ctx.registry().rename(&p).map(after_commit)
 }
 
-pub async fn archive(
+pub fn archive(
     ctx: &Daemon,
     _conn: &Conn,
     _id: u64,
     p: SessionParams,
-) -> HandlerResult<SessionInfo> {
-    let step = ctx.registry().archive(&p);
-    durable(step?).await
+) -> HandlerResult<Reply<SessionInfo>> {
+    ctx.registry().archive(&p).map(after_commit)
 }
 
-pub async fn reopen(
+pub fn reopen(
     ctx: &Daemon,
     _conn: &Conn,
     _id: u64,
     p: SessionParams,
-) -> HandlerResult<SessionInfo> {
-    let step = ctx.registry().reopen(&p);
-    durable(step?).await
+) -> HandlerResult<Reply<SessionInfo>> {
+    ctx.registry().reopen(&p).map(after_commit)
 }
 
-pub async fn regenerate(
+pub fn regenerate(
     ctx: &Daemon,
     _conn: &Conn,
     _id: u64,
     p: SessionParams,
-) -> HandlerResult<SwitchResult> {
-    let step = ctx.registry().regenerate(&p);
-    durable(step?).await
+) -> HandlerResult<Reply<SwitchResult>> {
+    ctx.registry().regenerate(&p).map(after_commit)
 }
 
-pub async fn subscribe(
+pub fn subscribe(
     ctx: &Daemon,
     conn: &Conn,
     id: u64,
     mut p: SubscribeParams,
-) -> HandlerResult<SubscribeResult> {
+) -> HandlerResult<Reply<SubscribeResult>> {
     // Sessions carry canonical project paths; match what the client meant, symlinks and all.
     for project in &mut p.filter.projects {
         if let Ok(canonical) = std::fs::canonicalize(&*project) {
@@ -167,20 +149,20 @@ pub async fn subscribe(
                 sessiond_proto::session::event_kind::ALL.join(", ")
             )),
         })?;
-    Ok(SubscribeResult {
+    Ok(Reply::Now(SubscribeResult {
         subscription: id,
         seq,
-    })
+    }))
 }
 
-pub async fn unsubscribe(
+pub fn unsubscribe(
     ctx: &Daemon,
     conn: &Conn,
     _id: u64,
     p: UnsubscribeParams,
-) -> HandlerResult<UnsubscribeResult> {
+) -> HandlerResult<Reply<UnsubscribeResult>> {
     if ctx.registry().events.unsubscribe(conn.id, p.subscription) {
-        Ok(UnsubscribeResult {})
+        Ok(Reply::Now(UnsubscribeResult {}))
     } else {
         Err(RequestError::new(
             ErrorCode::NOT_FOUND,
