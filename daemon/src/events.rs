@@ -200,18 +200,7 @@ mod tests {
     use sessiond_proto::session::SessionId;
 
     fn event(project: &str) -> SessionEvent {
-        SessionEvent {
-            session: SessionId::new_v4(),
-            project: project.into(),
-            provider: "shell".into(),
-            info: None,
-            field: None,
-            from: None,
-            to: None,
-            reason: None,
-            context: None,
-            generation: None,
-        }
+        SessionEvent::scope(SessionId::new_v4(), project, "shell")
     }
 
     #[test]

@@ -149,24 +149,12 @@ impl Instance {
     /// reader never sees half a number), and "PID SOCKET" in the state lock.
     pub fn write_pid(&mut self) -> Result<(), String> {
         let pid = std::process::id();
-        let tmp = self.pid_file.with_extension("pid.tmp");
-        let written = (|| {
-            let mut options = OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut f = options.open(&tmp)?;
-            writeln!(f, "{pid}")?;
-            f.sync_all()
-        })();
-        written.map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.pid_file).map_err(|e| {
-            format!(
-                "cannot rename {} to {}: {e}",
-                tmp.display(),
-                self.pid_file.display()
-            )
-        })?;
+        sessiond_proto::paths::write_private_atomically(
+            &self.pid_file,
+            format!("{pid}\n").as_bytes(),
+            true,
+        )
+        .map_err(|e| format!("cannot record the daemon's pid: {e}"))?;
         let owner = format!("{pid} {}\n", self.socket.display());
         let recorded = self
             .state_lock

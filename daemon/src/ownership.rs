@@ -28,7 +28,7 @@
 //! ten thousand idle sessions cost no descriptors and leave no files.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -543,22 +543,9 @@ fn read_record(path: &Path) -> io::Result<Option<PidRecord>> {
 /// holder writes, so one temporary name per session suffices. No fsync: after a crash the lock
 /// is free and the pid file stale whatever it says, and an unreadable one is reported as such.
 fn write_record(path: &Path, record: &PidRecord) -> io::Result<()> {
-    let tmp = path.with_extension("pid.tmp");
-    let written = (|| {
-        let mut options = OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut f = options.open(&tmp)?;
-        let mut text = serde_json::to_vec(record).map_err(io::Error::other)?;
-        text.push(b'\n');
-        f.write_all(&text)?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    let mut text = serde_json::to_vec(record).map_err(io::Error::other)?;
+    text.push(b'\n');
+    sessiond_proto::paths::write_private_atomically(path, &text, false)
 }
 
 fn remove_if_present(path: &Path) -> io::Result<()> {

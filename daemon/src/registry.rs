@@ -69,18 +69,7 @@ fn invalid_state(message: impl Into<String>) -> RequestError {
 
 /// The event data every session event starts from: its scope.
 fn scope_event(s: &Session) -> SessionEvent {
-    SessionEvent {
-        session: s.id,
-        project: s.project.to_string(),
-        provider: s.provider.to_string(),
-        info: None,
-        field: None,
-        from: None,
-        to: None,
-        reason: None,
-        context: None,
-        generation: None,
-    }
+    SessionEvent::scope(s.id, &s.project, &s.provider)
 }
 
 /// Checks a context name; `None` means the default.

@@ -207,6 +207,32 @@ fn default_config_file() -> Result<PathBuf, PathError> {
     Ok(base.config_dir().join("sessiond").join("config.toml"))
 }
 
+/// Replaces `path` with `contents` atomically: written to a temporary file beside it (mode
+/// 0600), then renamed over it, so a reader sees the old contents or the new, never half.
+/// `durable` adds an fsync before the rename.
+pub fn write_private_atomically(path: &Path, contents: &[u8], durable: bool) -> io::Result<()> {
+    use std::io::Write;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = options.open(&tmp).and_then(|mut f| {
+        f.write_all(contents)?;
+        if durable {
+            f.sync_all()?;
+        }
+        Ok(())
+    });
+    let done = written.and_then(|()| std::fs::rename(&tmp, path));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done.map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
+}
+
 /// The effective uid of this process (0 on platforms without uids).
 pub fn current_uid() -> u32 {
     #[cfg(unix)]

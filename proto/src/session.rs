@@ -223,6 +223,24 @@ pub mod event_kind {
     ];
 }
 
+impl SessionEvent {
+    /// An event about `session` carrying only its scope; the kind's fields are set after.
+    pub fn scope(session: SessionId, project: &str, provider: &str) -> Self {
+        SessionEvent {
+            session,
+            project: project.to_string(),
+            provider: provider.to_string(),
+            info: None,
+            field: None,
+            from: None,
+            to: None,
+            reason: None,
+            context: None,
+            generation: None,
+        }
+    }
+}
+
 /// Data of every session event: the session's scope, plus fields of the kind. Fields a kind
 /// does not use are omitted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
