@@ -58,7 +58,9 @@ struct EventState {
 impl EventBuffer {
     fn push(&self, payload: Vec<u8>) {
         let mut state = lock(&self.state);
-        if state.frames.len() >= EVENT_BUFFER {
+        // Once a gap has begun, everything after it waits behind the `lagged` notice: an
+        // event must not be delivered before the notice of a gap that came earlier.
+        if state.missed > 0 || state.frames.len() >= EVENT_BUFFER {
             state.missed += 1;
             state.total_missed += 1;
             state.last_missed_seq = exchange::event_seq(&payload).unwrap_or(0);

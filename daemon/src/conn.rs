@@ -468,7 +468,17 @@ async fn write_loop(
         let first = tokio::select! {
             biased;
             answer = queue.recv() => match answer {
-                Some(first) => first,
+                // Events published before this answer was produced go first: a subscribed
+                // client sees a change's events before the answer to the change.
+                Some(first) => {
+                    let mut frames = events.take();
+                    if frames.is_empty() {
+                        first
+                    } else {
+                        frames.push(first);
+                        frames.concat()
+                    }
+                }
                 None => break,
             },
             _ = events.ready.notified() => {

@@ -22,12 +22,13 @@ pub fn status(
     _p: StatusParams,
 ) -> HandlerResult<Reply<StatusResult>> {
     let path = |p: &std::path::Path| p.display().to_string();
-    let (sessions, subscriptions, database) = {
+    let (sessions, subscriptions, database, storage_error) = {
         let registry = ctx.registry();
         (
             registry.len() as u64,
             registry.events.subscriber_count() as u64,
             path(registry.store_path()),
+            registry.storage_failure(),
         )
     };
     Ok(Reply::Now(StatusResult {
@@ -48,6 +49,7 @@ pub fn status(
         sessions,
         subscriptions,
         database,
+        storage_error,
     }))
 }
 

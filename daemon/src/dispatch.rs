@@ -75,9 +75,14 @@ impl Answer {
         let failure = match outcome {
             Ok(Ok(())) => return frame,
             Ok(Err(e)) => format!(
-                "{e}; the change is in effect but was not saved and will not survive a restart"
+                "{e}; the change is in effect until the daemon restarts but was not saved. \
+                 sessiond now refuses changes: fix the cause (disk space, permissions), then \
+                 `sessionctl daemon restart`"
             ),
-            Err(_) => "the store stopped before saving the change".to_string(),
+            Err(_) => "the store stopped before saving the change; see the daemon's log \
+                       (`sessionctl daemon status` shows where) and restart it: \
+                       `sessionctl daemon restart`"
+                .to_string(),
         };
         error_frame(id, RequestError::new(ErrorCode::INTERNAL, failure))
     }

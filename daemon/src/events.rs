@@ -7,13 +7,13 @@
 //! stored, and its writer sends one `lagged {missed}` after the events queued before the gap.
 //! The connection's writer drains the queue beside its answers.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use sessiond_proto::envelope::{Event, EventTag, Lagged};
 use sessiond_proto::frame;
-use sessiond_proto::session::{event_kind, EventFilter, SessionEvent};
+use sessiond_proto::session::{event_kind, EventFilter, SessionEvent, SessionId};
 use tokio::sync::Notify;
 
 /// Events a connection may have waiting before it counts as lagging. Deep enough to absorb a
@@ -87,9 +87,21 @@ impl EventQueue {
 struct Subscriber {
     conn: u64,
     subscription: u64,
-    filter: EventFilter,
+    filter: Filter,
     queue: Arc<EventQueue>,
 }
+
+/// A subscription's filter as sets, checked on every publish under the registry's lock.
+struct Filter {
+    sessions: HashSet<SessionId>,
+    projects: HashSet<String>,
+    providers: HashSet<String>,
+    events: HashSet<String>,
+}
+
+/// The most entries one filter list may hold: plenty for any real selection, and it keeps a
+/// hostile filter from costing every publish.
+pub const MAX_FILTER_ENTRIES: usize = 1024;
 
 /// Numbers events and hands each to the subscribers whose filter it matches.
 #[derive(Default)]
@@ -103,6 +115,7 @@ pub struct EventBus {
 pub enum SubscribeError {
     TooMany,
     UnknownKind(String),
+    FilterTooLarge,
 }
 
 impl EventBus {
@@ -130,6 +143,21 @@ impl EventBus {
         {
             return Err(SubscribeError::UnknownKind(kind.clone()));
         }
+        let lists = [
+            filter.sessions.len(),
+            filter.projects.len(),
+            filter.providers.len(),
+            filter.events.len(),
+        ];
+        if lists.iter().any(|n| *n > MAX_FILTER_ENTRIES) {
+            return Err(SubscribeError::FilterTooLarge);
+        }
+        let filter = Filter {
+            sessions: filter.sessions.into_iter().collect(),
+            projects: filter.projects.into_iter().collect(),
+            providers: filter.providers.into_iter().collect(),
+            events: filter.events.into_iter().collect(),
+        };
         let held = self.subscribers.iter().filter(|s| s.conn == conn).count();
         if held >= MAX_SUBSCRIPTIONS {
             return Err(SubscribeError::TooMany);
@@ -187,8 +215,8 @@ fn encode<D: Serialize>(seq: u64, time: u64, kind: &str, subscription: u64, data
     .expect("session events encode")
 }
 
-fn matches(filter: &EventFilter, kind: &str, data: &SessionEvent) -> bool {
-    (filter.events.is_empty() || filter.events.iter().any(|k| k == kind))
+fn matches(filter: &Filter, kind: &str, data: &SessionEvent) -> bool {
+    (filter.events.is_empty() || filter.events.contains(kind))
         && (filter.sessions.is_empty() || filter.sessions.contains(&data.session))
         && (filter.projects.is_empty() || filter.projects.contains(&data.project))
         && (filter.providers.is_empty() || filter.providers.contains(&data.provider))

@@ -35,6 +35,11 @@ pub const MAX_CONTEXT_LEN: usize = 64;
 pub const MIN_PREFIX: usize = 4;
 /// Candidates listed in an `ambiguous` error.
 const MAX_CANDIDATES: usize = 10;
+/// Added to every context's generation when the daemon starts. A switch's generation is seen
+/// (in its event and by `current`) a moment before it is committed; after a crash the stored
+/// number may be lower than one a client saw. Starting each run far above the stored value
+/// keeps generations strictly increasing for every client across restarts.
+pub const GENERATION_RESTART_STEP: u64 = 1 << 20;
 /// Providers built into every daemon.
 pub const BUILTIN_PROVIDERS: &[&str] = &["shell", "claude", "codex", "gemini"];
 
@@ -97,6 +102,12 @@ fn check_name(name: &str) -> Result<(), RequestError> {
             "a session name cannot be empty or only spaces; give a name, or omit it",
         ));
     }
+    if name.trim() != name {
+        return Err(invalid(format!(
+            "session name {name:?} starts or ends with spaces, which lookups would not \
+             match; remove them"
+        )));
+    }
     let chars = name.chars().count();
     if chars > MAX_NAME_CHARS {
         return Err(invalid(format!(
@@ -133,15 +144,25 @@ fn canonical_dir(path: &str, what: &str) -> Result<String, RequestError> {
             canonical.display()
         )));
     }
-    canonical
-        .into_os_string()
-        .into_string()
-        .map_err(|_| invalid(format!("the {what} path is not valid UTF-8")))
+    canonical.into_os_string().into_string().map_err(|p| {
+        invalid(format!(
+            "the {what} {} is not valid UTF-8, which the protocol cannot carry",
+            p.to_string_lossy()
+        ))
+    })
 }
 
 impl Registry {
-    /// Builds the registry from what the store loaded.
-    pub fn new(store: Store, loaded: Loaded, extra_providers: &[String]) -> Registry {
+    /// Builds the registry from what the store loaded. `is_owned` says whether a process holds
+    /// a session's lock now (a session left `attached` by a client that is gone is idle).
+    /// Moves every context's generation past anything the previous run may have shown, and
+    /// waits until that is saved.
+    pub fn new(
+        store: Store,
+        loaded: Loaded,
+        extra_providers: &[String],
+        is_owned: impl Fn(SessionId) -> bool,
+    ) -> Result<Registry, String> {
         let mut providers: Vec<String> = BUILTIN_PROVIDERS.iter().map(|p| p.to_string()).collect();
         providers.extend(extra_providers.iter().cloned());
         let mut registry = Registry {
@@ -161,14 +182,17 @@ impl Registry {
         };
         for mut session in loaded.sessions {
             // A turn cannot be in progress in a daemon that just started; until turns exist,
-            // a transient activity left by a crash falls back to idle (paused is kept).
-            if matches!(
+            // a transient activity left by a crash falls back to idle (paused is kept), and so
+            // does `attached` when no process holds the session any more.
+            let transient = matches!(
                 session.activity,
                 Activity::Starting
                     | Activity::Running
                     | Activity::WaitingInput
                     | Activity::Stopping
-            ) {
+            );
+            let orphaned = session.activity == Activity::Attached && !is_owned(session.id);
+            if transient || orphaned {
                 session.activity = Activity::Idle;
             }
             session.project = registry.intern(&session.project);
@@ -176,7 +200,43 @@ impl Registry {
             registry.index(&session);
             registry.sessions.insert(session.id, session);
         }
-        registry
+        let bumped: Vec<Write> = registry
+            .contexts
+            .values_mut()
+            .map(|c| {
+                c.generation += GENERATION_RESTART_STEP;
+                Write::Context(c.clone())
+            })
+            .collect();
+        if !bumped.is_empty() {
+            match registry.store.write(bumped).blocking_recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err("the store stopped during start-up".into()),
+            }
+        }
+        Ok(registry)
+    }
+
+    /// Why changes are refused, once the database could not be written.
+    pub fn storage_failure(&self) -> Option<String> {
+        self.store.failure()
+    }
+
+    /// Refuses a change once a commit has failed: memory and file would drift further apart.
+    fn writable(&self) -> Result<(), RequestError> {
+        match self.store.failure() {
+            None => Ok(()),
+            Some(why) => Err(RequestError::new(
+                ErrorCode::STORAGE_FAILED,
+                format!(
+                    "the database {} could not be written ({why}); sessiond refuses changes \
+                     until it is restarted. Fix the cause (disk space, permissions), then \
+                     `sessionctl daemon restart`",
+                    self.store.path().display()
+                ),
+            )),
+        }
     }
 
     fn intern(&mut self, text: &str) -> Arc<str> {
@@ -238,13 +298,16 @@ impl Registry {
                 });
         };
         let sel = sel.trim();
-        if let Ok(id) = sel.parse::<SessionId>() {
-            return if self.sessions.contains_key(&id) {
-                Ok(id)
-            } else {
-                Err(not_found(format!("no session has id {id}")))
-            };
+        // A UUID is usually our id, but a provider's own ids (Claude's, Codex's) are UUIDs
+        // too, and so may a name be: when no session has it as id, keep looking.
+        let as_id = sel.parse::<SessionId>().ok();
+        if let Some(id) = as_id.filter(|id| self.sessions.contains_key(id)) {
+            return Ok(id);
         }
+        // Sessions store canonical project paths; accept the path as the user wrote it.
+        let project =
+            project.map(|raw| canonical_dir(raw, "project").unwrap_or_else(|_| raw.to_string()));
+        let project = project.as_deref();
         let in_project = |id: &SessionId| project.is_none_or(|p| *self.session(*id).project == *p);
         let by_name: Vec<SessionId> = self
             .by_name
@@ -252,7 +315,7 @@ impl Registry {
             .map(|ids| ids.iter().copied().filter(in_project).collect())
             .unwrap_or_default();
         if !by_name.is_empty() {
-            return self.one(by_name, &format!("name {sel:?}"));
+            return self.one(by_name, &format!("name {sel:?}"), "--project");
         }
         let by_provider: Vec<SessionId> = self
             .by_provider_id
@@ -260,7 +323,11 @@ impl Registry {
             .map(|ids| ids.iter().copied().filter(in_project).collect())
             .unwrap_or_default();
         if !by_provider.is_empty() {
-            return self.one(by_provider, &format!("provider session id {sel:?}"));
+            return self.one(
+                by_provider,
+                &format!("provider session id {sel:?}"),
+                "the session's own id",
+            );
         }
         let hex: String = sel.chars().filter(|c| *c != '-').collect();
         if hex.len() >= MIN_PREFIX && hex.len() < 32 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -276,8 +343,14 @@ impl Registry {
                 .take(MAX_CANDIDATES + 1)
                 .collect();
             if !found.is_empty() {
-                return self.one(found, &format!("id prefix {sel:?}"));
+                return self.one(found, &format!("id prefix {sel:?}"), "a longer prefix");
             }
+        }
+        if let Some(id) = as_id {
+            return Err(not_found(format!(
+                "no session has id {id} (nor a name or provider session id equal to it); see \
+                 `sessionctl list --all`"
+            )));
         }
         let scope = project.map_or(String::new(), |p| format!(" in project {p}"));
         Err(not_found(format!(
@@ -286,7 +359,12 @@ impl Registry {
         )))
     }
 
-    fn one(&self, mut ids: Vec<SessionId>, what: &str) -> Result<SessionId, RequestError> {
+    fn one(
+        &self,
+        mut ids: Vec<SessionId>,
+        what: &str,
+        narrow: &str,
+    ) -> Result<SessionId, RequestError> {
         if ids.len() == 1 {
             return Ok(ids[0]);
         }
@@ -304,7 +382,7 @@ impl Registry {
         Err(RequestError::new(
             ErrorCode::AMBIGUOUS,
             format!(
-                "{what} matches {} sessions; use a longer prefix, the full id, or --project:\n{}{more}",
+                "{what} matches {} sessions; pick one with {narrow} or the full id:\n{}{more}",
                 ids.len(),
                 shown.join("\n")
             ),
@@ -332,6 +410,7 @@ impl Registry {
 
     /// Creates a session (provisional, idle).
     pub fn create(&mut self, p: CreateParams) -> Result<(SessionInfo, Commit), RequestError> {
+        self.writable()?;
         if !self.providers.contains(&p.provider) {
             return Err(invalid(format!(
                 "unknown provider {:?}; configured providers: {}",
@@ -391,6 +470,7 @@ impl Registry {
         id: SessionId,
         provider_session_id: &str,
     ) -> Result<Option<Commit>, RequestError> {
+        self.writable()?;
         let session = self
             .sessions
             .get_mut(&id)
@@ -398,6 +478,13 @@ impl Registry {
         let old = session.provider_session_id.clone();
         if old.as_deref() == Some(provider_session_id) {
             return Ok(None);
+        }
+        if !matches!(session.phase, Phase::Provisional | Phase::Bound) {
+            return Err(invalid_state(format!(
+                "session {} is {}; only a live session can be rebound",
+                session.id.short(),
+                session.phase.as_str()
+            )));
         }
         let from_phase = session
             .set_phase(Phase::Bound)
@@ -502,6 +589,7 @@ impl Registry {
 
     /// Makes a session current in a context, reopening it if archived.
     pub fn switch(&mut self, p: &SessionParams) -> Result<(SwitchResult, Commit), RequestError> {
+        self.writable()?;
         let context = context_name(p.context.as_deref())?;
         let Some(selector) = p.session.as_deref() else {
             return Err(invalid("switch needs a session: an id, a prefix or a name"));
@@ -548,6 +636,7 @@ impl Registry {
 
     /// Renames a session.
     pub fn rename(&mut self, p: &RenameParams) -> Result<(SessionInfo, Commit), RequestError> {
+        self.writable()?;
         let context = context_name(p.context.as_deref())?;
         let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
         check_name(&p.name)?;
@@ -578,12 +667,14 @@ impl Registry {
 
     /// Archives a session.
     pub fn archive(&mut self, p: &SessionParams) -> Result<(SessionInfo, Commit), RequestError> {
+        self.writable()?;
         let context = context_name(p.context.as_deref())?;
         let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
         let session = self.sessions.get_mut(&id).expect("resolved");
         if session.phase == Phase::Archived {
             return Err(invalid_state(format!(
-                "session {} is already archived",
+                "session {} is already archived; bring it back with `sessionctl reopen {}`",
+                session.id.short(),
                 session.id.short()
             )));
         }
@@ -608,6 +699,7 @@ impl Registry {
 
     /// Reopens an archived session.
     pub fn reopen(&mut self, p: &SessionParams) -> Result<(SessionInfo, Commit), RequestError> {
+        self.writable()?;
         let context = context_name(p.context.as_deref())?;
         let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
         if self.session(id).phase != Phase::Archived {
@@ -650,6 +742,7 @@ impl Registry {
         &mut self,
         p: &SessionParams,
     ) -> Result<(SwitchResult, Commit), RequestError> {
+        self.writable()?;
         let context = context_name(p.context.as_deref())?;
         let old_id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
         let old = self.session(old_id);
@@ -686,7 +779,7 @@ mod tests {
     fn registry() -> (Registry, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let (store, loaded) = Store::open(dir.path()).unwrap();
-        (Registry::new(store, loaded, &[]), dir)
+        (Registry::new(store, loaded, &[], |_| false).unwrap(), dir)
     }
 
     fn create(r: &mut Registry, project: &Path, name: Option<&str>) -> SessionId {

@@ -12,7 +12,7 @@ use sessiond_proto::ErrorCode;
 use crate::conn::Conn;
 use crate::context::Daemon;
 use crate::dispatch::{HandlerResult, Reply, RequestError};
-use crate::events::{SubscribeError, MAX_SUBSCRIPTIONS};
+use crate::events::{SubscribeError, MAX_FILTER_ENTRIES, MAX_SUBSCRIPTIONS};
 use crate::ownership::OwnerStatus;
 use crate::store::Commit;
 
@@ -144,6 +144,10 @@ pub fn subscribe(
                      from some, or combine their filters"
                 ),
             ),
+            SubscribeError::FilterTooLarge => RequestError::invalid_argument(format!(
+                "a filter list may hold at most {MAX_FILTER_ENTRIES} entries; subscribe to \
+                 everything and filter on your side, or split the subscription"
+            )),
             SubscribeError::UnknownKind(kind) => RequestError::invalid_argument(format!(
                 "unknown event kind {kind:?}; known kinds: {}",
                 sessiond_proto::session::event_kind::ALL.join(", ")

@@ -150,10 +150,16 @@ fn run_server(
     // Threads start here (the store's), so this comes after detaching.
     let started = std::time::Instant::now();
     let (store, loaded) = Store::open(&paths.state_dir)?;
-    let registry = Registry::new(store, loaded, &[]);
     let sessions_dir = paths.state_dir.join("sessions");
     let session_files = SessionFiles::open(&sessions_dir)
         .map_err(|e| format!("cannot use {}: {e}", sessions_dir.display()))?;
+    let owned = |id: sessiond_proto::session::SessionId| {
+        matches!(
+            session_files.inspect(&id.to_string()),
+            Some(crate::ownership::OwnerStatus::Live { .. })
+        )
+    };
+    let registry = Registry::new(store, loaded, &[], owned)?;
     tracing::info!(
         sessions = registry.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,

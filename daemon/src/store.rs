@@ -114,6 +114,9 @@ pub struct Store {
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
     path: Arc<PathBuf>,
+    /// The first commit failure, if any. After one, memory holds changes the file does not,
+    /// so the registry refuses further changes until the daemon is restarted.
+    failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// The largest number of jobs committed in one transaction; bounds the latency one commit
@@ -128,16 +131,18 @@ impl Store {
         let loaded = load(&conn).map_err(|e| explain(&path, &e))?;
         let (jobs, queue) = mpsc::channel::<Job>();
         let path = Arc::new(path);
-        let thread_path = path.clone();
+        let failure = Arc::new(std::sync::Mutex::new(None));
+        let (thread_path, thread_failure) = (path.clone(), failure.clone());
         let thread = std::thread::Builder::new()
             .name("sessiond-store".into())
-            .spawn(move || run(conn, queue, thread_path))
+            .spawn(move || run(conn, queue, thread_path, thread_failure))
             .map_err(|e| format!("cannot start the store thread: {e}"))?;
         Ok((
             Store {
                 jobs: Some(jobs),
                 thread: Some(thread),
                 path,
+                failure,
             },
             loaded,
         ))
@@ -160,6 +165,14 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Why the database can no longer be written, once a commit has failed.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -185,6 +198,15 @@ fn open_connection(path: &Path) -> Result<Connection, String> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // SQLite silently opens a write-protected file read-only; every change would then
+        // fail after the daemon had started. Find out now, with a real write transaction.
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(DbError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+                Some("the database file is read-only".into()),
+            )));
+        }
+        conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")?;
         migrate(conn)
     };
     setup(&mut conn).map_err(|e| explain(path, &e))?;
@@ -339,7 +361,12 @@ fn load(conn: &Connection) -> Result<Loaded, DbError> {
 }
 
 /// The store thread: commit every queued job together, acknowledge each, repeat.
-fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, path: Arc<PathBuf>) {
+fn run(
+    mut conn: Connection,
+    queue: mpsc::Receiver<Job>,
+    path: Arc<PathBuf>,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
+) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -349,8 +376,15 @@ fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, path: Arc<PathBuf>) {
             }
         }
         let result = commit(&mut conn, &batch).map_err(|e| {
-            let message = explain(&path, &e.into());
-            tracing::error!("{message}");
+            let message = e.to_string();
+            tracing::error!(
+                database = %path.display(),
+                "commit failed: {message}; refusing further changes until restarted"
+            );
+            failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(|| message.clone());
             StoreError {
                 path: path.clone(),
                 message,

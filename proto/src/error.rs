@@ -36,6 +36,8 @@ impl ErrorCode {
     /// The target's state does not allow the request (archiving an archived session, closing a
     /// running one); the message says what state it is in.
     pub const INVALID_STATE: Self = Self::from_static("invalid_state");
+    /// The database could not be written; the daemon refuses changes until it is restarted.
+    pub const STORAGE_FAILED: Self = Self::from_static("storage_failed");
     /// The daemon or the target is at a limit right now (too many connections, session busy).
     pub const BUSY: Self = Self::from_static("busy");
     /// The peer took too long (to send its hello, or the rest of a frame). The connection is
@@ -57,6 +59,7 @@ impl ErrorCode {
         Self::NOT_FOUND,
         Self::AMBIGUOUS,
         Self::INVALID_STATE,
+        Self::STORAGE_FAILED,
         Self::PERMISSION_DENIED,
         Self::BUSY,
         Self::TIMEOUT,

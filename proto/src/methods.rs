@@ -103,6 +103,9 @@ pub struct StatusResult {
     /// The database file.
     #[serde(default)]
     pub database: String,
+    /// Set once a commit has failed: why. The daemon then refuses changes until restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_error: Option<String>,
 }
 
 /// Params of `set_log_level`.

@@ -72,6 +72,7 @@ fn status() -> impl Strategy<Value = Response<StatusResult>> {
                         sessions: 0,
                         subscriptions: 0,
                         database: "/db".into(),
+                        storage_error: None,
                     },
                 )
             },

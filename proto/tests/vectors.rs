@@ -115,6 +115,7 @@ fn status_result() -> StatusResult {
         sessions: 12,
         subscriptions: 1,
         database: "/home/ada/.local/state/sessiond/sessiond.db".into(),
+        storage_error: None,
     }
 }
 

@@ -232,5 +232,11 @@ fn sessions_contexts_and_names_survive_a_clean_restart() {
     assert_eq!(shown["id"], id);
     let current = sb.ctl(&["--json", "--context", "nvim", "current"]).json();
     assert_eq!(current["session"]["id"], id);
-    assert_eq!(current["generation"], 1);
+    // A restart moves generations past anything the previous run may have shown.
+    let generation = current["generation"].as_u64().unwrap();
+    assert!(generation > 1, "generation {generation} after a restart");
+    let next = sb
+        .ctl(&["--json", "--context", "nvim", "switch", "keep-me"])
+        .json();
+    assert_eq!(next["generation"].as_u64().unwrap(), generation + 1);
 }

@@ -615,3 +615,20 @@ fn watch_prints_events_as_json_lines() {
     // Killed, the watcher's subscription ends with its connection.
     eventually("the subscription to end", || subscriptions(&sb) == 0);
 }
+
+#[test]
+fn oversized_filter_is_refused() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let mut conn = sb.raw();
+    conn.handshake();
+    let filter = EventFilter {
+        providers: (0..1025).map(|i| format!("p{i}")).collect(),
+        ..Default::default()
+    };
+    let (_, answer) = conn.call(4, "subscribe", subscribe_params(filter));
+    let err: ErrorFrame = frame::decode(&answer).expect("an error frame");
+    assert_eq!((err.id, err.code), (Some(4), ErrorCode::INVALID_ARGUMENT));
+    assert!(err.message.contains("at most 1024"), "{}", err.message);
+    assert_eq!(subscriptions(&sb), 0);
+}

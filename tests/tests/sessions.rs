@@ -729,3 +729,41 @@ fn show_reports_the_owner_and_recognises_stale_pid_files() {
     let free = sb.new_session(&project, &[]);
     assert!(sb.ctl(&["--json", "show", &free]).json()["owner"].is_null());
 }
+
+#[test]
+fn a_uuid_that_is_not_a_session_id_is_still_looked_up_as_a_name() {
+    // Providers' own session ids are UUIDs (Claude's, Codex's); a selector shaped like one
+    // must fall through to the other lookups when no session has it as its id.
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = sb.project("p");
+    let uuid_name = "6f1c2a7e-3b4d-4e5f-8a9b-0c1d2e3f4a5b";
+    let out = sb.ctl(&["new", "--project", path_str(&project), "--name", uuid_name]);
+    let id = out.ok().trim().to_string();
+    let shown = sb.ctl(&["--json", "show", uuid_name]).json();
+    assert_eq!(shown["id"], id.as_str());
+    let missing = sb.ctl(&["show", "00000000-0000-4000-8000-000000000000"]);
+    assert_eq!(missing.code(), 1);
+    assert!(
+        missing.stderr().contains("no session has id"),
+        "{}",
+        missing.stderr()
+    );
+}
+
+#[test]
+fn names_with_surrounding_spaces_are_refused() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = sb.project("p");
+    for name in [" lead", "trail ", "\tboth\t"] {
+        let out = sb.ctl(&["new", "--project", path_str(&project), "--name", name]);
+        assert_eq!(out.code(), 1, "{name:?} accepted");
+        assert!(
+            out.stderr().contains("spaces") || out.stderr().contains("control"),
+            "{}",
+            out.stderr()
+        );
+    }
+    assert_eq!(ids(&sb.ctl(&["--json", "list", "--all"]).json()).len(), 0);
+}

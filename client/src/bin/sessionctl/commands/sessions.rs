@@ -245,7 +245,7 @@ fn print_details(w: &mut dyn Write, s: &SessionInfo) -> std::io::Result<()> {
         Some(o) => {
             let who = match o.pid {
                 Some(pid) => format!("pid {pid} ({}), since {}", o.owner, ago(now, o.since)),
-                None => format!("unknown process ({})", o.owner),
+                None => "a process that left no readable pid file".to_string(),
             };
             match (&o.live, &o.stale_reason) {
                 (true, _) => who,
