@@ -7,15 +7,21 @@
 use std::path::Path;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use sessiond_proto::frame::DEFAULT_MAX_FRAME;
 use sessiond_proto::paths::Paths;
+
+use crate::provider::{self, ProviderConfig};
 
 /// The whole file.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub daemon: DaemonConfig,
+    /// `[providers.NAME]`: added to, or replacing, the built-in providers.
+    pub providers: BTreeMap<String, toml::Spanned<ProviderConfig>>,
 }
 
 /// `[daemon]`: limits and timeouts of the server itself.
@@ -102,6 +108,15 @@ fn ranges(d: &DaemonConfig) -> [(&'static str, u64, u64, u64); 7] {
 }
 
 impl Config {
+    /// Every provider: the built-in ones, with configured ones added or replacing them.
+    pub fn providers(&self) -> BTreeMap<String, ProviderConfig> {
+        let mut all = provider::builtin();
+        for (name, spanned) in &self.providers {
+            all.insert(name.clone(), spanned.get_ref().clone());
+        }
+        all
+    }
+
     /// Reads the configuration named by `paths`, or the defaults when the default file is absent.
     pub fn load(paths: &Paths) -> Result<Config, ConfigError> {
         let path = &paths.config;
@@ -145,6 +160,35 @@ impl Config {
                 )));
             }
         }
+        for (name, spanned) in &config.providers {
+            let line = text[..spanned.span().start.min(text.len())]
+                .matches('\n')
+                .count()
+                + 1;
+            let valid_name = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !valid_name {
+                return Err(ConfigError(format!(
+                    "config file {}, line {line}: provider name {name:?} must be 1 to 64 of \
+                     a-z, 0-9, '-' and '_'",
+                    path.display()
+                )));
+            }
+            spanned.get_ref().validate().map_err(|e| {
+                let element = e
+                    .element
+                    .map(|el| format!(" (in {el:?})"))
+                    .unwrap_or_default();
+                ConfigError(format!(
+                    "config file {}, line {line}: [providers.{name}]: {}{element}",
+                    path.display(),
+                    e.message
+                ))
+            })?;
+        }
         if let Some(level) = &config.daemon.log_level {
             crate::logging::parse_filter(level).map_err(|e| {
                 ConfigError(format!(
@@ -184,6 +228,26 @@ mod tests {
             .to_string();
         assert!(err.contains("daemon.max_frame_bytes = 10"), "{err}");
         assert!(err.contains("1024"), "{err}");
+    }
+
+    #[test]
+    fn providers_are_added_and_bad_templates_name_the_line() {
+        let good = "[providers.aider]\ncommand = [\"aider\", \"--message\", \"{prompt}\"]\n";
+        let c = Config::parse(good, Path::new("c.toml")).unwrap();
+        let all = c.providers();
+        assert!(all.contains_key("aider") && all.contains_key("shell"));
+        let bad = "[daemon]\nmax_connections = 3\n\n[providers.aider]\ncommand = [\"aider\", \"{promt}\"]\n";
+        let err = Config::parse(bad, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 4"), "names the table header: {err}");
+        assert!(err.contains("[providers.aider]"), "{err}");
+        assert!(err.contains("unknown placeholder {promt}"), "{err}");
+        let typo = "[providers.x]\ncommand = [\"x\", \"{prompt}\"]\noutptu = \"jsonl\"\n";
+        let err = Config::parse(typo, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("outptu"), "{err}");
     }
 
     #[test]

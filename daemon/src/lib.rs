@@ -31,6 +31,7 @@ pub mod instance;
 pub mod logging;
 pub mod ownership;
 pub mod platform;
+pub mod provider;
 pub mod registry;
 pub mod server;
 pub mod session;

@@ -40,8 +40,6 @@ const MAX_CANDIDATES: usize = 10;
 /// number may be lower than one a client saw. Starting each run far above the stored value
 /// keeps generations strictly increasing for every client across restarts.
 pub const GENERATION_RESTART_STEP: u64 = 1 << 20;
-/// Providers built into every daemon.
-pub const BUILTIN_PROVIDERS: &[&str] = &["shell", "claude", "codex", "gemini"];
 
 /// All sessions and contexts.
 pub struct Registry {
@@ -160,11 +158,10 @@ impl Registry {
     pub fn new(
         store: Store,
         loaded: Loaded,
-        extra_providers: &[String],
+        providers: &[String],
         is_owned: impl Fn(SessionId) -> bool,
     ) -> Result<Registry, String> {
-        let mut providers: Vec<String> = BUILTIN_PROVIDERS.iter().map(|p| p.to_string()).collect();
-        providers.extend(extra_providers.iter().cloned());
+        let providers = providers.to_vec();
         let mut registry = Registry {
             sessions: HashMap::with_capacity(loaded.sessions.len()),
             ids: BTreeSet::new(),
@@ -779,7 +776,11 @@ mod tests {
     fn registry() -> (Registry, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let (store, loaded) = Store::open(dir.path()).unwrap();
-        (Registry::new(store, loaded, &[], |_| false).unwrap(), dir)
+        let providers: Vec<String> = crate::provider::builtin().into_keys().collect();
+        (
+            Registry::new(store, loaded, &providers, |_| false).unwrap(),
+            dir,
+        )
     }
 
     fn create(r: &mut Registry, project: &Path, name: Option<&str>) -> SessionId {

@@ -159,7 +159,8 @@ fn run_server(
             Some(crate::ownership::OwnerStatus::Live { .. })
         )
     };
-    let registry = Registry::new(store, loaded, &[], owned)?;
+    let providers: Vec<String> = config.providers().into_keys().collect();
+    let registry = Registry::new(store, loaded, &providers, owned)?;
     tracing::info!(
         sessions = registry.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,

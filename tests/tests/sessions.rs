@@ -767,3 +767,37 @@ fn names_with_surrounding_spaces_are_refused() {
     }
     assert_eq!(ids(&sb.ctl(&["--json", "list", "--all"]).json()).len(), 0);
 }
+
+#[test]
+fn configured_providers_can_be_used_and_bad_ones_stop_start_up() {
+    let sb = Sandbox::with_config(
+        "[providers.aider]\ncommand = [\"aider\", \"--message\", \"{prompt}\"]\n",
+    );
+    let _daemon = sb.start_daemon();
+    let project = sb.project("p");
+    let out = sb.ctl(&[
+        "--json",
+        "new",
+        "--project",
+        path_str(&project),
+        "--provider",
+        "aider",
+    ]);
+    assert_eq!(out.json()["provider"], "aider");
+    let unknown = sb.ctl(&["new", "--project", path_str(&project), "--provider", "aidr"]);
+    assert_eq!(unknown.code(), 1);
+    assert!(
+        unknown.stderr().contains("aider"),
+        "lists the configured ones: {}",
+        unknown.stderr()
+    );
+
+    let broken = Sandbox::with_config(
+        "# agents\n[providers.aider]\ncommand = [\"aider\", \"--message\", \"{promt}\"]\n",
+    );
+    let out = sessiond_tests::run_bounded(&mut broken.sessiond());
+    assert_eq!(out.code(), 1);
+    let err = out.stderr();
+    assert!(err.contains("line 2"), "{err}");
+    assert!(err.contains("unknown placeholder {promt}"), "{err}");
+}

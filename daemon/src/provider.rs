@@ -1,0 +1,490 @@
+//! Providers: how a turn's prompt becomes a process.
+//!
+//! A provider is an argv template, never a shell string, so a prompt can never be parsed as a
+//! command (the built-in `shell` provider, whose whole point is to run the prompt with `sh -c`,
+//! aside). Each element may hold placeholders — `{prompt}`, `{id}`, `{provider_session_id}`,
+//! `{project}`, `{cwd}` — replaced by whole values: a prompt with spaces, quotes or newlines
+//! stays inside the one element it was placed in. `{{` and `}}` are literal braces.
+//!
+//! Providers come built in (`shell`, and presets for `claude`, `codex`, `gemini`) and from
+//! `[providers.NAME]` tables in config.toml, which may also redefine a built-in. Templates are
+//! checked when the configuration loads: an unknown placeholder, a prompt that would go
+//! nowhere, or a malformed JSON pointer stops the daemon with the provider and the line.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// Placeholders a template may use.
+pub const PLACEHOLDERS: &[&str] = &["prompt", "id", "provider_session_id", "project", "cwd"];
+
+/// How the prompt reaches the process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptChannel {
+    /// As (part of) an argv element, through `{prompt}`.
+    #[default]
+    Argv,
+    /// On the process's standard input, which is then closed.
+    Stdin,
+}
+
+/// What the process prints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    /// Plain text, kept as it is.
+    #[default]
+    Text,
+    /// One JSON value per line; the provider's session id and "needs input" signals are read
+    /// from it (see `session_id_pointer`, `needs_input_pointer`).
+    Jsonl,
+}
+
+/// One `[providers.NAME]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// The argv for a turn of a session the provider already knows (it has reported its own
+    /// session id), or for every turn when `first_command` is absent.
+    pub command: Vec<String>,
+    /// The argv for a session's first turn, before the provider has named the session.
+    #[serde(default)]
+    pub first_command: Option<Vec<String>>,
+    #[serde(default)]
+    pub prompt: PromptChannel,
+    #[serde(default)]
+    pub output: OutputFormat,
+    /// JSON pointer (RFC 6901) to the provider's session id in a `jsonl` line, e.g.
+    /// `/session_id`.
+    #[serde(default)]
+    pub session_id_pointer: Option<String>,
+    /// JSON pointer to a field whose presence (or, with `needs_input_value`, whose value)
+    /// marks a line asking the user for input or approval.
+    #[serde(default)]
+    pub needs_input_pointer: Option<String>,
+    #[serde(default)]
+    pub needs_input_value: Option<String>,
+    /// Environment added to the process.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// A turn running longer than this is stopped and fails.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// Values substituted into a template.
+#[derive(Clone, Debug, Default)]
+pub struct Vars<'a> {
+    pub prompt: &'a str,
+    pub id: &'a str,
+    pub provider_session_id: Option<&'a str>,
+    pub project: &'a str,
+    pub cwd: &'a str,
+}
+
+/// A template that cannot be used; `element` is the offending argv element.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TemplateError {
+    pub message: String,
+    pub element: Option<String>,
+}
+
+fn template_error(message: String, element: Option<&str>) -> TemplateError {
+    TemplateError {
+        message,
+        element: element.map(str::to_string),
+    }
+}
+
+/// The pieces of one argv element: literal text and placeholder names.
+#[derive(Debug, PartialEq, Eq)]
+enum Piece<'a> {
+    Text(String),
+    Var(&'a str),
+}
+
+fn parse_element(element: &str) -> Result<Vec<Piece<'_>>, TemplateError> {
+    let mut pieces = Vec::new();
+    let mut text = String::new();
+    let mut rest = element;
+    while let Some(i) = rest.find(['{', '}']) {
+        text.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(after) = tail.strip_prefix("{{") {
+            text.push('{');
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("}}") {
+            text.push('}');
+            rest = after;
+        } else if tail.starts_with('}') {
+            return Err(template_error(
+                "a lone '}' (write '}}' for a literal brace)".into(),
+                Some(element),
+            ));
+        } else {
+            let Some(end) = tail.find('}') else {
+                return Err(template_error(
+                    "an unclosed '{' (write '{{' for a literal brace)".into(),
+                    Some(element),
+                ));
+            };
+            let name = &tail[1..end];
+            if !PLACEHOLDERS.contains(&name) {
+                return Err(template_error(
+                    format!(
+                        "unknown placeholder {{{name}}}; the placeholders are {}",
+                        PLACEHOLDERS
+                            .iter()
+                            .map(|p| format!("{{{p}}}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    Some(element),
+                ));
+            }
+            if !text.is_empty() {
+                pieces.push(Piece::Text(std::mem::take(&mut text)));
+            }
+            pieces.push(Piece::Var(name));
+            rest = &tail[end + 1..];
+        }
+    }
+    text.push_str(rest);
+    if !text.is_empty() {
+        pieces.push(Piece::Text(text));
+    }
+    Ok(pieces)
+}
+
+fn uses(template: &[String], placeholder: &str) -> bool {
+    template.iter().any(|e| {
+        parse_element(e)
+            .map(|pieces| pieces.contains(&Piece::Var(placeholder)))
+            .unwrap_or(false)
+    })
+}
+
+fn check_pointer(key: &str, pointer: &Option<String>) -> Result<(), TemplateError> {
+    match pointer {
+        Some(p) if !(p.is_empty() || p.starts_with('/')) => Err(template_error(
+            format!(
+                "{key} = {p:?} is not a JSON pointer; it must start with '/', e.g. \"/session_id\""
+            ),
+            None,
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl ProviderConfig {
+    /// Checks everything that can be checked before a turn runs.
+    pub fn validate(&self) -> Result<(), TemplateError> {
+        let templates = std::iter::once(("command", &self.command))
+            .chain(self.first_command.iter().map(|t| ("first_command", t)));
+        for (key, template) in templates {
+            if template.is_empty() {
+                return Err(template_error(
+                    format!("{key} is empty; it needs at least the program to run"),
+                    None,
+                ));
+            }
+            for element in template {
+                parse_element(element)?;
+            }
+            if parse_element(&template[0])?.contains(&Piece::Var("prompt")) {
+                return Err(template_error(
+                    format!(
+                        "{key} would run the prompt as the program; put {{prompt}} in an argument"
+                    ),
+                    Some(&template[0]),
+                ));
+            }
+            if self.prompt == PromptChannel::Argv && !uses(template, "prompt") {
+                return Err(template_error(
+                    format!(
+                        "{key} has no {{prompt}} but prompt = \"argv\": the prompt would go \
+                         nowhere; add {{prompt}} to an argument, or set prompt = \"stdin\""
+                    ),
+                    None,
+                ));
+            }
+        }
+        check_pointer("session_id_pointer", &self.session_id_pointer)?;
+        check_pointer("needs_input_pointer", &self.needs_input_pointer)?;
+        if self.output == OutputFormat::Text
+            && (self.session_id_pointer.is_some() || self.needs_input_pointer.is_some())
+        {
+            return Err(template_error(
+                "session_id_pointer and needs_input_pointer read JSON lines; set output = \
+                 \"jsonl\" or remove them"
+                    .into(),
+                None,
+            ));
+        }
+        if self.timeout_secs == Some(0) {
+            return Err(template_error(
+                "timeout_secs = 0 would stop every turn at once; remove it for no limit".into(),
+                None,
+            ));
+        }
+        Ok(())
+    }
+
+    /// The template a turn uses: `first_command` until the provider has named the session.
+    pub fn template(&self, bound: bool) -> &[String] {
+        match (&self.first_command, bound) {
+            (Some(first), false) => first,
+            _ => &self.command,
+        }
+    }
+
+    /// The argv for a turn. Fails when the template needs a value the session lacks (the
+    /// provider's session id before the provider has reported one).
+    pub fn argv(&self, vars: &Vars) -> Result<Vec<String>, TemplateError> {
+        let template = self.template(vars.provider_session_id.is_some());
+        template
+            .iter()
+            .map(|element| {
+                let mut out = String::new();
+                for piece in parse_element(element)? {
+                    match piece {
+                        Piece::Text(t) => out.push_str(&t),
+                        Piece::Var("prompt") => out.push_str(vars.prompt),
+                        Piece::Var("id") => out.push_str(vars.id),
+                        Piece::Var("project") => out.push_str(vars.project),
+                        Piece::Var("cwd") => out.push_str(vars.cwd),
+                        Piece::Var("provider_session_id") => {
+                            out.push_str(vars.provider_session_id.ok_or_else(|| {
+                                template_error(
+                                    "this turn's command needs {provider_session_id}, but the \
+                                     provider has not reported one for this session yet; give \
+                                     the provider a first_command without it"
+                                        .into(),
+                                    Some(element),
+                                )
+                            })?)
+                        }
+                        Piece::Var(other) => unreachable!("validated placeholder {other}"),
+                    }
+                }
+                Ok(out)
+            })
+            .collect()
+    }
+}
+
+fn argv(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// The providers every daemon has. The agent presets follow each CLI's documented
+/// non-interactive mode: run one prompt, print JSON lines, and resume a session by its id.
+/// They work when the program is installed; a turn on a missing program fails with
+/// `provider_unavailable` naming it.
+pub fn builtin() -> BTreeMap<String, ProviderConfig> {
+    let mut all = BTreeMap::new();
+    all.insert(
+        "shell".to_string(),
+        ProviderConfig {
+            command: argv(&["sh", "-c", "{prompt}"]),
+            first_command: None,
+            prompt: PromptChannel::Argv,
+            output: OutputFormat::Text,
+            session_id_pointer: None,
+            needs_input_pointer: None,
+            needs_input_value: None,
+            env: BTreeMap::new(),
+            timeout_secs: None,
+        },
+    );
+    // Claude Code: `-p` prints one answer; stream-json emits JSON lines whose objects carry
+    // `session_id`; `--resume ID` continues that session.
+    all.insert(
+        "claude".to_string(),
+        ProviderConfig {
+            command: argv(&[
+                "claude",
+                "-p",
+                "{prompt}",
+                "--resume",
+                "{provider_session_id}",
+                "--output-format",
+                "stream-json",
+                "--verbose",
+            ]),
+            first_command: Some(argv(&[
+                "claude",
+                "-p",
+                "{prompt}",
+                "--output-format",
+                "stream-json",
+                "--verbose",
+            ])),
+            prompt: PromptChannel::Argv,
+            output: OutputFormat::Jsonl,
+            session_id_pointer: Some("/session_id".into()),
+            needs_input_pointer: None,
+            needs_input_value: None,
+            env: BTreeMap::new(),
+            timeout_secs: None,
+        },
+    );
+    // Codex: `exec --json` runs one prompt and prints events; the first carries the thread
+    // id; `exec resume ID` continues it.
+    all.insert(
+        "codex".to_string(),
+        ProviderConfig {
+            command: argv(&[
+                "codex",
+                "exec",
+                "--json",
+                "resume",
+                "{provider_session_id}",
+                "{prompt}",
+            ]),
+            first_command: Some(argv(&["codex", "exec", "--json", "{prompt}"])),
+            prompt: PromptChannel::Argv,
+            output: OutputFormat::Jsonl,
+            session_id_pointer: Some("/thread_id".into()),
+            needs_input_pointer: None,
+            needs_input_value: None,
+            env: BTreeMap::new(),
+            timeout_secs: None,
+        },
+    );
+    // Gemini CLI: `-p` runs one prompt; stream-json prints JSON lines with `session_id`;
+    // `--resume ID` continues that session.
+    all.insert(
+        "gemini".to_string(),
+        ProviderConfig {
+            command: argv(&[
+                "gemini",
+                "--resume",
+                "{provider_session_id}",
+                "-p",
+                "{prompt}",
+                "--output-format",
+                "stream-json",
+            ]),
+            first_command: Some(argv(&[
+                "gemini",
+                "-p",
+                "{prompt}",
+                "--output-format",
+                "stream-json",
+            ])),
+            prompt: PromptChannel::Argv,
+            output: OutputFormat::Jsonl,
+            session_id_pointer: Some("/session_id".into()),
+            needs_input_pointer: None,
+            needs_input_value: None,
+            env: BTreeMap::new(),
+            timeout_secs: None,
+        },
+    );
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(prompt: &'a str, psid: Option<&'a str>) -> Vars<'a> {
+        Vars {
+            prompt,
+            id: "0b8e3c1a-6a0e-4b7e-9d51-3c2f1e4d5a6b",
+            provider_session_id: psid,
+            project: "/p",
+            cwd: "/p/src",
+        }
+    }
+
+    #[test]
+    fn every_builtin_is_valid() {
+        for (name, provider) in builtin() {
+            provider
+                .validate()
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        }
+    }
+
+    #[test]
+    fn prompt_stays_one_argv_element_whatever_it_contains() {
+        let shell = &builtin()["shell"];
+        let nasty = "echo hi; rm -rf / && $(reboot) `id` \"quoted\" 'single'\nnext line {cwd}";
+        assert_eq!(
+            shell.argv(&vars(nasty, None)).unwrap(),
+            vec!["sh".to_string(), "-c".into(), nasty.into()]
+        );
+    }
+
+    #[test]
+    fn placeholders_expand_inside_elements_and_braces_escape() {
+        let p = ProviderConfig {
+            command: argv(&["tool", "--dir={cwd}", "{{literal}}", "{prompt}"]),
+            ..builtin()["shell"].clone()
+        };
+        p.validate().unwrap();
+        assert_eq!(
+            p.argv(&vars("go", None)).unwrap(),
+            vec!["tool", "--dir=/p/src", "{literal}", "go"]
+        );
+    }
+
+    #[test]
+    fn first_command_is_used_until_the_provider_names_the_session() {
+        let claude = &builtin()["claude"];
+        let first = claude.argv(&vars("hi", None)).unwrap();
+        assert!(!first.contains(&"--resume".to_string()));
+        let later = claude.argv(&vars("hi", Some("abc"))).unwrap();
+        assert_eq!(later[3..5], ["--resume".to_string(), "abc".to_string()]);
+    }
+
+    #[test]
+    fn bad_templates_are_refused_with_the_reason() {
+        let base = builtin()["shell"].clone();
+        let with = |command: &[&str]| ProviderConfig {
+            command: argv(command),
+            ..base.clone()
+        };
+        let cases: &[(&[&str], &str)] = &[
+            (&["x", "{prompt", "y"], "unclosed"),
+            (&["x", "{promt}"], "unknown placeholder {promt}"),
+            (&["x", "a}b", "{prompt}"], "lone '}'"),
+            (&["{prompt}"], "as the program"),
+            (&["x", "--flag"], "would go nowhere"),
+            (&[], "is empty"),
+        ];
+        for (command, expect) in cases {
+            let err = with(command).validate().unwrap_err();
+            assert!(err.message.contains(expect), "{command:?}: {}", err.message);
+        }
+        let missing_psid = ProviderConfig {
+            command: argv(&["x", "{provider_session_id}", "{prompt}"]),
+            ..base.clone()
+        };
+        missing_psid.validate().unwrap();
+        let err = missing_psid.argv(&vars("p", None)).unwrap_err();
+        assert!(err.message.contains("first_command"), "{}", err.message);
+        let bad_pointer = ProviderConfig {
+            output: OutputFormat::Jsonl,
+            session_id_pointer: Some("session_id".into()),
+            ..base.clone()
+        };
+        assert!(bad_pointer
+            .validate()
+            .unwrap_err()
+            .message
+            .contains("JSON pointer"));
+        let text_with_pointer = ProviderConfig {
+            session_id_pointer: Some("/id".into()),
+            ..base
+        };
+        assert!(text_with_pointer
+            .validate()
+            .unwrap_err()
+            .message
+            .contains("jsonl"));
+    }
+}
