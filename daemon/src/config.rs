@@ -45,6 +45,8 @@ pub struct DaemonConfig {
     pub socket_check_interval_ms: u64,
     /// Log filter when neither `--log-level` nor `SESSIOND_LOG` is given.
     pub log_level: Option<String>,
+    /// Turns running at once across all sessions; 0 means twice the number of CPUs.
+    pub max_concurrent_turns: u32,
 }
 
 impl Default for DaemonConfig {
@@ -58,6 +60,7 @@ impl Default for DaemonConfig {
             shutdown_grace_ms: 5_000,
             socket_check_interval_ms: 10_000,
             log_level: None,
+            max_concurrent_turns: 0,
         }
     }
 }
@@ -81,6 +84,13 @@ impl DaemonConfig {
     pub fn socket_check_interval(&self) -> Duration {
         Duration::from_millis(self.socket_check_interval_ms)
     }
+    /// The concurrent-turn limit in force.
+    pub fn turn_limit(&self) -> usize {
+        match self.max_concurrent_turns {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()) * 2,
+            n => n as usize,
+        }
+    }
 }
 
 /// A configuration that cannot be used; the message names the file and the fix.
@@ -89,7 +99,7 @@ impl DaemonConfig {
 pub struct ConfigError(String);
 
 /// Bounds for each numeric setting: (key, value, min, max).
-fn ranges(d: &DaemonConfig) -> [(&'static str, u64, u64, u64); 7] {
+fn ranges(d: &DaemonConfig) -> [(&'static str, u64, u64, u64); 8] {
     [
         // A hello must fit; above 1 GiB a single client could pin too much memory.
         ("max_frame_bytes", d.max_frame_bytes, 1024, 1 << 30),
@@ -103,6 +113,12 @@ fn ranges(d: &DaemonConfig) -> [(&'static str, u64, u64, u64); 7] {
             d.socket_check_interval_ms,
             10,
             3_600_000,
+        ),
+        (
+            "max_concurrent_turns",
+            d.max_concurrent_turns as u64,
+            0,
+            4096,
         ),
     ]
 }

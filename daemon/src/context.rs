@@ -12,8 +12,23 @@ use sessiond_proto::paths::Paths;
 use crate::config::DaemonConfig;
 use crate::logging::LogControl;
 use crate::ownership::SessionFiles;
+use crate::provider::ProviderConfig;
 use crate::registry::Registry;
+use crate::registry::StartOrder;
+use crate::runner::Orders;
 use crate::shutdown::{ShutdownListener, ShutdownSignal};
+
+/// What start-up assembles for the context.
+pub struct Parts {
+    pub paths: Paths,
+    pub config: DaemonConfig,
+    pub log: LogControl,
+    pub log_file: Option<PathBuf>,
+    pub registry: Registry,
+    pub session_files: SessionFiles,
+    pub providers: std::collections::BTreeMap<String, ProviderConfig>,
+    pub orders: Orders,
+}
 
 /// Shared by every task through an `Arc`.
 pub struct Daemon {
@@ -29,6 +44,10 @@ pub struct Daemon {
     pub log_file: Option<PathBuf>,
     /// Per-session lock and pid files, for reporting owners.
     pub session_files: SessionFiles,
+    /// Every provider by name (built in and configured).
+    pub providers: std::collections::BTreeMap<String, ProviderConfig>,
+    /// Start orders for the runner.
+    orders: Orders,
     connections: AtomicU32,
     shutdown: ShutdownSignal,
     /// Every session and context. Behind a mutex only so that handlers on the event loop can
@@ -38,27 +57,29 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn new(
-        paths: Paths,
-        config: DaemonConfig,
-        log: LogControl,
-        log_file: Option<PathBuf>,
-        registry: Registry,
-        session_files: SessionFiles,
-    ) -> Self {
+    pub fn new(parts: Parts) -> Self {
         Self {
-            paths,
-            config,
+            paths: parts.paths,
+            config: parts.config,
             pid: std::process::id(),
             started_at: sessiond_proto::now_ms(),
             started: Instant::now(),
-            log,
-            log_file,
-            session_files,
+            log: parts.log,
+            log_file: parts.log_file,
+            session_files: parts.session_files,
+            providers: parts.providers,
+            orders: parts.orders,
             connections: AtomicU32::new(0),
             shutdown: ShutdownSignal::new(),
-            registry: Mutex::new(registry),
+            registry: Mutex::new(parts.registry),
         }
+    }
+
+    /// Hands a turn the registry started to the runner.
+    pub fn start_turn(&self, order: StartOrder) {
+        // The runner lives as long as the daemon; if it is gone the daemon is stopping, and
+        // the turn is settled as interrupted at the next start.
+        let _ = self.orders.send(order);
     }
 
     /// The registry, for one synchronous step. Never hold the guard across an await.

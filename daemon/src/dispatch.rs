@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use sessiond_proto::envelope::{ErrorFrame, RequestParams, Response};
 use sessiond_proto::frame;
 use sessiond_proto::methods::{
-    Archive, Create, Current, Get, List, Method, Ping, Regenerate, Rename, Reopen, SetLogLevel,
-    Shutdown, Status, Subscribe, Switch, Unsubscribe,
+    Archive, Create, Current, Get, List, Method, Ping, Queue, Regenerate, Rename, Reopen,
+    SetLogLevel, Shutdown, Status, Submit, Subscribe, Switch, Unsubscribe,
 };
 use sessiond_proto::ErrorCode;
 
@@ -131,6 +131,8 @@ routes! {
     Regenerate => session_methods::regenerate,
     Subscribe => session_methods::subscribe,
     Unsubscribe => session_methods::unsubscribe,
+    Submit => session_methods::submit,
+    Queue => session_methods::queue,
 }
 
 /// Decodes a request's params for method `M`. Omitted params are read as an empty map, so a

@@ -33,12 +33,14 @@ pub mod ownership;
 pub mod platform;
 pub mod provider;
 pub mod registry;
+pub mod runner;
 pub mod server;
 pub mod session;
 pub mod session_methods;
 pub mod shutdown;
 pub mod startup;
 pub mod store;
+pub mod turn;
 
 /// This build's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -24,6 +24,10 @@ use crate::dispatch::RequestError;
 use crate::events::EventBus;
 use crate::session::Session;
 use crate::store::{Commit, ContextRow, Loaded, Store, Write};
+use crate::turn::Turn;
+use sessiond_proto::methods::{QueueResult, SubmitParams, SubmitResult};
+use sessiond_proto::session::{TurnId, TurnKind, TurnStatus};
+use std::collections::VecDeque;
 
 /// The context used when a client names none.
 pub const DEFAULT_CONTEXT: &str = "default";
@@ -41,6 +45,29 @@ const MAX_CANDIDATES: usize = 10;
 /// keeps generations strictly increasing for every client across restarts.
 pub const GENERATION_RESTART_STEP: u64 = 1 << 20;
 
+/// Largest prompt accepted, in bytes.
+pub const MAX_PROMPT_BYTES: usize = 1024 * 1024;
+
+/// One session's turns in flight.
+#[derive(Default)]
+struct SessionQueue {
+    running: Option<TurnId>,
+    queued: VecDeque<TurnId>,
+}
+
+/// What the runner needs to start a turn's process, taken from the registry at the moment the
+/// turn starts.
+#[derive(Clone, Debug)]
+pub struct StartOrder {
+    pub turn: TurnId,
+    pub session: SessionId,
+    pub provider: Arc<str>,
+    pub project: Arc<str>,
+    pub cwd: String,
+    pub prompt: String,
+    pub provider_session_id: Option<String>,
+}
+
 /// All sessions and contexts.
 pub struct Registry {
     sessions: HashMap<SessionId, Session>,
@@ -54,6 +81,11 @@ pub struct Registry {
     /// One shared string per project and provider.
     interned: HashMap<String, Arc<str>>,
     providers: Vec<String>,
+    /// Turns not yet settled, and each session's running turn and queue.
+    turns: HashMap<TurnId, Turn>,
+    queues: HashMap<SessionId, SessionQueue>,
+    /// The next queue order number to hand out (above every stored one).
+    next_order: i64,
     store: Store,
     pub events: EventBus,
 }
@@ -174,6 +206,9 @@ impl Registry {
                 .collect(),
             interned: HashMap::new(),
             providers,
+            turns: HashMap::new(),
+            queues: HashMap::new(),
+            next_order: 1,
             store,
             events: EventBus::default(),
         };
@@ -213,6 +248,12 @@ impl Registry {
             }
         }
         Ok(registry)
+    }
+
+    /// Resolves once every write queued before it is durable (an empty job: the store commits
+    /// in order). The runner waits on it so no worker starts for a turn that is not saved.
+    pub fn barrier(&self) -> Commit {
+        self.store.write(Vec::new())
     }
 
     /// Why changes are refused, once the database could not be written.
@@ -766,6 +807,280 @@ impl Registry {
         // One job: the context can never be saved pointing at a session that was not.
         let commit = self.store.write(vec![session_row, context_row]);
         Ok((self.pointer(&context), commit))
+    }
+}
+
+/// Turns: submitting, starting, output, settling. The runner (`runner`) does the processes;
+/// every change of state happens here.
+impl Registry {
+    fn turn_event(&self, turn: &Turn) -> SessionEvent {
+        let mut event = scope_event(self.session(turn.session));
+        event.turn = Some(turn.id);
+        event
+    }
+
+    fn set_activity(&mut self, id: SessionId, to: Activity, reason: &str) -> Option<Write> {
+        let session = self.sessions.get_mut(&id)?;
+        let from = session.set_activity(to).ok()?;
+        session.updated_at = sessiond_proto::now_ms();
+        let write = Write::Session(session.clone());
+        let mut event = scope_event(session);
+        event.field = Some("activity".into());
+        event.from = Some(from.as_str().into());
+        event.to = Some(to.as_str().into());
+        event.reason = Some(reason.into());
+        self.events
+            .publish(event_kind::SESSION_STATE_CHANGED, event);
+        Some(write)
+    }
+
+    fn sync_queue_length(&mut self, id: SessionId) -> Option<Write> {
+        let length = self.queues.get(&id).map_or(0, |q| q.queued.len()) as u32;
+        let session = self.sessions.get_mut(&id)?;
+        (session.queue_length != length).then(|| {
+            session.queue_length = length;
+            Write::Session(session.clone())
+        })
+    }
+
+    /// Marks `turn` running and returns what the runner needs; the turn must be the session's.
+    fn start(&mut self, turn_id: TurnId, writes: &mut Vec<Write>) -> StartOrder {
+        let now = sessiond_proto::now_ms();
+        let turn = self.turns.get_mut(&turn_id).expect("unsettled turn");
+        turn.status = TurnStatus::Running;
+        turn.started_at = Some(now);
+        let session_id = turn.session;
+        self.queues.entry(session_id).or_default().running = Some(turn_id);
+        let turn = self.turns[&turn_id].clone();
+        writes.push(Write::Turn(turn.clone()));
+        self.events
+            .publish(event_kind::SESSION_ACCEPTED, self.turn_event(&turn));
+        writes.extend(self.set_activity(
+            session_id,
+            Activity::Starting,
+            &format!("turn {} started", turn_id.short()),
+        ));
+        self.events
+            .publish(event_kind::TURN_STARTED, self.turn_event(&turn));
+        let session = self.session(session_id);
+        StartOrder {
+            turn: turn_id,
+            session: session_id,
+            provider: session.provider.clone(),
+            project: session.project.clone(),
+            cwd: session.cwd.clone(),
+            prompt: turn.prompt,
+            provider_session_id: session.provider_session_id.clone(),
+        }
+    }
+
+    /// Submits a prompt: starts it if the session is free, else queues it (or refuses, with
+    /// `no_queue`). The order, when present, must be handed to the runner.
+    pub fn submit(
+        &mut self,
+        p: &SubmitParams,
+    ) -> Result<(SubmitResult, Commit, Option<StartOrder>), RequestError> {
+        self.writable()?;
+        let context = context_name(p.context.as_deref())?;
+        let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
+        if p.prompt.trim().is_empty() {
+            return Err(invalid(
+                "the prompt is empty; say what the session should do",
+            ));
+        }
+        if p.prompt.len() > MAX_PROMPT_BYTES {
+            return Err(invalid(format!(
+                "the prompt is {} bytes; the limit is {MAX_PROMPT_BYTES} bytes. Put long \
+                 material in a file and refer to it",
+                p.prompt.len()
+            )));
+        }
+        let session = self.session(id);
+        if !matches!(session.phase, Phase::Provisional | Phase::Bound) {
+            return Err(invalid_state(format!(
+                "session {} is {}; reopen it first (`sessionctl reopen {}`)",
+                id.short(),
+                session.phase.as_str(),
+                id.short()
+            )));
+        }
+        let attached = session.activity == Activity::Attached;
+        let queue = self.queues.entry(id).or_default();
+        let busy = attached || queue.running.is_some() || !queue.queued.is_empty();
+        if busy && p.no_queue {
+            let why = match queue.running {
+                Some(turn) => format!("running turn {}", turn.short()),
+                None if attached => "attached to another process".to_string(),
+                None => format!("{} turns queued", queue.queued.len()),
+            };
+            return Err(RequestError::new(
+                ErrorCode::BUSY,
+                format!(
+                    "session {} is busy ({why}); nothing was queued because of no_queue. \
+                     Send without it to queue the prompt",
+                    id.short()
+                ),
+            ));
+        }
+        let order = self.next_order;
+        self.next_order += 1;
+        let turn = Turn {
+            id: TurnId::new_v4(),
+            session: id,
+            order,
+            prompt: p.prompt.clone(),
+            kind: TurnKind::Normal,
+            status: TurnStatus::Queued,
+            created_at: sessiond_proto::now_ms(),
+            started_at: None,
+            ended_at: None,
+            exit_code: None,
+            error: None,
+            worker_pid: None,
+            worker_start_time: None,
+            output_chunks: 0,
+        };
+        let turn_id = turn.id;
+        self.turns.insert(turn_id, turn);
+        let mut writes = Vec::with_capacity(3);
+        let (accepted, start) = if busy {
+            let queue = self.queues.get_mut(&id).expect("created above");
+            queue.queued.push_back(turn_id);
+            let position = queue.queued.len() as u32;
+            let turn = self.turns[&turn_id].clone();
+            writes.push(Write::Turn(turn.clone()));
+            let mut event = self.turn_event(&turn);
+            event.position = Some(position);
+            self.events.publish(event_kind::TURN_QUEUED, event);
+            writes.extend(self.sync_queue_length(id));
+            (false, None)
+        } else {
+            (true, Some(self.start(turn_id, &mut writes)))
+        };
+        let turn = &self.turns[&turn_id];
+        let info = turn.info(self.position(turn_id));
+        let commit = self.store.write(writes);
+        Ok((
+            SubmitResult {
+                accepted,
+                turn: info,
+            },
+            commit,
+            start,
+        ))
+    }
+
+    fn position(&self, turn: TurnId) -> Option<u32> {
+        let t = self.turns.get(&turn)?;
+        let queue = self.queues.get(&t.session)?;
+        queue
+            .queued
+            .iter()
+            .position(|q| *q == turn)
+            .map(|i| i as u32 + 1)
+    }
+
+    /// Records that the turn's process started.
+    pub fn worker_started(&mut self, turn_id: TurnId, pid: u32, start_time: Option<u64>) {
+        let Some(turn) = self.turns.get_mut(&turn_id) else {
+            return;
+        };
+        turn.worker_pid = Some(pid);
+        turn.worker_start_time = start_time;
+        let (turn, session) = (turn.clone(), turn.session);
+        let mut writes = vec![Write::Turn(turn)];
+        writes.extend(self.set_activity(session, Activity::Running, "the provider started"));
+        drop(self.store.write(writes));
+    }
+
+    /// Records a chunk of a running turn's output and publishes it.
+    pub fn turn_output(&mut self, turn_id: TurnId, stream: &'static str, data: &[u8]) {
+        let Some(turn) = self.turns.get_mut(&turn_id) else {
+            return;
+        };
+        let chunk = turn.output_chunks;
+        turn.output_chunks += 1;
+        let turn = turn.clone();
+        let mut event = self.turn_event(&turn);
+        event.stream = Some(stream.to_string());
+        event.chunk = Some(chunk);
+        event.data = Some(String::from_utf8_lossy(data).into_owned());
+        self.events.publish(event_kind::TURN_OUTPUT, event);
+        // Output is not acknowledged to anyone; its commit rides along with the next one.
+        drop(self.store.write(vec![Write::Output {
+            turn: turn_id,
+            chunk,
+            stream,
+            data: data.to_vec(),
+        }]));
+    }
+
+    /// Settles a running turn and starts the session's next one, if any.
+    pub fn settle(
+        &mut self,
+        turn_id: TurnId,
+        status: TurnStatus,
+        exit_code: Option<i32>,
+        error: Option<String>,
+    ) -> Option<StartOrder> {
+        let mut turn = self.turns.remove(&turn_id)?;
+        turn.status = status;
+        turn.ended_at = Some(sessiond_proto::now_ms());
+        turn.exit_code = exit_code;
+        turn.error = error;
+        let session_id = turn.session;
+        let mut writes = vec![Write::Turn(turn.clone())];
+        let mut event = self.turn_event(&turn);
+        event.status = Some(status);
+        event.exit_code = exit_code;
+        event.reason = turn.error.clone();
+        self.events.publish(event_kind::TURN_SETTLED, event);
+        let queue = self.queues.entry(session_id).or_default();
+        if queue.running == Some(turn_id) {
+            queue.running = None;
+        }
+        writes.extend(self.set_activity(
+            session_id,
+            Activity::Idle,
+            &format!("turn {} {}", turn_id.short(), status.as_str()),
+        ));
+        if let Some(session) = self.sessions.get_mut(&session_id) {
+            session.last_active_at = sessiond_proto::now_ms();
+            writes.push(Write::Session(session.clone()));
+        }
+        let next = self
+            .queues
+            .get_mut(&session_id)
+            .and_then(|q| q.queued.pop_front());
+        let order = next.map(|next| {
+            writes.extend(self.sync_queue_length(session_id));
+            self.start(next, &mut writes)
+        });
+        drop(self.store.write(writes));
+        order
+    }
+
+    /// The session's running turn and queue.
+    pub fn queue(&self, p: &SessionParams) -> Result<QueueResult, RequestError> {
+        let context = context_name(p.context.as_deref())?;
+        let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
+        let queue = self.queues.get(&id);
+        Ok(QueueResult {
+            session: id,
+            running: queue
+                .and_then(|q| q.running)
+                .and_then(|t| self.turns.get(&t))
+                .map(|t| t.info(None)),
+            queued: queue
+                .map(|q| {
+                    q.queued
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, t)| self.turns.get(t).map(|t| t.info(Some(i as u32 + 1))))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
     }
 }
 

@@ -3,8 +3,9 @@
 //! connection waits for that, never the registry, so a slow disk delays the writer alone.
 
 use sessiond_proto::methods::{
-    ContextParams, CreateParams, ListParams, ListResult, RenameParams, SessionParams,
-    SubscribeParams, SubscribeResult, SwitchResult, UnsubscribeParams, UnsubscribeResult,
+    ContextParams, CreateParams, ListParams, ListResult, QueueResult, RenameParams, SessionParams,
+    SubmitParams, SubmitResult, SubscribeParams, SubscribeResult, SwitchResult, UnsubscribeParams,
+    UnsubscribeResult,
 };
 use sessiond_proto::session::{Owner, SessionInfo};
 use sessiond_proto::ErrorCode;
@@ -116,6 +117,28 @@ pub fn regenerate(
     p: SessionParams,
 ) -> HandlerResult<Reply<SwitchResult>> {
     ctx.registry().regenerate(&p).map(after_commit)
+}
+
+pub fn submit(
+    ctx: &Daemon,
+    _conn: &Conn,
+    _id: u64,
+    p: SubmitParams,
+) -> HandlerResult<Reply<SubmitResult>> {
+    let (result, commit, start) = ctx.registry().submit(&p)?;
+    if let Some(order) = start {
+        ctx.start_turn(order);
+    }
+    Ok(Reply::AfterCommit(result, commit))
+}
+
+pub fn queue(
+    ctx: &Daemon,
+    _conn: &Conn,
+    _id: u64,
+    p: SessionParams,
+) -> HandlerResult<Reply<QueueResult>> {
+    ctx.registry().queue(&p).map(Reply::Now)
 }
 
 pub fn subscribe(

@@ -159,8 +159,9 @@ fn run_server(
             Some(crate::ownership::OwnerStatus::Live { .. })
         )
     };
-    let providers: Vec<String> = config.providers().into_keys().collect();
-    let registry = Registry::new(store, loaded, &providers, owned)?;
+    let providers = config.providers();
+    let provider_names: Vec<String> = providers.keys().cloned().collect();
+    let registry = Registry::new(store, loaded, &provider_names, owned)?;
     tracing::info!(
         sessions = registry.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -177,14 +178,19 @@ fn run_server(
         let socket = paths.socket();
         let bound = server::bind(&socket)
             .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
-        let ctx = Arc::new(Daemon::new(
+        let (orders, order_queue) = tokio::sync::mpsc::unbounded_channel();
+        let turn_limit = config.daemon.turn_limit();
+        let ctx = Arc::new(Daemon::new(crate::context::Parts {
             paths,
-            config.daemon,
+            config: config.daemon,
             log,
             log_file,
             registry,
             session_files,
-        ));
+            providers,
+            orders,
+        }));
+        tokio::spawn(crate::runner::run(ctx.clone(), order_queue, turn_limit));
         server::spawn_signal_handlers(&ctx)
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         tracing::info!(

@@ -20,6 +20,8 @@ use sessiond_proto::session::{Activity, Phase, SessionId};
 use tokio::sync::oneshot;
 
 use crate::session::Session;
+use crate::turn::Turn;
+use sessiond_proto::session::{TurnId, TurnKind, TurnStatus};
 
 /// File name inside the state directory.
 pub const DB_FILE: &str = "sessiond.db";
@@ -53,6 +55,31 @@ const MIGRATIONS: &[&str] = &[
         project TEXT,
         generation INTEGER NOT NULL
      );",
+    // 2: turns (the queue is the unsettled ones, in `queue_order`) and their output chunks.
+    "CREATE TABLE turns (
+        turn_id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        queue_order INTEGER NOT NULL,
+        prompt TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        started_at INTEGER,
+        ended_at INTEGER,
+        exit_code INTEGER,
+        error TEXT,
+        worker_pid INTEGER,
+        worker_start_time INTEGER
+     );
+     CREATE INDEX turns_by_session ON turns (session_id, queue_order);
+     CREATE INDEX turns_unsettled ON turns (status) WHERE status IN ('queued', 'running');
+     CREATE TABLE turn_output (
+        turn_id TEXT NOT NULL,
+        chunk INTEGER NOT NULL,
+        stream TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (turn_id, chunk)
+     );",
 ];
 
 /// What went wrong inside the store: SQLite itself, or content it cannot accept.
@@ -76,6 +103,15 @@ pub enum Write {
     Session(Session),
     /// Insert or replace a context.
     Context(ContextRow),
+    /// Insert or replace a turn.
+    Turn(Turn),
+    /// Append one chunk of a turn's output.
+    Output {
+        turn: TurnId,
+        chunk: u64,
+        stream: &'static str,
+        data: Vec<u8>,
+    },
 }
 
 /// A context as stored.
@@ -87,10 +123,12 @@ pub struct ContextRow {
     pub generation: u64,
 }
 
-/// Everything in the database, read once at start-up.
+/// Everything in the database the registry keeps in memory, read once at start-up.
 pub struct Loaded {
     pub sessions: Vec<Session>,
     pub contexts: Vec<ContextRow>,
+    /// Turns not yet settled (queued, or running when the last daemon stopped), in queue order.
+    pub unsettled: Vec<Turn>,
 }
 
 /// A failed commit, shared by every write in the batch.
@@ -357,7 +395,53 @@ fn load(conn: &Connection) -> Result<Loaded, DbError> {
             generation: r.get::<_, i64>(3)? as u64,
         });
     }
-    Ok(Loaded { sessions, contexts })
+    let mut stmt = conn.prepare(
+        "SELECT turn_id, session_id, queue_order, prompt, kind, status, created_at, started_at,
+                ended_at, exit_code, error, worker_pid, worker_start_time
+         FROM turns WHERE status IN ('queued', 'running') ORDER BY queue_order",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut unsettled = Vec::new();
+    while let Some(r) = rows.next()? {
+        let id_text: String = r.get(0)?;
+        let session_text: String = r.get(1)?;
+        let kind_text: String = r.get(4)?;
+        let status_text: String = r.get(5)?;
+        unsettled.push(Turn {
+            id: id_text
+                .parse()
+                .map_err(|_| bad(format!("turn with invalid id {id_text:?}")))?,
+            session: session_text.parse().map_err(|_| {
+                bad(format!(
+                    "turn {id_text} has invalid session {session_text:?}"
+                ))
+            })?,
+            order: r.get(2)?,
+            prompt: r.get(3)?,
+            kind: match kind_text.as_str() {
+                "steer" => TurnKind::Steer,
+                "normal" => TurnKind::Normal,
+                other => return Err(bad(format!("turn {id_text} has unknown kind {other:?}"))),
+            },
+            status: TurnStatus::ALL
+                .into_iter()
+                .find(|s| s.as_str() == status_text)
+                .ok_or_else(|| bad(format!("turn {id_text} has unknown status {status_text:?}")))?,
+            created_at: r.get::<_, i64>(6)? as u64,
+            started_at: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+            ended_at: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+            exit_code: r.get(9)?,
+            error: r.get(10)?,
+            worker_pid: r.get::<_, Option<i64>>(11)?.map(|v| v as u32),
+            worker_start_time: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),
+            output_chunks: 0,
+        });
+    }
+    Ok(Loaded {
+        sessions,
+        contexts,
+        unsettled,
+    })
 }
 
 /// The store thread: commit every queued job together, acknowledge each, repeat.
@@ -410,6 +494,15 @@ fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<()> {
             "INSERT INTO session_aliases (session_id, provider_session_id, position)
              VALUES (?1, ?2, ?3)",
         )?;
+        let mut upsert_turn = tx.prepare_cached(
+            "INSERT OR REPLACE INTO turns (turn_id, session_id, queue_order, prompt, kind, status,
+                created_at, started_at, ended_at, exit_code, error, worker_pid, worker_start_time)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?;
+        let mut add_output = tx.prepare_cached(
+            "INSERT OR REPLACE INTO turn_output (turn_id, chunk, stream, data)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?;
         let mut upsert_context = tx.prepare_cached(
             "INSERT OR REPLACE INTO contexts (name, session_id, project, generation)
              VALUES (?1, ?2, ?3, ?4)",
@@ -436,6 +529,34 @@ fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<()> {
                     for (position, alias) in s.aliases.iter().enumerate() {
                         add_alias.execute(params![id, alias, position as i64])?;
                     }
+                }
+                Write::Turn(t) => {
+                    upsert_turn.execute(params![
+                        t.id.to_string(),
+                        t.session.to_string(),
+                        t.order,
+                        t.prompt,
+                        match t.kind {
+                            TurnKind::Normal => "normal",
+                            TurnKind::Steer => "steer",
+                        },
+                        t.status.as_str(),
+                        t.created_at as i64,
+                        t.started_at.map(|v| v as i64),
+                        t.ended_at.map(|v| v as i64),
+                        t.exit_code,
+                        t.error,
+                        t.worker_pid.map(i64::from),
+                        t.worker_start_time.map(|v| v as i64),
+                    ])?;
+                }
+                Write::Output {
+                    turn,
+                    chunk,
+                    stream,
+                    data,
+                } => {
+                    add_output.execute(params![turn.to_string(), *chunk as i64, stream, data])?;
                 }
                 Write::Context(c) => {
                     upsert_context.execute(params![

@@ -312,3 +312,52 @@ pub struct UnsubscribeParams {
 /// Result of `unsubscribe`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnsubscribeResult {}
+
+// ---- Turns ----------------------------------------------------------------------------------
+
+method!(
+    /// Submits a prompt to a session: it starts at once if the session is free, else it is
+    /// queued (or refused, with `no_queue`).
+    Submit = "submit", SubmitParams => SubmitResult
+);
+method!(
+    /// The session's running turn and its queue.
+    Queue = "queue", SessionParams => QueueResult
+);
+
+use crate::session::TurnInfo;
+
+/// Params of `submit`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// What to run: given to the provider as `{prompt}` or on its stdin.
+    pub prompt: String,
+    /// Refuse (`busy`) rather than queue when the session is busy; nothing is stored.
+    #[serde(default)]
+    pub no_queue: bool,
+}
+
+/// Result of `submit`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitResult {
+    /// True when the turn started at once; false when it was queued (its `position` says
+    /// where).
+    pub accepted: bool,
+    pub turn: TurnInfo,
+}
+
+/// Result of `queue`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueResult {
+    pub session: SessionId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<TurnInfo>,
+    /// In the order they will run.
+    pub queued: Vec<TurnInfo>,
+}

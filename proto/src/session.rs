@@ -209,6 +209,12 @@ pub mod event_kind {
     pub const SESSION_ARCHIVED: &str = "session_archived";
     pub const SESSION_REOPENED: &str = "session_reopened";
     pub const SESSION_REBOUND: &str = "session_rebound";
+    /// A submitted turn started at once (the session was free).
+    pub const SESSION_ACCEPTED: &str = "session_accepted";
+    pub const TURN_QUEUED: &str = "turn_queued";
+    pub const TURN_STARTED: &str = "turn_started";
+    pub const TURN_OUTPUT: &str = "turn_output";
+    pub const TURN_SETTLED: &str = "turn_settled";
     /// Not about a session: the subscriber fell behind.
     pub const LAGGED: &str = "lagged";
     pub const ALL: &[&str] = &[
@@ -219,6 +225,11 @@ pub mod event_kind {
         SESSION_ARCHIVED,
         SESSION_REOPENED,
         SESSION_REBOUND,
+        SESSION_ACCEPTED,
+        TURN_QUEUED,
+        TURN_STARTED,
+        TURN_OUTPUT,
+        TURN_SETTLED,
         LAGGED,
     ];
 }
@@ -237,6 +248,13 @@ impl SessionEvent {
             reason: None,
             context: None,
             generation: None,
+            turn: None,
+            position: None,
+            status: None,
+            exit_code: None,
+            stream: None,
+            chunk: None,
+            data: None,
         }
     }
 }
@@ -269,4 +287,136 @@ pub struct SessionEvent {
     /// `session_switched`: the context's new generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// Turn events: the turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<TurnId>,
+    /// `turn_queued`: its place in the queue (1-based).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u32>,
+    /// `turn_settled`: how it ended; `turn_output`: `stdout` or `stderr` is in `stream`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TurnStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// `turn_output`: which stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// `turn_output`: the chunk's number within the turn, from 0, with no gaps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<u64>,
+    /// `turn_output`: the text (invalid UTF-8 replaced; the stored transcript keeps bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+}
+
+/// The daemon's id for a turn: a UUID, sent as a lowercase hyphenated string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TurnId(pub uuid::Uuid);
+
+impl TurnId {
+    pub fn new_v4() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+    /// The first 8 hex digits.
+    pub fn short(&self) -> String {
+        self.to_string()[..8].to_string()
+    }
+}
+
+impl std::fmt::Display for TurnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl std::str::FromStr for TurnId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s).map(TurnId)
+    }
+}
+
+impl Serialize for TurnId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SessionId(self.0).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for TurnId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        SessionId::deserialize(d).map(|id| TurnId(id.0))
+    }
+}
+
+/// How a turn was submitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnKind {
+    Normal,
+    /// Runs next, ahead of the queue.
+    Steer,
+}
+
+/// Where a turn is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnStatus {
+    Queued,
+    Running,
+    /// The process exited 0.
+    Completed,
+    /// The process exited non-zero, could not start, or timed out.
+    Failed,
+    /// Removed from the queue, or aborted while running, by a client.
+    Cancelled,
+    /// Stopped by a steer, or found running when the daemon restarted.
+    Interrupted,
+}
+
+impl TurnStatus {
+    pub const ALL: [TurnStatus; 6] = [
+        TurnStatus::Queued,
+        TurnStatus::Running,
+        TurnStatus::Completed,
+        TurnStatus::Failed,
+        TurnStatus::Cancelled,
+        TurnStatus::Interrupted,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TurnStatus::Queued => "queued",
+            TurnStatus::Running => "running",
+            TurnStatus::Completed => "completed",
+            TurnStatus::Failed => "failed",
+            TurnStatus::Cancelled => "cancelled",
+            TurnStatus::Interrupted => "interrupted",
+        }
+    }
+    /// Whether the turn is over.
+    pub fn settled(self) -> bool {
+        !matches!(self, TurnStatus::Queued | TurnStatus::Running)
+    }
+}
+
+/// A turn as clients see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnInfo {
+    pub turn_id: TurnId,
+    pub session: SessionId,
+    pub prompt: String,
+    pub kind: TurnKind,
+    pub status: TurnStatus,
+    /// 1-based place in the queue while queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u32>,
+    pub created_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it failed or was stopped, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

@@ -294,16 +294,9 @@ fn golden_vectors_match_typed_messages() {
             event: "session_switched".into(),
             subscription: Some(8),
             data: SessionEvent {
-                session: id,
-                project: "/home/ada/src/app".into(),
-                provider: "claude".into(),
-                info: None,
-                field: None,
-                from: None,
-                to: None,
-                reason: None,
                 context: Some("nvim".into()),
                 generation: Some(3),
+                ..SessionEvent::scope(id, "/home/ada/src/app", "claude")
             },
         },
     );

@@ -210,6 +210,32 @@ pub enum Command {
         event: Vec<String>,
     },
 
+    /// Send a prompt to a session: it runs at once if the session is free, else it is
+    /// queued. With one argument it goes to the context's current session. PROMPT `-` reads it
+    /// from standard input. Prints the turn id (and its place in the queue, if queued).
+    Send {
+        /// [SESSION] PROMPT
+        #[arg(num_args = 1..=2, value_names = ["SESSION", "PROMPT"], required = true)]
+        args: Vec<String>,
+        /// Look names up in this project only
+        #[arg(long, value_name = "DIR")]
+        project: Option<PathBuf>,
+        /// Refuse (exit 1, code busy) instead of queueing when the session is busy
+        #[arg(long)]
+        no_queue: bool,
+        /// Wait for the turn to finish and exit with its status: 0 when it completed, the
+        /// provider's exit code when it failed with one, 1 otherwise
+        #[arg(long)]
+        wait: bool,
+        /// Print the turn's output as it comes (stdout to stdout, stderr to stderr); implies
+        /// --wait
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+
+    /// Show a session's running turn and its queue
+    Queue(Target),
+
     /// Manage the daemon itself: status, start, stop, restart, log level, paths
     #[command(subcommand)]
     Daemon(DaemonCommand),

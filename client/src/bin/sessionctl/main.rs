@@ -24,14 +24,34 @@ fn main() -> ExitCode {
     let out = Out {
         json: cli.global.json,
     };
+    let context = cli.global.context.as_deref();
     let result = options(&cli).and_then(|opts| match &cli.command {
-        Command::Ping => commands::ping::run(&opts, &out),
-        Command::Version => commands::version::run(&opts, &out),
-        Command::Daemon(cmd) => commands::daemon::run(cmd, &opts, &out),
-        other => commands::sessions::run(other, &opts, &out, cli.global.context.as_deref()),
+        Command::Ping => commands::ping::run(&opts, &out).map(|()| 0),
+        Command::Version => commands::version::run(&opts, &out).map(|()| 0),
+        Command::Daemon(cmd) => commands::daemon::run(cmd, &opts, &out).map(|()| 0),
+        Command::Send {
+            args,
+            project,
+            no_queue,
+            wait,
+            follow,
+        } => commands::turns::send(
+            &opts,
+            &out,
+            context,
+            commands::turns::Send {
+                args,
+                project: project.as_ref(),
+                no_queue: *no_queue,
+                wait: *wait,
+                follow: *follow,
+            },
+        ),
+        Command::Queue(target) => commands::turns::queue(&opts, &out, context, target).map(|()| 0),
+        other => commands::sessions::run(other, &opts, &out, context).map(|()| 0),
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => ExitCode::from(report(&e, out.json)),
     }
 }

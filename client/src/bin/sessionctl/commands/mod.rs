@@ -4,4 +4,5 @@
 pub mod daemon;
 pub mod ping;
 pub mod sessions;
+pub mod turns;
 pub mod version;

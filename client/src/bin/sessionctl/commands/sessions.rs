@@ -117,14 +117,18 @@ pub fn run(
             provider,
             event,
         } => watch(&mut client, session, project, provider, event, context),
-        Command::Ping | Command::Version | Command::Daemon(_) => {
+        Command::Ping
+        | Command::Version
+        | Command::Daemon(_)
+        | Command::Send { .. }
+        | Command::Queue(_) => {
             unreachable!("handled by their own modules")
         }
     }
 }
 
 /// Makes a path absolute against the current directory (the daemon canonicalizes it).
-fn absolute(path: &Path) -> Result<String, ClientError> {
+pub fn absolute(path: &Path) -> Result<String, ClientError> {
     let abs = std::path::absolute(path)
         .map_err(|e| ClientError::Local(format!("cannot make {} absolute: {e}", path.display())))?;
     abs.into_os_string()

@@ -1,0 +1,186 @@
+//! The turn commands: send (with --wait and --follow) and queue.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use sessiond_client::{BlockingClient, ClientError, ConnectOptions};
+use sessiond_proto::envelope::Event;
+use sessiond_proto::frame;
+use sessiond_proto::methods::{
+    Get, Queue, SessionParams, Submit, SubmitParams, Subscribe, SubscribeParams,
+};
+use sessiond_proto::session::{event_kind, EventFilter, SessionEvent, TurnInfo, TurnStatus};
+
+use crate::cli::Target;
+use crate::output::Out;
+
+/// What `send` was told.
+pub struct Send<'a> {
+    pub args: &'a [String],
+    pub project: Option<&'a PathBuf>,
+    pub no_queue: bool,
+    pub wait: bool,
+    pub follow: bool,
+}
+
+pub fn send(
+    opts: &ConnectOptions,
+    out: &Out,
+    context: Option<&str>,
+    s: Send,
+) -> Result<u8, ClientError> {
+    let (session, prompt) = match s.args {
+        [prompt] => (None, prompt.clone()),
+        [session, prompt] => (Some(session.clone()), prompt.clone()),
+        _ => unreachable!("clap takes one or two"),
+    };
+    let prompt = if prompt == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| ClientError::Local(format!("cannot read the prompt from stdin: {e}")))?;
+        text
+    } else {
+        prompt
+    };
+    let project = s
+        .project
+        .map(|p| crate::commands::sessions::absolute(p))
+        .transpose()?;
+    let mut client = BlockingClient::connect(opts)?;
+    let waiting = s.wait || s.follow;
+    if waiting {
+        // Subscribe before submitting so no event of the turn can be missed.
+        let info = client.call::<Get>(SessionParams {
+            session: session.clone(),
+            project: project.clone(),
+            context: context.map(str::to_string),
+        })?;
+        let mut events = vec![event_kind::TURN_SETTLED.to_string()];
+        if s.follow {
+            events.push(event_kind::TURN_OUTPUT.to_string());
+        }
+        client.call::<Subscribe>(SubscribeParams {
+            filter: EventFilter {
+                sessions: vec![info.id],
+                events,
+                ..Default::default()
+            },
+        })?;
+    }
+    let result = client.call::<Submit>(SubmitParams {
+        session,
+        project,
+        context: context.map(str::to_string),
+        prompt,
+        no_queue: s.no_queue,
+    })?;
+    let turn = result.turn.turn_id;
+    if !waiting {
+        out.emit(&result, |w| match result.turn.position {
+            Some(position) => writeln!(w, "{turn} (queued at position {position})"),
+            None => writeln!(w, "{turn}"),
+        })?;
+        return Ok(0);
+    }
+    client.set_timeout(None)?;
+    loop {
+        let Some(payload) = client.next_event()? else {
+            return Err(ClientError::Disconnected(
+                "the daemon closed the connection before the turn finished".into(),
+            ));
+        };
+        let event: Event<SessionEvent> = frame::decode(&payload)
+            .map_err(|e| ClientError::Protocol(format!("undecodable event: {e}")))?;
+        if event.event == event_kind::LAGGED {
+            return Err(ClientError::Local(format!(
+                "fell behind the turn's output and lost some; see the whole turn with \
+                 `sessionctl queue` / the daemon's transcript (turn {turn})"
+            )));
+        }
+        if event.data.turn != Some(turn) {
+            continue;
+        }
+        if event.event == event_kind::TURN_OUTPUT && !out.json {
+            let text = event.data.data.unwrap_or_default();
+            let written = if event.data.stream.as_deref() == Some("stderr") {
+                let mut e = std::io::stderr().lock();
+                e.write_all(text.as_bytes()).and_then(|()| e.flush())
+            } else {
+                let mut o = std::io::stdout().lock();
+                o.write_all(text.as_bytes()).and_then(|()| o.flush())
+            };
+            if let Err(e) = written {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    return Err(ClientError::Local(format!("cannot write output: {e}")));
+                }
+            }
+        }
+        if event.event == event_kind::TURN_SETTLED {
+            let status = event.data.status.unwrap_or(TurnStatus::Failed);
+            let exit_code = event.data.exit_code;
+            let report = serde_json::json!({
+                "turn_id": turn,
+                "status": status,
+                "exit_code": exit_code,
+                "error": event.data.reason,
+            });
+            if out.json {
+                out.emit(&report, |_| Ok(()))?;
+            } else if !s.follow || status != TurnStatus::Completed {
+                eprintln!(
+                    "turn {} {}{}{}",
+                    turn.short(),
+                    status.as_str(),
+                    exit_code.map_or(String::new(), |c| format!(" (exit code {c})")),
+                    event
+                        .data
+                        .reason
+                        .as_deref()
+                        .map_or(String::new(), |r| format!(": {r}"))
+                );
+            }
+            return Ok(match (status, exit_code) {
+                (TurnStatus::Completed, _) => 0,
+                (_, Some(code)) if (1..=255).contains(&code) => code as u8,
+                _ => 1,
+            });
+        }
+    }
+}
+
+pub fn queue(
+    opts: &ConnectOptions,
+    out: &Out,
+    context: Option<&str>,
+    t: &Target,
+) -> Result<(), ClientError> {
+    let mut client = BlockingClient::connect(opts)?;
+    let result = client.call::<Queue>(SessionParams {
+        session: t.session.clone(),
+        project: t
+            .project
+            .as_deref()
+            .map(crate::commands::sessions::absolute)
+            .transpose()?,
+        context: context.map(str::to_string),
+    })?;
+    out.emit(&result, |w| {
+        let line = |w: &mut dyn Write, label: &str, t: &TurnInfo| {
+            let prompt: String = t.prompt.chars().take(60).collect();
+            let prompt = prompt.replace('\n', " ");
+            writeln!(w, "{label:<8} {}  {prompt}", t.turn_id.short())
+        };
+        match &result.running {
+            Some(t) => line(w, "running", t)?,
+            None => writeln!(w, "running  -")?,
+        }
+        for t in &result.queued {
+            line(w, &format!("#{}", t.position.unwrap_or(0)), t)?;
+        }
+        if result.queued.is_empty() {
+            writeln!(w, "(nothing queued)")?;
+        }
+        Ok(())
+    })
+}

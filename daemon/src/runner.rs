@@ -1,0 +1,172 @@
+//! The runner: turns become processes, and processes become output and settled turns.
+//!
+//! The registry decides *when* a turn starts (one at a time per session, in queue order) and
+//! hands the runner a [`StartOrder`]. The runner waits for a slot under the global limit
+//! (`runner.max_concurrent_turns`), builds the argv from the session's provider (never through
+//! a shell), and starts the worker in its own process group, in the session's working
+//! directory, with `SESSIOND_SESSION_ID`, `SESSIOND_TURN_ID` and `SESSIOND_PROJECT` set.
+//! Output is read as it comes, in chunks, and handed to the registry (which publishes and
+//! stores it); when the process exits the registry settles the turn and may hand back the
+//! session's next one. The runner never changes session or turn state itself.
+
+use std::process::Stdio;
+use std::sync::Arc;
+
+use sessiond_proto::session::TurnStatus;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{debug, warn};
+
+use crate::context::Daemon;
+use crate::provider::{PromptChannel, Vars};
+use crate::registry::StartOrder;
+
+/// Bytes read from a worker's stdout or stderr at a time: one output event at most.
+const CHUNK: usize = 16 * 1024;
+
+/// Where start orders go.
+pub type Orders = mpsc::UnboundedSender<StartOrder>;
+
+/// Runs start orders until the daemon stops. `limit` turns run at once across all sessions;
+/// the rest wait in order for a slot.
+pub async fn run(ctx: Arc<Daemon>, mut orders: mpsc::UnboundedReceiver<StartOrder>, limit: usize) {
+    let slots = Arc::new(Semaphore::new(limit.max(1)));
+    while let Some(order) = orders.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let ctx = ctx.clone();
+        let saved = ctx.registry().barrier();
+        tokio::spawn(async move {
+            let turn = order.turn;
+            // Never start a worker for a turn a crash could forget.
+            if !matches!(saved.await, Ok(Ok(()))) {
+                let next = ctx.registry().settle(
+                    turn,
+                    TurnStatus::Failed,
+                    None,
+                    Some("the turn could not be saved, so it was not started".into()),
+                );
+                drop(slot);
+                if let Some(next) = next {
+                    ctx.start_turn(next);
+                }
+                return;
+            }
+            let (status, exit_code, error) = run_turn(&ctx, order).await;
+            drop(slot);
+            let next = ctx.registry().settle(turn, status, exit_code, error);
+            if let Some(next) = next {
+                ctx.start_turn(next);
+            }
+        });
+    }
+}
+
+/// Runs one turn's process to the end; returns how it ended.
+async fn run_turn(ctx: &Daemon, order: StartOrder) -> (TurnStatus, Option<i32>, Option<String>) {
+    let Some(provider) = ctx.providers.get(&*order.provider) else {
+        return failed(format!(
+            "provider {:?} is no longer configured; add it back to config.toml or move the \
+             session to another provider",
+            &*order.provider
+        ));
+    };
+    let id = order.session.to_string();
+    let vars = Vars {
+        prompt: &order.prompt,
+        id: &id,
+        provider_session_id: order.provider_session_id.as_deref(),
+        project: &order.project,
+        cwd: &order.cwd,
+    };
+    let argv = match provider.argv(&vars) {
+        Ok(argv) => argv,
+        Err(e) => return failed(e.message),
+    };
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .current_dir(&order.cwd)
+        .envs(&provider.env)
+        .env("SESSIOND_SESSION_ID", &id)
+        .env("SESSIOND_TURN_ID", order.turn.to_string())
+        .env("SESSIOND_PROJECT", &*order.project)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(match provider.prompt {
+            PromptChannel::Stdin => Stdio::piped(),
+            PromptChannel::Argv => Stdio::null(),
+        });
+    #[cfg(unix)]
+    cmd.process_group(0);
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return failed(format!(
+                "provider_unavailable: the program {:?} of provider {:?} was not found; install \
+                 it, or point the provider's command at it in config.toml",
+                argv[0], &*order.provider
+            ))
+        }
+        Err(e) => {
+            return failed(format!(
+                "cannot start {:?} for provider {:?}: {e}",
+                argv[0], &*order.provider
+            ))
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    ctx.registry()
+        .worker_started(order.turn, pid, crate::platform::process_start_time(pid));
+    debug!(turn = %order.turn, pid, "worker started");
+    if let Some(mut stdin) = child.stdin.take() {
+        let prompt = order.prompt.clone().into_bytes();
+        tokio::spawn(async move {
+            // A provider that exits without reading its input is not an error of ours.
+            let _ = stdin.write_all(&prompt).await;
+        });
+    }
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let turn = order.turn;
+    tokio::join!(
+        pump(ctx, turn, "stdout", stdout),
+        pump(ctx, turn, "stderr", stderr)
+    );
+    match child.wait().await {
+        Ok(status) if status.success() => (TurnStatus::Completed, Some(0), None),
+        Ok(status) => match status.code() {
+            Some(code) => (TurnStatus::Failed, Some(code), None),
+            None => (
+                TurnStatus::Failed,
+                None,
+                Some(format!("the provider was ended by a signal ({status})")),
+            ),
+        },
+        Err(e) => {
+            warn!(turn = %turn, "waiting for the worker failed: {e}");
+            failed(format!("waiting for the provider failed: {e}"))
+        }
+    }
+}
+
+fn failed(message: String) -> (TurnStatus, Option<i32>, Option<String>) {
+    (TurnStatus::Failed, None, Some(message))
+}
+
+/// Copies one output stream into the registry, chunk by chunk, until it closes.
+async fn pump(
+    ctx: &Daemon,
+    turn: sessiond_proto::session::TurnId,
+    stream: &'static str,
+    mut from: impl AsyncRead + Unpin,
+) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => ctx.registry().turn_output(turn, stream, &buf[..n]),
+        }
+    }
+}

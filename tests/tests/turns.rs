@@ -1,0 +1,179 @@
+//! Turns: prompts run through providers, one at a time per session, in order, with their
+//! output streamed and their exit status kept.
+
+use std::path::Path;
+
+use sessiond_tests::Sandbox;
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// A sandbox with a daemon and one shell session made current; returns its project dir.
+fn shell_session(sb: &Sandbox) -> std::path::PathBuf {
+    let project = sb.project("p");
+    sb.ctl(&["new", "--project", path_str(&project), "--name", "job"])
+        .ok();
+    sb.ctl(&["switch", "job"]).ok();
+    project
+}
+
+#[test]
+fn follow_streams_both_outputs_and_passes_the_exit_code_through() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    shell_session(&sb);
+    let out = sb.ctl(&["send", "--follow", "echo to-out; echo to-err >&2; exit 7"]);
+    assert_eq!(out.code(), 7, "stderr: {}", out.stderr());
+    assert_eq!(out.stdout(), "to-out\n");
+    assert!(out.stderr().starts_with("to-err\n"), "{}", out.stderr());
+    assert!(
+        out.stderr().contains("failed (exit code 7)"),
+        "{}",
+        out.stderr()
+    );
+    let ok = sb.ctl(&["send", "--wait", "true"]);
+    assert_eq!(ok.code(), 0, "{}", ok.stderr());
+}
+
+#[test]
+fn turns_run_one_at_a_time_in_submission_order_each_once() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = shell_session(&sb);
+    let log = project.join("order.log");
+    // The first turn holds the session long enough for the rest to queue behind it.
+    let first = sb
+        .ctl(&["--json", "send", "sleep 0.5; echo 0 >> order.log"])
+        .json();
+    assert_eq!(first["accepted"], true);
+    for i in 1..6 {
+        let queued = sb
+            .ctl(&["--json", "send", &format!("echo {i} >> order.log")])
+            .json();
+        assert_eq!(queued["accepted"], false);
+        assert_eq!(queued["turn"]["position"], i);
+        assert_eq!(queued["turn"]["status"], "queued");
+    }
+    let queue = sb.ctl(&["--json", "queue"]).json();
+    assert_eq!(queue["queued"].as_array().unwrap().len(), 5);
+    assert!(queue["running"].is_object());
+    let last = sb.ctl(&["send", "--wait", "echo done >> order.log"]);
+    assert_eq!(last.code(), 0, "{}", last.stderr());
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(lines, "0\n1\n2\n3\n4\n5\ndone\n", "order or count wrong");
+    let queue = sb.ctl(&["--json", "queue"]).json();
+    assert!(queue["running"].is_null() && queue["queued"].as_array().unwrap().is_empty());
+    let listed = sb.ctl(&["--json", "show", "job"]).json();
+    assert_eq!(listed["activity"], "idle");
+    assert_eq!(listed["queue_length"], 0);
+}
+
+#[test]
+fn no_queue_refuses_a_busy_session_and_stores_nothing() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    shell_session(&sb);
+    sb.ctl(&["send", "sleep 1"]).ok();
+    let refused = sb.ctl(&["--json", "send", "--no-queue", "echo never"]);
+    assert_eq!(refused.code(), 1);
+    assert_eq!(refused.json_error()["error"]["code"], "busy");
+    let queue = sb.ctl(&["--json", "queue"]).json();
+    assert!(queue["queued"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn prompt_reaches_the_provider_byte_exact_as_one_argument() {
+    let sb =
+        Sandbox::with_config("[providers.echoer]\ncommand = [\"printf\", \"%s\", \"{prompt}\"]\n");
+    let _daemon = sb.start_daemon();
+    let project = sb.project("p");
+    sb.ctl(&[
+        "new",
+        "--project",
+        path_str(&project),
+        "--provider",
+        "echoer",
+        "--name",
+        "e",
+    ])
+    .ok();
+    let nasty = "a; rm -rf / && $(reboot) `id` \"dq\" 'sq' \\ * ?\n  second line\t{cwd}";
+    let out = sb.ctl(&["send", "--follow", "e", nasty]);
+    assert_eq!(out.code(), 0, "{}", out.stderr());
+    assert_eq!(out.stdout(), nasty);
+}
+
+#[test]
+fn missing_provider_program_fails_the_turn_naming_it() {
+    let sb = Sandbox::with_config(
+        "[providers.ghost]\ncommand = [\"no-such-agent-cli\", \"{prompt}\"]\n",
+    );
+    let _daemon = sb.start_daemon();
+    let project = sb.project("p");
+    sb.ctl(&[
+        "new",
+        "--project",
+        path_str(&project),
+        "--provider",
+        "ghost",
+        "--name",
+        "g",
+    ])
+    .ok();
+    let out = sb.ctl(&["send", "--wait", "g", "hello"]);
+    assert_eq!(out.code(), 1);
+    let err = out.stderr();
+    assert!(err.contains("provider_unavailable"), "{err}");
+    assert!(err.contains("no-such-agent-cli"), "{err}");
+    // The session is free again for the next turn.
+    let shown = sb.ctl(&["--json", "show", "g"]).json();
+    assert_eq!(shown["activity"], "idle");
+}
+
+#[test]
+fn worker_gets_the_session_environment_and_working_directory() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = shell_session(&sb);
+    let id = sb.ctl(&["--json", "show", "job"]).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = sb.ctl(&[
+        "send",
+        "--follow",
+        "echo $SESSIOND_SESSION_ID; echo $SESSIOND_PROJECT; pwd; test -n \"$SESSIOND_TURN_ID\"",
+    ]);
+    assert_eq!(out.code(), 0, "{}", out.stderr());
+    let canonical = std::fs::canonicalize(&project).unwrap();
+    assert_eq!(
+        out.stdout(),
+        format!("{id}\n{}\n{}\n", canonical.display(), canonical.display())
+    );
+}
+
+#[test]
+fn empty_and_oversized_prompts_are_refused() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    shell_session(&sb);
+    let empty = sb.ctl(&["send", "  "]);
+    assert_eq!(empty.code(), 1);
+    assert!(empty.stderr().contains("empty"), "{}", empty.stderr());
+    let big = "x".repeat(1024 * 1024 + 1);
+    let mut cmd = sb.sessionctl();
+    cmd.args(["send", "-"]).stdin(std::process::Stdio::piped());
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), big.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("limit is 1048576 bytes"), "{err}");
+    let queue = sb.ctl(&["--json", "queue"]).json();
+    assert!(queue["running"].is_null());
+}
