@@ -47,6 +47,10 @@ pub struct DaemonConfig {
     pub log_level: Option<String>,
     /// Turns running at once across all sessions; 0 means twice the number of CPUs.
     pub max_concurrent_turns: u32,
+    /// Stopping a worker: SIGINT, then SIGTERM after this long, …
+    pub interrupt_grace_ms: u64,
+    /// … then SIGKILL after this long.
+    pub terminate_grace_ms: u64,
 }
 
 impl Default for DaemonConfig {
@@ -61,6 +65,8 @@ impl Default for DaemonConfig {
             socket_check_interval_ms: 10_000,
             log_level: None,
             max_concurrent_turns: 0,
+            interrupt_grace_ms: 2_000,
+            terminate_grace_ms: 3_000,
         }
     }
 }
@@ -81,6 +87,12 @@ impl DaemonConfig {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }
+    pub fn interrupt_grace(&self) -> Duration {
+        Duration::from_millis(self.interrupt_grace_ms)
+    }
+    pub fn terminate_grace(&self) -> Duration {
+        Duration::from_millis(self.terminate_grace_ms)
+    }
     pub fn socket_check_interval(&self) -> Duration {
         Duration::from_millis(self.socket_check_interval_ms)
     }
@@ -99,7 +111,7 @@ impl DaemonConfig {
 pub struct ConfigError(String);
 
 /// Bounds for each numeric setting: (key, value, min, max).
-fn ranges(d: &DaemonConfig) -> [(&'static str, u64, u64, u64); 8] {
+fn ranges(d: &DaemonConfig) -> [(&'static str, u64, u64, u64); 10] {
     [
         // A hello must fit; above 1 GiB a single client could pin too much memory.
         ("max_frame_bytes", d.max_frame_bytes, 1024, 1 << 30),
@@ -120,6 +132,8 @@ fn ranges(d: &DaemonConfig) -> [(&'static str, u64, u64, u64); 8] {
             0,
             4096,
         ),
+        ("interrupt_grace_ms", d.interrupt_grace_ms, 0, 600_000),
+        ("terminate_grace_ms", d.terminate_grace_ms, 0, 600_000),
     ]
 }
 

@@ -15,7 +15,7 @@ use crate::ownership::SessionFiles;
 use crate::provider::ProviderConfig;
 use crate::registry::Registry;
 use crate::registry::StartOrder;
-use crate::runner::Orders;
+use crate::runner::{Order, Orders};
 use crate::shutdown::{ShutdownListener, ShutdownSignal};
 
 /// What start-up assembles for the context.
@@ -79,7 +79,12 @@ impl Daemon {
     pub fn start_turn(&self, order: StartOrder) {
         // The runner lives as long as the daemon; if it is gone the daemon is stopping, and
         // the turn is settled as interrupted at the next start.
-        let _ = self.orders.send(order);
+        let _ = self.orders.send(Order::Start(order));
+    }
+
+    /// Asks the runner to stop a running turn's worker (SIGINT, SIGTERM, SIGKILL).
+    pub fn stop_worker(&self, turn: sessiond_proto::session::TurnId, pid: u32) {
+        let _ = self.orders.send(Order::Stop { turn, pid });
     }
 
     /// The registry, for one synchronous step. Never hold the guard across an await.

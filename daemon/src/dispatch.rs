@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use sessiond_proto::envelope::{ErrorFrame, RequestParams, Response};
 use sessiond_proto::frame;
 use sessiond_proto::methods::{
-    Archive, Create, Current, Get, List, Method, Ping, Queue, Regenerate, Rename, Reopen,
-    SetLogLevel, Shutdown, Status, Submit, Subscribe, Switch, Unsubscribe,
+    Archive, Cancel, Create, Current, Get, List, Method, Pause, Ping, Queue, Regenerate, Rename,
+    Reopen, Resume, SetLogLevel, Shutdown, Status, Submit, Subscribe, Switch, Unsubscribe,
 };
 use sessiond_proto::ErrorCode;
 
@@ -133,6 +133,9 @@ routes! {
     Unsubscribe => session_methods::unsubscribe,
     Submit => session_methods::submit,
     Queue => session_methods::queue,
+    Pause => session_methods::pause,
+    Resume => session_methods::resume,
+    Cancel => session_methods::cancel,
 }
 
 /// Decodes a request's params for method `M`. Omitted params are read as an empty map, so a

@@ -32,6 +32,7 @@ pub mod logging;
 pub mod ownership;
 pub mod platform;
 pub mod provider;
+pub mod recovery;
 pub mod registry;
 pub mod runner;
 pub mod server;

@@ -69,11 +69,25 @@ mod unix {
         if raw <= 0 {
             return false;
         }
-        match nix::sys::signal::kill(Pid::from_raw(raw), None) {
+        let exists = match nix::sys::signal::kill(Pid::from_raw(raw), None) {
             Ok(()) => true,
             Err(nix::errno::Errno::EPERM) => true,
             Err(_) => false,
-        }
+        };
+        // A zombie has exited and only waits for its parent (often init, after its daemon
+        // died) to reap it: it runs nothing and holds nothing, so it is not alive.
+        exists && !is_zombie(pid)
+    }
+
+    /// Whether the process has exited and waits to be reaped (Linux; false elsewhere).
+    fn is_zombie(pid: u32) -> bool {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // The state follows the command name, which is in parentheses and may contain them.
+        stat.rfind(')')
+            .and_then(|end| stat[end + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "Z")
     }
 
     /// Which side of [`daemonize`] we are on.
@@ -230,5 +244,12 @@ mod unix {
                 unsafe { nix::libc::close(fd) };
             }
         }
+    }
+
+    /// Sends `signal` to the process group led by `pid` (workers lead their own group, so this
+    /// reaches whatever they started too).
+    pub fn signal_group(pid: u32, signal: nix::sys::signal::Signal) -> io::Result<()> {
+        let pid = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+        nix::sys::signal::killpg(Pid::from_raw(pid), signal).map_err(io::Error::from)
     }
 }

@@ -53,6 +53,8 @@ pub const MAX_PROMPT_BYTES: usize = 1024 * 1024;
 struct SessionQueue {
     running: Option<TurnId>,
     queued: VecDeque<TurnId>,
+    /// Why the queue is held; queued turns wait while it is.
+    paused: Option<String>,
 }
 
 /// What the runner needs to start a turn's process, taken from the registry at the moment the
@@ -231,6 +233,35 @@ impl Registry {
             session.provider = registry.intern(&session.provider);
             registry.index(&session);
             registry.sessions.insert(session.id, session);
+        }
+        // Unsettled turns come back in queue order: queued ones into their queues, running
+        // ones as they were, for settlement before anything else runs.
+        for turn in loaded.unsettled {
+            if !registry.sessions.contains_key(&turn.session) {
+                continue;
+            }
+            registry.next_order = registry.next_order.max(turn.order + 1);
+            let queue = registry.queues.entry(turn.session).or_default();
+            match turn.status {
+                TurnStatus::Running => queue.running = Some(turn.id),
+                _ => queue.queued.push_back(turn.id),
+            }
+            registry.turns.insert(turn.id, turn);
+        }
+        for (id, queue) in &registry.queues {
+            if let Some(session) = registry.sessions.get_mut(id) {
+                session.queue_length = queue.queued.len() as u32;
+            }
+        }
+        let paused: Vec<SessionId> = registry
+            .sessions
+            .values()
+            .filter(|s| s.activity == Activity::Paused)
+            .map(|s| s.id)
+            .collect();
+        for id in paused {
+            registry.queues.entry(id).or_default().paused =
+                Some("paused before the daemon restarted".into());
         }
         let bumped: Vec<Write> = registry
             .contexts
@@ -906,12 +937,16 @@ impl Registry {
         }
         let attached = session.activity == Activity::Attached;
         let queue = self.queues.entry(id).or_default();
-        let busy = attached || queue.running.is_some() || !queue.queued.is_empty();
+        let busy = attached
+            || queue.running.is_some()
+            || !queue.queued.is_empty()
+            || queue.paused.is_some();
         if busy && p.no_queue {
-            let why = match queue.running {
-                Some(turn) => format!("running turn {}", turn.short()),
-                None if attached => "attached to another process".to_string(),
-                None => format!("{} turns queued", queue.queued.len()),
+            let why = match (&queue.running, &queue.paused) {
+                (Some(turn), _) => format!("running turn {}", turn.short()),
+                (None, Some(reason)) => format!("its queue is paused: {reason}"),
+                (None, None) if attached => "attached to another process".to_string(),
+                (None, None) => format!("{} turns queued", queue.queued.len()),
             };
             return Err(RequestError::new(
                 ErrorCode::BUSY,
@@ -939,6 +974,7 @@ impl Registry {
             worker_pid: None,
             worker_start_time: None,
             output_chunks: 0,
+            cancel_requested: false,
         };
         let turn_id = turn.id;
         self.turns.insert(turn_id, turn);
@@ -1024,6 +1060,18 @@ impl Registry {
         error: Option<String>,
     ) -> Option<StartOrder> {
         let mut turn = self.turns.remove(&turn_id)?;
+        // An aborted turn is cancelled whatever its exit, and holds the queue: what was
+        // queued after it may depend on work that did not happen.
+        let (status, error) = if turn.cancel_requested {
+            let reason = format!("turn {} was cancelled", turn_id.short());
+            self.queues.entry(turn.session).or_default().paused = Some(reason);
+            (
+                TurnStatus::Cancelled,
+                error.or(Some("cancelled by a client".into())),
+            )
+        } else {
+            (status, error)
+        };
         turn.status = status;
         turn.ended_at = Some(sessiond_proto::now_ms());
         turn.exit_code = exit_code;
@@ -1039,11 +1087,20 @@ impl Registry {
         if queue.running == Some(turn_id) {
             queue.running = None;
         }
+        let paused = self.queues.get(&session_id).and_then(|q| q.paused.clone());
+        let rest = if paused.is_some() {
+            Activity::Paused
+        } else {
+            Activity::Idle
+        };
         writes.extend(self.set_activity(
             session_id,
-            Activity::Idle,
+            rest,
             &format!("turn {} {}", turn_id.short(), status.as_str()),
         ));
+        if turn.cancel_requested {
+            self.publish_paused(session_id, paused.as_deref().unwrap_or("cancelled"));
+        }
         if let Some(session) = self.sessions.get_mut(&session_id) {
             session.last_active_at = sessiond_proto::now_ms();
             writes.push(Write::Session(session.clone()));
@@ -1051,6 +1108,7 @@ impl Registry {
         let next = self
             .queues
             .get_mut(&session_id)
+            .filter(|q| q.paused.is_none())
             .and_then(|q| q.queued.pop_front());
         let order = next.map(|next| {
             writes.extend(self.sync_queue_length(session_id));
@@ -1060,6 +1118,188 @@ impl Registry {
         order
     }
 
+    fn publish_paused(&mut self, id: SessionId, reason: &str) {
+        let mut event = scope_event(self.session(id));
+        event.reason = Some(reason.to_string());
+        self.events.publish(event_kind::QUEUE_PAUSED, event);
+    }
+
+    /// Holds a session's queue. The running turn, if any, finishes; nothing else starts.
+    pub fn pause(
+        &mut self,
+        p: &SessionParams,
+        reason: &str,
+    ) -> Result<(QueueResult, Commit), RequestError> {
+        self.writable()?;
+        let context = context_name(p.context.as_deref())?;
+        let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
+        let queue = self.queues.entry(id).or_default();
+        if let Some(already) = &queue.paused {
+            return Err(invalid_state(format!(
+                "session {}'s queue is already paused ({already}); `sessionctl resume` releases it",
+                id.short()
+            )));
+        }
+        queue.paused = Some(reason.to_string());
+        let running = queue.running.is_some();
+        let mut writes = Vec::new();
+        if !running {
+            writes.extend(self.set_activity(id, Activity::Paused, reason));
+        }
+        self.publish_paused(id, reason);
+        let result = self.queue(&SessionParams {
+            session: Some(id.to_string()),
+            ..Default::default()
+        })?;
+        Ok((result, self.store.write(writes)))
+    }
+
+    /// Releases a held queue and starts the next turn if none is running.
+    pub fn resume(
+        &mut self,
+        p: &SessionParams,
+    ) -> Result<(QueueResult, Commit, Option<StartOrder>), RequestError> {
+        self.writable()?;
+        let context = context_name(p.context.as_deref())?;
+        let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
+        let queue = self.queues.entry(id).or_default();
+        if queue.paused.take().is_none() {
+            return Err(invalid_state(format!(
+                "session {}'s queue is not paused",
+                id.short()
+            )));
+        }
+        let next = if queue.running.is_none() {
+            queue.queued.pop_front()
+        } else {
+            None
+        };
+        let mut writes = Vec::new();
+        if self.session(id).activity == Activity::Paused {
+            writes.extend(self.set_activity(id, Activity::Idle, "queue resumed"));
+        }
+        self.events
+            .publish(event_kind::QUEUE_RESUMED, scope_event(self.session(id)));
+        let order = next.map(|turn| {
+            writes.extend(self.sync_queue_length(id));
+            self.start(turn, &mut writes)
+        });
+        let result = self.queue(&SessionParams {
+            session: Some(id.to_string()),
+            ..Default::default()
+        })?;
+        Ok((result, self.store.write(writes), order))
+    }
+
+    /// Finds an unsettled turn by full id or unique prefix.
+    fn resolve_turn(&self, selector: &str) -> Result<TurnId, RequestError> {
+        let sel = selector.trim();
+        if let Ok(id) = sel.parse::<TurnId>() {
+            if self.turns.contains_key(&id) {
+                return Ok(id);
+            }
+        }
+        let hex: String = sel.chars().filter(|c| *c != '-').collect();
+        if hex.len() < MIN_PREFIX || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(not_found(format!(
+                "no queued or running turn matches {sel:?}; give its id or at least \
+                 {MIN_PREFIX} hex digits of it (`sessionctl queue` lists them)"
+            )));
+        }
+        let found: Vec<TurnId> = self
+            .turns
+            .keys()
+            .filter(|id| id.0.simple().to_string().starts_with(&hex.to_lowercase()))
+            .copied()
+            .collect();
+        match found.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(not_found(format!(
+                "no queued or running turn matches {sel:?}; settled turns cannot be changed \
+                 (`sessionctl queue` lists the live ones)"
+            ))),
+            many => Err(RequestError::new(
+                ErrorCode::AMBIGUOUS,
+                format!(
+                    "turn prefix {sel:?} matches {} turns: {}; give more digits",
+                    many.len(),
+                    many.iter()
+                        .map(|t| t.short())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// Cancels a turn. A queued one is settled at once; for a running one the answer carries
+    /// its worker's pid, which the caller must signal (the turn settles when it exits).
+    pub fn cancel(
+        &mut self,
+        selector: &str,
+    ) -> Result<(sessiond_proto::session::TurnInfo, Commit, Option<u32>), RequestError> {
+        self.writable()?;
+        let id = self.resolve_turn(selector)?;
+        let turn = self.turns.get_mut(&id).expect("resolved");
+        if turn.status == TurnStatus::Running {
+            turn.cancel_requested = true;
+            let (info, pid) = (turn.info(None), turn.worker_pid);
+            return Ok((info, self.barrier(), pid));
+        }
+        let mut turn = self.turns.remove(&id).expect("resolved");
+        turn.status = TurnStatus::Cancelled;
+        turn.ended_at = Some(sessiond_proto::now_ms());
+        turn.error = Some("cancelled by a client before it started".into());
+        if let Some(q) = self.queues.get_mut(&turn.session) {
+            q.queued.retain(|t| *t != id);
+        }
+        let mut writes = vec![Write::Turn(turn.clone())];
+        writes.extend(self.sync_queue_length(turn.session));
+        let mut event = self.turn_event(&turn);
+        event.status = Some(TurnStatus::Cancelled);
+        event.reason = turn.error.clone();
+        self.events.publish(event_kind::TURN_SETTLED, event);
+        Ok((turn.info(None), self.store.write(writes), None))
+    }
+
+    /// The worker pid of a turn still running, if it has one.
+    pub fn worker_of(&self, turn: TurnId) -> Option<u32> {
+        self.turns
+            .get(&turn)
+            .filter(|t| t.status == TurnStatus::Running)
+            .and_then(|t| t.worker_pid)
+    }
+
+    /// Whether a client asked to cancel the turn (the runner checks before starting it).
+    pub fn cancel_requested(&self, turn: TurnId) -> bool {
+        self.turns.get(&turn).is_some_and(|t| t.cancel_requested)
+    }
+
+    /// Turns that were running when the previous daemon stopped, for settlement at start-up.
+    pub fn found_running(&self) -> Vec<Turn> {
+        self.turns
+            .values()
+            .filter(|t| t.status == TurnStatus::Running)
+            .cloned()
+            .collect()
+    }
+
+    /// Settles a turn found running at start-up as interrupted and pauses its session's
+    /// queue, so nothing queued runs on a context the crash may have broken.
+    pub fn interrupted_at_startup(&mut self, turn: TurnId) {
+        let Some(session) = self.turns.get(&turn).map(|t| t.session) else {
+            return;
+        };
+        self.queues.entry(session).or_default().paused = Some("daemon_restarted".into());
+        self.settle(
+            turn,
+            TurnStatus::Interrupted,
+            None,
+            Some("the daemon stopped while it ran; resume the queue to go on".into()),
+        );
+        self.publish_paused(session, "daemon_restarted");
+    }
+
     /// The session's running turn and queue.
     pub fn queue(&self, p: &SessionParams) -> Result<QueueResult, RequestError> {
         let context = context_name(p.context.as_deref())?;
@@ -1067,6 +1307,7 @@ impl Registry {
         let queue = self.queues.get(&id);
         Ok(QueueResult {
             session: id,
+            paused: queue.and_then(|q| q.paused.clone()),
             running: queue
                 .and_then(|q| q.running)
                 .and_then(|t| self.turns.get(&t))

@@ -25,14 +25,32 @@ use crate::registry::StartOrder;
 /// Bytes read from a worker's stdout or stderr at a time: one output event at most.
 const CHUNK: usize = 16 * 1024;
 
-/// Where start orders go.
-pub type Orders = mpsc::UnboundedSender<StartOrder>;
+/// What the runner is asked to do.
+pub enum Order {
+    /// Start a turn the registry has marked running.
+    Start(StartOrder),
+    /// Stop a running turn's worker (it settles when it exits).
+    Stop {
+        turn: sessiond_proto::session::TurnId,
+        pid: u32,
+    },
+}
 
-/// Runs start orders until the daemon stops. `limit` turns run at once across all sessions;
-/// the rest wait in order for a slot.
-pub async fn run(ctx: Arc<Daemon>, mut orders: mpsc::UnboundedReceiver<StartOrder>, limit: usize) {
+/// Where orders go.
+pub type Orders = mpsc::UnboundedSender<Order>;
+
+/// Runs orders until the daemon stops. `limit` turns run at once across all sessions; the rest
+/// wait in order for a slot.
+pub async fn run(ctx: Arc<Daemon>, mut orders: mpsc::UnboundedReceiver<Order>, limit: usize) {
     let slots = Arc::new(Semaphore::new(limit.max(1)));
     while let Some(order) = orders.recv().await {
+        let order = match order {
+            Order::Start(order) => order,
+            Order::Stop { turn, pid } => {
+                tokio::spawn(stop_worker(ctx.clone(), turn, pid));
+                continue;
+            }
+        };
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
@@ -40,6 +58,16 @@ pub async fn run(ctx: Arc<Daemon>, mut orders: mpsc::UnboundedReceiver<StartOrde
         let saved = ctx.registry().barrier();
         tokio::spawn(async move {
             let turn = order.turn;
+            if ctx.registry().cancel_requested(turn) {
+                drop(slot);
+                let next = ctx
+                    .registry()
+                    .settle(turn, TurnStatus::Cancelled, None, None);
+                if let Some(next) = next {
+                    ctx.start_turn(next);
+                }
+                return;
+            }
             // Never start a worker for a turn a crash could forget.
             if !matches!(saved.await, Ok(Ok(()))) {
                 let next = ctx.registry().settle(
@@ -61,6 +89,26 @@ pub async fn run(ctx: Arc<Daemon>, mut orders: mpsc::UnboundedReceiver<StartOrde
                 ctx.start_turn(next);
             }
         });
+    }
+}
+
+/// Stops a running turn's worker: SIGINT to its process group, SIGTERM after the interrupt
+/// grace, SIGKILL after the terminate grace, each only if that same worker still runs the
+/// turn. The turn settles when the process exits.
+pub async fn stop_worker(ctx: Arc<Daemon>, turn: sessiond_proto::session::TurnId, pid: u32) {
+    use nix::sys::signal::Signal;
+    let steps = [
+        (Signal::SIGINT, ctx.config.interrupt_grace()),
+        (Signal::SIGTERM, ctx.config.terminate_grace()),
+        (Signal::SIGKILL, std::time::Duration::ZERO),
+    ];
+    for (signal, then_wait) in steps {
+        if ctx.registry().worker_of(turn) != Some(pid) {
+            return;
+        }
+        debug!(turn = %turn, pid, ?signal, "stopping worker");
+        let _ = crate::platform::signal_group(pid, signal);
+        tokio::time::sleep(then_wait).await;
     }
 }
 

@@ -2,12 +2,13 @@
 //! step and returns. A change answers once its commit is durable (`Reply::AfterCommit`); the
 //! connection waits for that, never the registry, so a slow disk delays the writer alone.
 
+use sessiond_proto::methods::TurnParams;
 use sessiond_proto::methods::{
     ContextParams, CreateParams, ListParams, ListResult, QueueResult, RenameParams, SessionParams,
     SubmitParams, SubmitResult, SubscribeParams, SubscribeResult, SwitchResult, UnsubscribeParams,
     UnsubscribeResult,
 };
-use sessiond_proto::session::{Owner, SessionInfo};
+use sessiond_proto::session::{Owner, SessionInfo, TurnInfo};
 use sessiond_proto::ErrorCode;
 
 use crate::conn::Conn;
@@ -139,6 +140,43 @@ pub fn queue(
     p: SessionParams,
 ) -> HandlerResult<Reply<QueueResult>> {
     ctx.registry().queue(&p).map(Reply::Now)
+}
+
+pub fn pause(
+    ctx: &Daemon,
+    _conn: &Conn,
+    _id: u64,
+    p: SessionParams,
+) -> HandlerResult<Reply<QueueResult>> {
+    ctx.registry()
+        .pause(&p, "paused by a client")
+        .map(after_commit)
+}
+
+pub fn resume(
+    ctx: &Daemon,
+    _conn: &Conn,
+    _id: u64,
+    p: SessionParams,
+) -> HandlerResult<Reply<QueueResult>> {
+    let (result, commit, start) = ctx.registry().resume(&p)?;
+    if let Some(order) = start {
+        ctx.start_turn(order);
+    }
+    Ok(Reply::AfterCommit(result, commit))
+}
+
+pub fn cancel(
+    ctx: &Daemon,
+    _conn: &Conn,
+    _id: u64,
+    p: TurnParams,
+) -> HandlerResult<Reply<TurnInfo>> {
+    let (info, commit, worker) = ctx.registry().cancel(&p.turn)?;
+    if let Some(pid) = worker {
+        ctx.stop_worker(info.turn_id, pid);
+    }
+    Ok(Reply::AfterCommit(info, commit))
 }
 
 pub fn subscribe(

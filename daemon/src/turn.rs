@@ -25,6 +25,8 @@ pub struct Turn {
     pub worker_start_time: Option<u64>,
     /// Output chunks recorded so far (numbers the next one).
     pub output_chunks: u64,
+    /// A client asked to abort it while it ran; it settles as cancelled.
+    pub cancel_requested: bool,
 }
 
 impl Turn {

@@ -356,8 +356,32 @@ pub struct SubmitResult {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueResult {
     pub session: SessionId,
+    /// Why the queue is held, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<TurnInfo>,
     /// In the order they will run.
     pub queued: Vec<TurnInfo>,
+}
+
+method!(
+    /// Holds a session's queue: the running turn finishes, queued ones wait.
+    Pause = "pause", SessionParams => QueueResult
+);
+method!(
+    /// Releases a held queue; the next queued turn starts if none is running.
+    Resume = "resume", SessionParams => QueueResult
+);
+method!(
+    /// Removes a queued turn, or aborts the running one (SIGINT to its process group, then
+    /// SIGTERM, then SIGKILL). An aborted turn pauses its session's queue.
+    Cancel = "cancel", TurnParams => TurnInfo
+);
+
+/// Params naming one turn: its full id or a unique prefix of at least 4 hex digits, among the
+/// turns not yet settled.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnParams {
+    pub turn: String,
 }

@@ -215,6 +215,9 @@ pub mod event_kind {
     pub const TURN_STARTED: &str = "turn_started";
     pub const TURN_OUTPUT: &str = "turn_output";
     pub const TURN_SETTLED: &str = "turn_settled";
+    /// The session's queue is held (`reason` says why); queued turns wait.
+    pub const QUEUE_PAUSED: &str = "queue_paused";
+    pub const QUEUE_RESUMED: &str = "queue_resumed";
     /// Not about a session: the subscriber fell behind.
     pub const LAGGED: &str = "lagged";
     pub const ALL: &[&str] = &[
@@ -230,6 +233,8 @@ pub mod event_kind {
         TURN_STARTED,
         TURN_OUTPUT,
         TURN_SETTLED,
+        QUEUE_PAUSED,
+        QUEUE_RESUMED,
         LAGGED,
     ];
 }

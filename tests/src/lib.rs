@@ -561,3 +561,17 @@ impl RawConn {
         payload
     }
 }
+
+/// Whether process `pid` still runs. A zombie (exited, waiting for its parent, often init after
+/// its daemon died, to reap it) counts as gone.
+pub fn process_running(pid: i32) -> bool {
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|rest| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() && !zombie
+}

@@ -177,3 +177,165 @@ fn empty_and_oversized_prompts_are_refused() {
     let queue = sb.ctl(&["--json", "queue"]).json();
     assert!(queue["running"].is_null());
 }
+
+#[test]
+fn pause_holds_the_queue_and_resume_releases_it_in_order() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = shell_session(&sb);
+    let paused = sb.ctl(&["--json", "pause"]).json();
+    assert_eq!(paused["paused"], "paused by a client");
+    for i in 0..3 {
+        let sent = sb
+            .ctl(&["--json", "send", &format!("echo {i} >> order.log")])
+            .json();
+        assert_eq!(sent["accepted"], false, "a paused session queues");
+    }
+    assert_eq!(
+        sb.ctl(&["--json", "show", "job"]).json()["activity"],
+        "paused"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        !project.join("order.log").exists(),
+        "nothing ran while paused"
+    );
+    let again = sb.ctl(&["pause"]);
+    assert_eq!(again.code(), 1);
+    assert!(
+        again.stderr().contains("already paused"),
+        "{}",
+        again.stderr()
+    );
+    sb.ctl(&["resume"]).ok();
+    let last = sb.ctl(&["send", "--wait", "echo end >> order.log"]);
+    assert_eq!(last.code(), 0, "{}", last.stderr());
+    assert_eq!(
+        std::fs::read_to_string(project.join("order.log")).unwrap(),
+        "0\n1\n2\nend\n"
+    );
+}
+
+#[test]
+fn cancelling_a_queued_turn_removes_it_unrun() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = shell_session(&sb);
+    sb.ctl(&["send", "sleep 0.4"]).ok();
+    let queued = sb.ctl(&["--json", "send", "touch never-ran"]).json();
+    let turn = queued["turn"]["turn_id"].as_str().unwrap().to_string();
+    let cancelled = sb.ctl(&["--json", "cancel", &turn[..8]]).json();
+    assert_eq!(cancelled["status"], "cancelled");
+    let after = sb.ctl(&["send", "--wait", "true"]);
+    assert_eq!(
+        after.code(),
+        0,
+        "the queue was not paused: {}",
+        after.stderr()
+    );
+    assert!(!project.join("never-ran").exists());
+    let gone = sb.ctl(&["cancel", &turn]);
+    assert_eq!(gone.code(), 1);
+    assert!(
+        gone.stderr().contains("no queued or running turn"),
+        "{}",
+        gone.stderr()
+    );
+}
+
+#[test]
+fn cancelling_a_running_turn_stops_it_and_pauses_the_queue() {
+    let sb = Sandbox::with_config("[daemon]\ninterrupt_grace_ms = 200\nterminate_grace_ms = 200\n");
+    let _daemon = sb.start_daemon();
+    let project = shell_session(&sb);
+    // This worker ignores SIGINT and SIGTERM: only the final SIGKILL can end it.
+    let running = sb
+        .ctl(&[
+            "--json",
+            "send",
+            "trap '' INT TERM; echo $$ > worker.pid; sleep 30",
+        ])
+        .json();
+    let turn = running["turn"]["turn_id"].as_str().unwrap().to_string();
+    sessiond_tests::eventually("the worker to start", || {
+        project.join("worker.pid").exists()
+    });
+    let pid: i32 = std::fs::read_to_string(project.join("worker.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    sb.ctl(&["send", "touch ran-after-cancel"]).ok();
+    let answer = sb.ctl(&["--json", "cancel", &turn]).json();
+    assert_eq!(
+        answer["status"], "running",
+        "settles when its process exits"
+    );
+    sessiond_tests::eventually("the worker to be killed", || {
+        !sessiond_tests::process_running(pid)
+    });
+    sessiond_tests::eventually("the queue to pause", || {
+        sb.ctl(&["--json", "queue"]).json()["paused"]
+            .as_str()
+            .is_some_and(|r| r.contains("cancelled"))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        !project.join("ran-after-cancel").exists(),
+        "queued work must not run after an aborted turn until resumed"
+    );
+    sb.ctl(&["resume"]).ok();
+    sessiond_tests::eventually("the queued turn to run", || {
+        project.join("ran-after-cancel").exists()
+    });
+}
+
+#[test]
+fn kill_9_mid_turn_leaves_no_orphan_and_resume_runs_the_queue_once() {
+    let sb = Sandbox::with_config("[daemon]\nterminate_grace_ms = 500\n");
+    let mut daemon = sb.start_daemon();
+    let project = shell_session(&sb);
+    sb.ctl(&["send", "echo $$ > worker.pid; exec sleep 60"])
+        .ok();
+    sb.ctl(&["send", "echo once >> queued.log"]).ok();
+    sessiond_tests::eventually("the worker to start", || {
+        project.join("worker.pid").exists()
+    });
+    let pid: i32 = std::fs::read_to_string(project.join("worker.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    daemon.wait();
+    let alive = sessiond_tests::process_running;
+    assert!(
+        alive(pid),
+        "a worker outlives its daemon (it leads its own process group)"
+    );
+
+    let _restarted = sb.start_daemon();
+    assert!(
+        !alive(pid),
+        "the restarted daemon ended the old worker before serving"
+    );
+    let queue = sb.ctl(&["--json", "queue"]).json();
+    assert_eq!(queue["paused"], "daemon_restarted");
+    assert!(queue["running"].is_null());
+    assert_eq!(
+        queue["queued"].as_array().unwrap().len(),
+        1,
+        "nothing queued was lost"
+    );
+    assert!(
+        !project.join("queued.log").exists(),
+        "nothing ran before resume"
+    );
+    sb.ctl(&["resume"]).ok();
+    let after = sb.ctl(&["send", "--wait", "true"]);
+    assert_eq!(after.code(), 0, "{}", after.stderr());
+    assert_eq!(
+        std::fs::read_to_string(project.join("queued.log")).unwrap(),
+        "once\n"
+    );
+}

@@ -236,6 +236,20 @@ pub enum Command {
     /// Show a session's running turn and its queue
     Queue(Target),
 
+    /// Hold a session's queue: the running turn finishes, queued ones wait until `resume`
+    Pause(Target),
+
+    /// Release a held queue (also after a cancelled turn or a daemon restart): the next
+    /// queued turn starts
+    Resume(Target),
+
+    /// Remove a queued turn, or abort the running one (SIGINT to its process group, then
+    /// SIGTERM, then SIGKILL); an aborted turn pauses its session's queue
+    Cancel {
+        /// The turn: its id or at least 4 hex digits of it (`sessionctl queue` lists them)
+        turn: String,
+    },
+
     /// Manage the daemon itself: status, start, stop, restart, log level, paths
     #[command(subcommand)]
     Daemon(DaemonCommand),

@@ -14,6 +14,7 @@ use sessiond_client::{exit, ClientError, ConnectOptions};
 use sessiond_proto::paths::{PathOverrides, Paths};
 
 use cli::{Cli, Command};
+use commands::turns::QueueAction;
 use output::{report, Out};
 
 fn main() -> ExitCode {
@@ -47,7 +48,16 @@ fn main() -> ExitCode {
                 follow: *follow,
             },
         ),
-        Command::Queue(target) => commands::turns::queue(&opts, &out, context, target).map(|()| 0),
+        Command::Queue(target) => {
+            commands::turns::queue(&opts, &out, context, target, QueueAction::Show).map(|()| 0)
+        }
+        Command::Pause(target) => {
+            commands::turns::queue(&opts, &out, context, target, QueueAction::Pause).map(|()| 0)
+        }
+        Command::Resume(target) => {
+            commands::turns::queue(&opts, &out, context, target, QueueAction::Resume).map(|()| 0)
+        }
+        Command::Cancel { turn } => commands::turns::cancel(&opts, &out, turn).map(|()| 0),
         other => commands::sessions::run(other, &opts, &out, context).map(|()| 0),
     });
     match result {

@@ -121,7 +121,10 @@ pub fn run(
         | Command::Version
         | Command::Daemon(_)
         | Command::Send { .. }
-        | Command::Queue(_) => {
+        | Command::Queue(_)
+        | Command::Pause(_)
+        | Command::Resume(_)
+        | Command::Cancel { .. } => {
             unreachable!("handled by their own modules")
         }
     }

@@ -7,7 +7,8 @@ use sessiond_client::{BlockingClient, ClientError, ConnectOptions};
 use sessiond_proto::envelope::Event;
 use sessiond_proto::frame;
 use sessiond_proto::methods::{
-    Get, Queue, SessionParams, Submit, SubmitParams, Subscribe, SubscribeParams,
+    Cancel, Get, Pause, Queue, Resume, SessionParams, Submit, SubmitParams, Subscribe,
+    SubscribeParams, TurnParams,
 };
 use sessiond_proto::session::{event_kind, EventFilter, SessionEvent, TurnInfo, TurnStatus};
 
@@ -149,14 +150,23 @@ pub fn send(
     }
 }
 
+/// Which queue command.
+#[derive(Clone, Copy)]
+pub enum QueueAction {
+    Show,
+    Pause,
+    Resume,
+}
+
 pub fn queue(
     opts: &ConnectOptions,
     out: &Out,
     context: Option<&str>,
     t: &Target,
+    action: QueueAction,
 ) -> Result<(), ClientError> {
     let mut client = BlockingClient::connect(opts)?;
-    let result = client.call::<Queue>(SessionParams {
+    let params = SessionParams {
         session: t.session.clone(),
         project: t
             .project
@@ -164,8 +174,16 @@ pub fn queue(
             .map(crate::commands::sessions::absolute)
             .transpose()?,
         context: context.map(str::to_string),
-    })?;
+    };
+    let result = match action {
+        QueueAction::Show => client.call::<Queue>(params)?,
+        QueueAction::Pause => client.call::<Pause>(params)?,
+        QueueAction::Resume => client.call::<Resume>(params)?,
+    };
     out.emit(&result, |w| {
+        if let Some(reason) = &result.paused {
+            writeln!(w, "paused   {reason} (`sessionctl resume` releases it)")?;
+        }
         let line = |w: &mut dyn Write, label: &str, t: &TurnInfo| {
             let prompt: String = t.prompt.chars().take(60).collect();
             let prompt = prompt.replace('\n', " ");
@@ -182,5 +200,20 @@ pub fn queue(
             writeln!(w, "(nothing queued)")?;
         }
         Ok(())
+    })
+}
+
+pub fn cancel(opts: &ConnectOptions, out: &Out, turn: &str) -> Result<(), ClientError> {
+    let mut client = BlockingClient::connect(opts)?;
+    let info = client.call::<Cancel>(TurnParams {
+        turn: turn.to_string(),
+    })?;
+    out.emit(&info, |w| match info.status {
+        TurnStatus::Running => writeln!(
+            w,
+            "stopping turn {} (it settles as cancelled when its process exits; the queue pauses)",
+            info.turn_id.short()
+        ),
+        _ => writeln!(w, "cancelled turn {}", info.turn_id.short()),
     })
 }
