@@ -112,6 +112,26 @@ pub async fn stop_worker(ctx: Arc<Daemon>, turn: sessiond_proto::session::TurnId
     }
 }
 
+/// SIGINT, SIGTERM, SIGKILL to a worker's group with the configured grace periods, stopping
+/// as soon as the leader is gone.
+async fn stop_group(ctx: &Daemon, pid: u32) {
+    use nix::sys::signal::Signal;
+    for (signal, grace) in [
+        (Signal::SIGINT, ctx.config.interrupt_grace()),
+        (Signal::SIGTERM, ctx.config.terminate_grace()),
+        (Signal::SIGKILL, std::time::Duration::ZERO),
+    ] {
+        if !crate::platform::process_alive(pid) {
+            return;
+        }
+        let _ = crate::platform::signal_group(pid, signal);
+        let deadline = tokio::time::Instant::now() + grace;
+        while crate::platform::process_alive(pid) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// Runs one turn's process to the end; returns how it ended.
 async fn run_turn(ctx: &Daemon, order: StartOrder) -> (TurnStatus, Option<i32>, Option<String>) {
     let Some(provider) = ctx.providers.get(&*order.provider) else {
@@ -133,6 +153,17 @@ async fn run_turn(ctx: &Daemon, order: StartOrder) -> (TurnStatus, Option<i32>, 
         Ok(argv) => argv,
         Err(e) => return failed(e.message),
     };
+    // The session's lock, taken before the worker exists and inherited by it: the session
+    // stays owned exactly as long as a process that can write it lives, even if this daemon
+    // dies first.
+    let mut claim = match ctx
+        .session_files
+        .claim(&id, std::process::id(), "daemon worker")
+    {
+        Ok(claim) => claim,
+        Err(e) => return failed(e.to_string()),
+    };
+    let lock_fd = claim.lock_fd();
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .current_dir(&order.cwd)
@@ -147,7 +178,23 @@ async fn run_turn(ctx: &Daemon, order: StartOrder) -> (TurnStatus, Option<i32>, 
             PromptChannel::Argv => Stdio::null(),
         });
     #[cfg(unix)]
-    cmd.process_group(0);
+    {
+        cmd.process_group(0);
+        // SAFETY: runs in the child between fork and exec and only calls fcntl, which is
+        // async-signal-safe; it clears close-on-exec on the lock so the worker inherits it.
+        unsafe {
+            cmd.pre_exec(move || {
+                let flags = nix::libc::fcntl(lock_fd, nix::libc::F_GETFD);
+                if flags < 0
+                    || nix::libc::fcntl(lock_fd, nix::libc::F_SETFD, flags & !nix::libc::FD_CLOEXEC)
+                        < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -165,6 +212,9 @@ async fn run_turn(ctx: &Daemon, order: StartOrder) -> (TurnStatus, Option<i32>, 
         }
     };
     let pid = child.id().unwrap_or(0);
+    if let Err(e) = claim.hand_to(pid, "daemon worker") {
+        warn!(turn = %order.turn, "cannot name the worker in the session's pid file: {e}");
+    }
     ctx.registry()
         .worker_started(order.turn, pid, crate::platform::process_start_time(pid));
     debug!(turn = %order.turn, pid, "worker started");
@@ -178,11 +228,49 @@ async fn run_turn(ctx: &Daemon, order: StartOrder) -> (TurnStatus, Option<i32>, 
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let turn = order.turn;
-    tokio::join!(
+    let limit = provider.timeout_secs.map(std::time::Duration::from_secs);
+    let waited = async {
+        let exit = match limit {
+            None => child.wait().await.map(Some),
+            Some(limit) => match tokio::time::timeout(limit, child.wait()).await {
+                Ok(exit) => exit.map(Some),
+                Err(_) => {
+                    stop_group(ctx, pid).await;
+                    let _ = child.wait().await;
+                    Ok(None)
+                }
+            },
+        };
+        // Whatever the worker started and left behind belongs to the turn: end it, so it
+        // cannot hold the session's lock or keep the output pipes (and this turn) open.
+        #[cfg(unix)]
+        let _ = crate::platform::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        exit
+    };
+    let (exit, _, _) = tokio::join!(
+        waited,
         pump(ctx, turn, "stdout", stdout),
         pump(ctx, turn, "stderr", stderr)
     );
-    match child.wait().await {
+    if let Err(e) = claim.release() {
+        warn!(turn = %turn, "cannot release the session's ownership files: {e}");
+    }
+    let exit = match exit {
+        Ok(None) => {
+            return (
+                TurnStatus::Failed,
+                None,
+                Some(format!(
+                    "timed out after {} s (timeout_secs of provider {:?})",
+                    limit.map_or(0, |l| l.as_secs()),
+                    &*order.provider
+                )),
+            )
+        }
+        Ok(Some(status)) => Ok(status),
+        Err(e) => Err(e),
+    };
+    match exit {
         Ok(status) if status.success() => (TurnStatus::Completed, Some(0), None),
         Ok(status) => match status.code() {
             Some(code) => (TurnStatus::Failed, Some(code), None),

@@ -339,3 +339,84 @@ fn kill_9_mid_turn_leaves_no_orphan_and_resume_runs_the_queue_once() {
         "once\n"
     );
 }
+
+#[test]
+fn the_worker_owns_the_session_while_it_runs() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = shell_session(&sb);
+    sb.ctl(&["send", "echo $$ > worker.pid; sleep 0.6"]).ok();
+    sessiond_tests::eventually("the worker to start", || {
+        project.join("worker.pid").exists()
+    });
+    let pid: u64 = std::fs::read_to_string(project.join("worker.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    sessiond_tests::eventually("the pid file to name the worker", || {
+        let owner = &sb.ctl(&["--json", "show", "job"]).json()["owner"];
+        owner["pid"].as_u64() == Some(pid)
+    });
+    let owner = sb.ctl(&["--json", "show", "job"]).json()["owner"].clone();
+    assert_eq!(owner["live"], true);
+    assert_eq!(owner["owner"], "daemon worker");
+    sb.ctl(&["send", "--wait", "true"]).ok();
+    let after = sb.ctl(&["--json", "show", "job"]).json();
+    assert!(
+        after["owner"].is_null(),
+        "released after the turn: {}",
+        after["owner"]
+    );
+}
+
+#[test]
+fn children_left_behind_neither_hang_the_turn_nor_outlive_it() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = shell_session(&sb);
+    let out = sb.ctl(&[
+        "send",
+        "--follow",
+        "sleep 60 & echo $! > bg.pid; echo started",
+    ]);
+    assert_eq!(out.code(), 0, "{}", out.stderr());
+    assert_eq!(out.stdout(), "started\n");
+    let bg: i32 = std::fs::read_to_string(project.join("bg.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    sessiond_tests::eventually("the leftover child to be ended", || {
+        !sessiond_tests::process_running(bg)
+    });
+    // And the session is free for the next turn.
+    assert_eq!(sb.ctl(&["send", "--wait", "true"]).code(), 0);
+}
+
+#[test]
+fn a_turn_over_its_providers_timeout_fails_saying_so() {
+    let sb = Sandbox::with_config(
+        "[daemon]\ninterrupt_grace_ms = 100\nterminate_grace_ms = 100\n\n\
+         [providers.slow]\ncommand = [\"sh\", \"-c\", \"{prompt}\"]\ntimeout_secs = 1\n",
+    );
+    let _daemon = sb.start_daemon();
+    let project = sb.project("p");
+    sb.ctl(&[
+        "new",
+        "--project",
+        project.to_str().unwrap(),
+        "--provider",
+        "slow",
+        "--name",
+        "s",
+    ])
+    .ok();
+    let out = sb.ctl(&["send", "--wait", "s", "sleep 30"]);
+    assert_eq!(out.code(), 1);
+    assert!(
+        out.stderr().contains("timed out after 1 s"),
+        "{}",
+        out.stderr()
+    );
+}
