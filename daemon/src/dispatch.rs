@@ -14,8 +14,9 @@ use serde::de::DeserializeOwned;
 use sessiond_proto::envelope::{ErrorFrame, RequestParams, Response};
 use sessiond_proto::frame;
 use sessiond_proto::methods::{
-    Archive, Cancel, Create, Current, Get, List, Method, Pause, Ping, Queue, Regenerate, Rename,
-    Reopen, Resume, SetLogLevel, Shutdown, Status, Submit, Subscribe, Switch, Unsubscribe,
+    Archive, Cancel, Create, Current, Get, List, Method, Pause, Ping, Promote, Queue, Regenerate,
+    Rename, Reopen, Resume, SetLogLevel, Shutdown, Status, Steer, Submit, Subscribe, Switch,
+    Unsubscribe,
 };
 use sessiond_proto::ErrorCode;
 
@@ -136,6 +137,8 @@ routes! {
     Pause => session_methods::pause,
     Resume => session_methods::resume,
     Cancel => session_methods::cancel,
+    Steer => session_methods::steer,
+    Promote => session_methods::promote,
 }
 
 /// Decodes a request's params for method `M`. Omitted params are read as an empty map, so a

@@ -24,8 +24,8 @@ use crate::dispatch::RequestError;
 use crate::events::EventBus;
 use crate::session::Session;
 use crate::store::{Commit, ContextRow, Loaded, Store, Write};
-use crate::turn::Turn;
-use sessiond_proto::methods::{QueueResult, SubmitParams, SubmitResult};
+use crate::turn::{Stop, Turn};
+use sessiond_proto::methods::{QueueResult, SteerParams, SubmitParams, SubmitResult};
 use sessiond_proto::session::{TurnId, TurnKind, TurnStatus};
 use std::collections::VecDeque;
 
@@ -974,7 +974,7 @@ impl Registry {
             worker_pid: None,
             worker_start_time: None,
             output_chunks: 0,
-            cancel_requested: false,
+            stop: None,
         };
         let turn_id = turn.id;
         self.turns.insert(turn_id, turn);
@@ -1061,16 +1061,22 @@ impl Registry {
     ) -> Option<StartOrder> {
         let mut turn = self.turns.remove(&turn_id)?;
         // An aborted turn is cancelled whatever its exit, and holds the queue: what was
-        // queued after it may depend on work that did not happen.
-        let (status, error) = if turn.cancel_requested {
-            let reason = format!("turn {} was cancelled", turn_id.short());
-            self.queues.entry(turn.session).or_default().paused = Some(reason);
-            (
-                TurnStatus::Cancelled,
-                error.or(Some("cancelled by a client".into())),
-            )
-        } else {
-            (status, error)
+        // queued after it may depend on work that did not happen. A steered one is
+        // interrupted, and the steer (at the head of the queue) runs next.
+        let (status, error) = match turn.stop {
+            Some(Stop::Cancel) => {
+                let reason = format!("turn {} was cancelled", turn_id.short());
+                self.queues.entry(turn.session).or_default().paused = Some(reason);
+                (
+                    TurnStatus::Cancelled,
+                    error.or(Some("cancelled by a client".into())),
+                )
+            }
+            Some(Stop::Steer) => (
+                TurnStatus::Interrupted,
+                Some("interrupted by a steer, which runs next".into()),
+            ),
+            None => (status, error),
         };
         turn.status = status;
         turn.ended_at = Some(sessiond_proto::now_ms());
@@ -1098,7 +1104,7 @@ impl Registry {
             rest,
             &format!("turn {} {}", turn_id.short(), status.as_str()),
         ));
-        if turn.cancel_requested {
+        if turn.stop == Some(Stop::Cancel) {
             self.publish_paused(session_id, paused.as_deref().unwrap_or("cancelled"));
         }
         if let Some(session) = self.sessions.get_mut(&session_id) {
@@ -1191,6 +1197,108 @@ impl Registry {
         Ok((result, self.store.write(writes), order))
     }
 
+    /// Submits a turn that runs next. A running turn is interrupted unless `no_interrupt`;
+    /// the answer then names its worker, which the caller must stop (the steer starts when it
+    /// exits). A paused queue stays paused, with the steer at its head.
+    #[allow(clippy::type_complexity)]
+    pub fn steer(
+        &mut self,
+        p: &SteerParams,
+    ) -> Result<
+        (
+            SubmitResult,
+            Commit,
+            Option<StartOrder>,
+            Option<(TurnId, u32)>,
+        ),
+        RequestError,
+    > {
+        let submitted = SubmitParams {
+            session: p.session.clone(),
+            project: p.project.clone(),
+            context: p.context.clone(),
+            prompt: p.prompt.clone(),
+            no_queue: false,
+        };
+        let (mut result, commit, start) = self.submit(&submitted)?;
+        let turn_id = result.turn.turn_id;
+        let session = result.turn.session;
+        if let Some(turn) = self.turns.get_mut(&turn_id) {
+            turn.kind = TurnKind::Steer;
+        }
+        if start.is_some() {
+            // The session was free: it simply started.
+            result.turn.kind = TurnKind::Steer;
+            drop(
+                self.store
+                    .write(vec![Write::Turn(self.turns[&turn_id].clone())]),
+            );
+            return Ok((result, commit, start, None));
+        }
+        self.move_to_head(turn_id);
+        let mut event = self.turn_event(&self.turns[&turn_id]);
+        event.position = Some(1);
+        self.events.publish(event_kind::TURN_PROMOTED, event);
+        let mut stop = None;
+        if !p.no_interrupt {
+            if let Some(running) = self.queues.get(&session).and_then(|q| q.running) {
+                if let Some(t) = self.turns.get_mut(&running) {
+                    if t.stop.is_none() {
+                        t.stop = Some(Stop::Steer);
+                        stop = t.worker_pid.map(|pid| (running, pid));
+                    }
+                }
+            }
+        }
+        let turn = &self.turns[&turn_id];
+        result.turn = turn.info(self.position(turn_id));
+        drop(self.store.write(vec![Write::Turn(turn.clone())]));
+        Ok((result, commit, None, stop))
+    }
+
+    /// Puts a queued turn at the head of its session's queue, with an order number below the
+    /// old head's so the order survives a restart.
+    fn move_to_head(&mut self, turn_id: TurnId) {
+        let Some(session) = self.turns.get(&turn_id).map(|t| t.session) else {
+            return;
+        };
+        let Some(queue) = self.queues.get_mut(&session) else {
+            return;
+        };
+        queue.queued.retain(|t| *t != turn_id);
+        let head_order = queue
+            .queued
+            .front()
+            .and_then(|head| self.turns.get(head))
+            .map(|t| t.order);
+        queue.queued.push_front(turn_id);
+        if let (Some(head), Some(turn)) = (head_order, self.turns.get_mut(&turn_id)) {
+            turn.order = turn.order.min(head - 1);
+        }
+    }
+
+    /// Moves a queued turn to the head of its queue.
+    pub fn promote(
+        &mut self,
+        selector: &str,
+    ) -> Result<(sessiond_proto::session::TurnInfo, Commit), RequestError> {
+        self.writable()?;
+        let id = self.resolve_turn(selector)?;
+        if self.turns[&id].status == TurnStatus::Running {
+            return Err(invalid_state(format!(
+                "turn {} is already running; promote moves queued turns",
+                id.short()
+            )));
+        }
+        self.move_to_head(id);
+        let turn = self.turns[&id].clone();
+        let mut event = self.turn_event(&turn);
+        event.position = Some(1);
+        self.events.publish(event_kind::TURN_PROMOTED, event);
+        let info = turn.info(self.position(id));
+        Ok((info, self.store.write(vec![Write::Turn(turn)])))
+    }
+
     /// Finds an unsettled turn by full id or unique prefix.
     fn resolve_turn(&self, selector: &str) -> Result<TurnId, RequestError> {
         let sel = selector.trim();
@@ -1242,7 +1350,7 @@ impl Registry {
         let id = self.resolve_turn(selector)?;
         let turn = self.turns.get_mut(&id).expect("resolved");
         if turn.status == TurnStatus::Running {
-            turn.cancel_requested = true;
+            turn.stop = Some(Stop::Cancel);
             let (info, pid) = (turn.info(None), turn.worker_pid);
             return Ok((info, self.barrier(), pid));
         }
@@ -1270,9 +1378,9 @@ impl Registry {
             .and_then(|t| t.worker_pid)
     }
 
-    /// Whether a client asked to cancel the turn (the runner checks before starting it).
-    pub fn cancel_requested(&self, turn: TurnId) -> bool {
-        self.turns.get(&turn).is_some_and(|t| t.cancel_requested)
+    /// Whether the turn is to be stopped (the runner checks before starting it).
+    pub fn stop_requested(&self, turn: TurnId) -> bool {
+        self.turns.get(&turn).is_some_and(|t| t.stop.is_some())
     }
 
     /// Turns that were running when the previous daemon stopped, for settlement at start-up.

@@ -58,8 +58,9 @@ pub async fn run(ctx: Arc<Daemon>, mut orders: mpsc::UnboundedReceiver<Order>, l
         let saved = ctx.registry().barrier();
         tokio::spawn(async move {
             let turn = order.turn;
-            if ctx.registry().cancel_requested(turn) {
+            if ctx.registry().stop_requested(turn) {
                 drop(slot);
+                // Settle maps the stop to its status (cancelled, or interrupted by a steer).
                 let next = ctx
                     .registry()
                     .settle(turn, TurnStatus::Cancelled, None, None);

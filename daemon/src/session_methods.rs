@@ -2,12 +2,12 @@
 //! step and returns. A change answers once its commit is durable (`Reply::AfterCommit`); the
 //! connection waits for that, never the registry, so a slow disk delays the writer alone.
 
-use sessiond_proto::methods::TurnParams;
 use sessiond_proto::methods::{
     ContextParams, CreateParams, ListParams, ListResult, QueueResult, RenameParams, SessionParams,
     SubmitParams, SubmitResult, SubscribeParams, SubscribeResult, SwitchResult, UnsubscribeParams,
     UnsubscribeResult,
 };
+use sessiond_proto::methods::{SteerParams, TurnParams};
 use sessiond_proto::session::{Owner, SessionInfo, TurnInfo};
 use sessiond_proto::ErrorCode;
 
@@ -140,6 +140,31 @@ pub fn queue(
     p: SessionParams,
 ) -> HandlerResult<Reply<QueueResult>> {
     ctx.registry().queue(&p).map(Reply::Now)
+}
+
+pub fn steer(
+    ctx: &Daemon,
+    _conn: &Conn,
+    _id: u64,
+    p: SteerParams,
+) -> HandlerResult<Reply<SubmitResult>> {
+    let (result, commit, start, stop) = ctx.registry().steer(&p)?;
+    if let Some(order) = start {
+        ctx.start_turn(order);
+    }
+    if let Some((turn, pid)) = stop {
+        ctx.stop_worker(turn, pid);
+    }
+    Ok(Reply::AfterCommit(result, commit))
+}
+
+pub fn promote(
+    ctx: &Daemon,
+    _conn: &Conn,
+    _id: u64,
+    p: TurnParams,
+) -> HandlerResult<Reply<TurnInfo>> {
+    ctx.registry().promote(&p.turn).map(after_commit)
 }
 
 pub fn pause(

@@ -435,7 +435,7 @@ fn load(conn: &Connection) -> Result<Loaded, DbError> {
             worker_pid: r.get::<_, Option<i64>>(11)?.map(|v| v as u32),
             worker_start_time: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),
             output_chunks: 0,
-            cancel_requested: false,
+            stop: None,
         });
     }
     Ok(Loaded {

@@ -25,8 +25,17 @@ pub struct Turn {
     pub worker_start_time: Option<u64>,
     /// Output chunks recorded so far (numbers the next one).
     pub output_chunks: u64,
-    /// A client asked to abort it while it ran; it settles as cancelled.
-    pub cancel_requested: bool,
+    /// Why it is being stopped while it runs, if it is.
+    pub stop: Option<Stop>,
+}
+
+/// Why a running turn is being stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// A client cancelled it: it settles `cancelled` and pauses the queue.
+    Cancel,
+    /// A steer takes its place: it settles `interrupted`, and the steer runs next.
+    Steer,
 }
 
 impl Turn {

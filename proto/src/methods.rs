@@ -385,3 +385,28 @@ method!(
 pub struct TurnParams {
     pub turn: String,
 }
+
+method!(
+    /// Submits a prompt that runs next: by default it interrupts the running turn (which
+    /// settles `interrupted`), with `no_interrupt` it only goes to the head of the queue.
+    Steer = "steer", SteerParams => SubmitResult
+);
+method!(
+    /// Moves a queued turn to the head of its queue, without interrupting anything.
+    Promote = "promote", TurnParams => TurnInfo
+);
+
+/// Params of `steer`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SteerParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    pub prompt: String,
+    /// Do not interrupt the running turn; only go to the head of the queue.
+    #[serde(default)]
+    pub no_interrupt: bool,
+}

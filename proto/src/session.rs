@@ -215,6 +215,8 @@ pub mod event_kind {
     pub const TURN_STARTED: &str = "turn_started";
     pub const TURN_OUTPUT: &str = "turn_output";
     pub const TURN_SETTLED: &str = "turn_settled";
+    /// A queued turn moved to the head of its queue.
+    pub const TURN_PROMOTED: &str = "turn_promoted";
     /// The session's queue is held (`reason` says why); queued turns wait.
     pub const QUEUE_PAUSED: &str = "queue_paused";
     pub const QUEUE_RESUMED: &str = "queue_resumed";
@@ -233,6 +235,7 @@ pub mod event_kind {
         TURN_STARTED,
         TURN_OUTPUT,
         TURN_SETTLED,
+        TURN_PROMOTED,
         QUEUE_PAUSED,
         QUEUE_RESUMED,
         LAGGED,

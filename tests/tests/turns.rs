@@ -420,3 +420,79 @@ fn a_turn_over_its_providers_timeout_fails_saying_so() {
         out.stderr()
     );
 }
+
+#[test]
+fn steer_interrupts_the_running_turn_and_runs_next_without_pausing() {
+    let sb = Sandbox::with_config("[daemon]\ninterrupt_grace_ms = 200\nterminate_grace_ms = 200\n");
+    let _daemon = sb.start_daemon();
+    let project = shell_session(&sb);
+    sb.ctl(&[
+        "send",
+        "echo $$ > long.pid; sleep 30; echo never >> order.log",
+    ])
+    .ok();
+    sb.ctl(&["send", "echo queued >> order.log"]).ok();
+    sessiond_tests::eventually("the long turn to start", || {
+        project.join("long.pid").exists()
+    });
+    let steered = sb.ctl(&["steer", "--wait", "echo steer >> order.log"]);
+    assert_eq!(steered.code(), 0, "{}", steered.stderr());
+    let after = sb.ctl(&["send", "--wait", "echo last >> order.log"]);
+    assert_eq!(after.code(), 0, "{}", after.stderr());
+    assert_eq!(
+        std::fs::read_to_string(project.join("order.log")).unwrap(),
+        "steer\nqueued\nlast\n",
+        "the steer ran next, the queue went on, the interrupted turn never finished"
+    );
+    let queue = sb.ctl(&["--json", "queue"]).json();
+    assert!(
+        queue["paused"].is_null(),
+        "a steer does not pause the queue"
+    );
+}
+
+#[test]
+fn steer_without_interrupt_and_promote_reorder_the_queue() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = shell_session(&sb);
+    sb.ctl(&["send", "sleep 0.5; echo first >> order.log"]).ok();
+    sb.ctl(&["send", "echo a >> order.log"]).ok();
+    let b = sb.ctl(&["--json", "send", "echo b >> order.log"]).json();
+    let steer = sb
+        .ctl(&["--json", "steer", "--no-interrupt", "echo s >> order.log"])
+        .json();
+    assert_eq!(steer["turn"]["position"], 1);
+    assert_eq!(steer["turn"]["kind"], "steer");
+    let b_id = b["turn"]["turn_id"].as_str().unwrap().to_string();
+    let promoted = sb.ctl(&["--json", "promote", &b_id[..8]]).json();
+    assert_eq!(promoted["position"], 1);
+    let order: Vec<String> = sb.ctl(&["--json", "queue"]).json()["queued"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["prompt"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "echo b >> order.log",
+            "echo s >> order.log",
+            "echo a >> order.log"
+        ]
+    );
+    sb.ctl(&["send", "--wait", "true"]).ok();
+    assert_eq!(
+        std::fs::read_to_string(project.join("order.log")).unwrap(),
+        "first\nb\ns\na\n"
+    );
+    let running = sb.ctl(&["--json", "send", "sleep 0.3"]).json();
+    let running_id = running["turn"]["turn_id"].as_str().unwrap().to_string();
+    let refused = sb.ctl(&["promote", &running_id]);
+    assert_eq!(refused.code(), 1);
+    assert!(
+        refused.stderr().contains("already running"),
+        "{}",
+        refused.stderr()
+    );
+}

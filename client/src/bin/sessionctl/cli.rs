@@ -233,6 +233,33 @@ pub enum Command {
         follow: bool,
     },
 
+    /// Send a prompt that runs next: it interrupts the running turn (SIGINT to its process
+    /// group, then SIGTERM and SIGKILL), which settles `interrupted`; with --no-interrupt it
+    /// only goes to the head of the queue. Takes the same options as `send`.
+    Steer {
+        /// [SESSION] PROMPT
+        #[arg(num_args = 1..=2, value_names = ["SESSION", "PROMPT"], required = true)]
+        args: Vec<String>,
+        /// Look names up in this project only
+        #[arg(long, value_name = "DIR")]
+        project: Option<PathBuf>,
+        /// Do not interrupt the running turn; just run next
+        #[arg(long)]
+        no_interrupt: bool,
+        /// Wait for the turn to finish and exit with its status
+        #[arg(long)]
+        wait: bool,
+        /// Print the turn's output as it comes; implies --wait
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+
+    /// Move a queued turn to the head of its queue (nothing is interrupted)
+    Promote {
+        /// The turn: its id or at least 4 hex digits of it
+        turn: String,
+    },
+
     /// Show a session's running turn and its queue
     Queue(Target),
 

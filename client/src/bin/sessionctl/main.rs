@@ -46,8 +46,29 @@ fn main() -> ExitCode {
                 no_queue: *no_queue,
                 wait: *wait,
                 follow: *follow,
+                steer: None,
             },
         ),
+        Command::Steer {
+            args,
+            project,
+            no_interrupt,
+            wait,
+            follow,
+        } => commands::turns::send(
+            &opts,
+            &out,
+            context,
+            commands::turns::Send {
+                args,
+                project: project.as_ref(),
+                no_queue: false,
+                wait: *wait,
+                follow: *follow,
+                steer: Some(*no_interrupt),
+            },
+        ),
+        Command::Promote { turn } => commands::turns::promote(&opts, &out, turn).map(|()| 0),
         Command::Queue(target) => {
             commands::turns::queue(&opts, &out, context, target, QueueAction::Show).map(|()| 0)
         }

@@ -124,7 +124,9 @@ pub fn run(
         | Command::Queue(_)
         | Command::Pause(_)
         | Command::Resume(_)
-        | Command::Cancel { .. } => {
+        | Command::Cancel { .. }
+        | Command::Steer { .. }
+        | Command::Promote { .. } => {
             unreachable!("handled by their own modules")
         }
     }

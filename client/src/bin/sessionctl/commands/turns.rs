@@ -7,8 +7,8 @@ use sessiond_client::{BlockingClient, ClientError, ConnectOptions};
 use sessiond_proto::envelope::Event;
 use sessiond_proto::frame;
 use sessiond_proto::methods::{
-    Cancel, Get, Pause, Queue, Resume, SessionParams, Submit, SubmitParams, Subscribe,
-    SubscribeParams, TurnParams,
+    Cancel, Get, Pause, Promote, Queue, Resume, SessionParams, Steer, SteerParams, Submit,
+    SubmitParams, Subscribe, SubscribeParams, TurnParams,
 };
 use sessiond_proto::session::{event_kind, EventFilter, SessionEvent, TurnInfo, TurnStatus};
 
@@ -22,6 +22,8 @@ pub struct Send<'a> {
     pub no_queue: bool,
     pub wait: bool,
     pub follow: bool,
+    /// Send as a steer (runs next); `Some(true)` without interrupting the running turn.
+    pub steer: Option<bool>,
 }
 
 pub fn send(
@@ -69,13 +71,22 @@ pub fn send(
             },
         })?;
     }
-    let result = client.call::<Submit>(SubmitParams {
-        session,
-        project,
-        context: context.map(str::to_string),
-        prompt,
-        no_queue: s.no_queue,
-    })?;
+    let result = match s.steer {
+        None => client.call::<Submit>(SubmitParams {
+            session,
+            project,
+            context: context.map(str::to_string),
+            prompt,
+            no_queue: s.no_queue,
+        })?,
+        Some(no_interrupt) => client.call::<Steer>(SteerParams {
+            session,
+            project,
+            context: context.map(str::to_string),
+            prompt,
+            no_interrupt,
+        })?,
+    };
     let turn = result.turn.turn_id;
     if !waiting {
         out.emit(&result, |w| match result.turn.position {
@@ -215,5 +226,15 @@ pub fn cancel(opts: &ConnectOptions, out: &Out, turn: &str) -> Result<(), Client
             info.turn_id.short()
         ),
         _ => writeln!(w, "cancelled turn {}", info.turn_id.short()),
+    })
+}
+
+pub fn promote(opts: &ConnectOptions, out: &Out, turn: &str) -> Result<(), ClientError> {
+    let mut client = BlockingClient::connect(opts)?;
+    let info = client.call::<Promote>(TurnParams {
+        turn: turn.to_string(),
+    })?;
+    out.emit(&info, |w| {
+        writeln!(w, "turn {} is now next", info.turn_id.short())
     })
 }
