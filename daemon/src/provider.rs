@@ -274,6 +274,83 @@ impl ProviderConfig {
     }
 }
 
+/// What a `jsonl` provider's output said about its session.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// The provider's own id for the session.
+    SessionId(String),
+    /// Whether this line asks the user for input (true) or is ordinary progress (false).
+    NeedsInput(bool),
+}
+
+/// Longest line the scanner will parse; longer ones are stored but not interpreted, so a
+/// provider printing a gigabyte without a newline costs no memory here.
+pub const MAX_SCANNED_LINE: usize = 1024 * 1024;
+
+/// Splits a `jsonl` provider's stdout into lines and reads the configured pointers from each.
+pub struct LineScanner<'a> {
+    provider: &'a ProviderConfig,
+    line: Vec<u8>,
+    /// The current line outgrew `MAX_SCANNED_LINE` and is being skipped.
+    skipping: bool,
+}
+
+impl<'a> LineScanner<'a> {
+    pub fn new(provider: &'a ProviderConfig) -> Self {
+        Self {
+            provider,
+            line: Vec::new(),
+            skipping: false,
+        }
+    }
+
+    /// Feeds a chunk of output; returns the signals of every line it completed.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Signal> {
+        let mut signals = Vec::new();
+        for piece in bytes.split_inclusive(|b| *b == b'\n') {
+            let complete = piece.ends_with(b"\n");
+            if !self.skipping {
+                if self.line.len() + piece.len() > MAX_SCANNED_LINE {
+                    self.skipping = true;
+                    self.line.clear();
+                } else {
+                    self.line.extend_from_slice(piece);
+                }
+            }
+            if complete {
+                if !self.skipping {
+                    self.scan(&mut signals);
+                }
+                self.line.clear();
+                self.skipping = false;
+            }
+        }
+        signals
+    }
+
+    fn scan(&self, signals: &mut Vec<Signal>) {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&self.line) else {
+            return; // not JSON: progress text; nothing to learn
+        };
+        if let Some(pointer) = &self.provider.session_id_pointer {
+            if let Some(id) = value.pointer(pointer).and_then(|v| v.as_str()) {
+                if !id.is_empty() {
+                    signals.push(Signal::SessionId(id.to_string()));
+                }
+            }
+        }
+        if let Some(pointer) = &self.provider.needs_input_pointer {
+            let found = value.pointer(pointer);
+            let asks = match (&self.provider.needs_input_value, found) {
+                (_, None) => false,
+                (Some(expected), Some(v)) => v.as_str() == Some(expected.as_str()),
+                (None, Some(v)) => !(v.is_null() || v == &serde_json::Value::Bool(false)),
+            };
+            signals.push(Signal::NeedsInput(asks));
+        }
+    }
+}
+
 fn argv(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
@@ -398,6 +475,50 @@ mod tests {
             project: "/p",
             cwd: "/p/src",
         }
+    }
+
+    #[test]
+    fn scanner_reads_session_ids_and_input_requests_across_chunks() {
+        let p = ProviderConfig {
+            output: OutputFormat::Jsonl,
+            session_id_pointer: Some("/session_id".into()),
+            needs_input_pointer: Some("/type".into()),
+            needs_input_value: Some("permission_request".into()),
+            ..builtin()["shell"].clone()
+        };
+        let mut scanner = LineScanner::new(&p);
+        assert!(
+            scanner.feed(b"{\"session_id\": \"ab").is_empty(),
+            "line not complete"
+        );
+        assert_eq!(
+            scanner
+                .feed(b"c\", \"type\": \"init\"}\nnot json\n{\"type\":\"permission_request\"}\n"),
+            vec![
+                Signal::SessionId("abc".into()),
+                Signal::NeedsInput(false),
+                Signal::NeedsInput(true)
+            ]
+        );
+    }
+
+    #[test]
+    fn scanner_skips_an_endless_line_without_buffering_it() {
+        let p = ProviderConfig {
+            output: OutputFormat::Jsonl,
+            session_id_pointer: Some("/id".into()),
+            ..builtin()["shell"].clone()
+        };
+        let mut scanner = LineScanner::new(&p);
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..40 {
+            assert!(scanner.feed(&chunk).is_empty());
+            assert!(scanner.line.len() <= MAX_SCANNED_LINE);
+        }
+        assert_eq!(
+            scanner.feed(b"\n{\"id\":\"ok\"}\n"),
+            vec![Signal::SessionId("ok".into())]
+        );
     }
 
     #[test]

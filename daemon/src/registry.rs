@@ -1029,6 +1029,46 @@ impl Registry {
         drop(self.store.write(writes));
     }
 
+    /// Applies what a `jsonl` provider's output said: its session id (binding or rebinding the
+    /// session), or whether it waits for the user.
+    pub fn provider_signal(&mut self, turn_id: TurnId, signal: crate::provider::Signal) {
+        use crate::provider::Signal;
+        let Some(session) = self.turns.get(&turn_id).map(|t| t.session) else {
+            return;
+        };
+        match signal {
+            Signal::SessionId(id) => {
+                if let Err(e) = self.rebind(session, &id) {
+                    tracing::warn!(session = %session, "cannot record provider id {id:?}: {}", e.message);
+                }
+            }
+            Signal::NeedsInput(asks) => {
+                let activity = self.session(session).activity;
+                let write = match (asks, activity) {
+                    (true, Activity::Running) => {
+                        let write = self.set_activity(
+                            session,
+                            Activity::WaitingInput,
+                            "the provider asks for input",
+                        );
+                        let mut event = self.turn_event(&self.turns[&turn_id]);
+                        event.reason = Some("the provider asks for input or approval".into());
+                        self.events
+                            .publish(event_kind::SESSION_WAITING_INPUT, event);
+                        write
+                    }
+                    (false, Activity::WaitingInput) => {
+                        self.set_activity(session, Activity::Running, "the provider went on")
+                    }
+                    _ => None,
+                };
+                if let Some(write) = write {
+                    drop(self.store.write(vec![write]));
+                }
+            }
+        }
+    }
+
     /// Records a chunk of a running turn's output and publishes it.
     pub fn turn_output(&mut self, turn_id: TurnId, stream: &'static str, data: &[u8]) {
         let Some(turn) = self.turns.get_mut(&turn_id) else {

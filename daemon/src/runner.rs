@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, warn};
 
 use crate::context::Daemon;
-use crate::provider::{PromptChannel, Vars};
+use crate::provider::{LineScanner, OutputFormat, PromptChannel, Vars};
 use crate::registry::StartOrder;
 
 /// Bytes read from a worker's stdout or stderr at a time: one output event at most.
@@ -248,10 +248,11 @@ async fn run_turn(ctx: &Daemon, order: StartOrder) -> (TurnStatus, Option<i32>, 
         let _ = crate::platform::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
         exit
     };
+    let scanner = (provider.output == OutputFormat::Jsonl).then(|| LineScanner::new(provider));
     let (exit, _, _) = tokio::join!(
         waited,
-        pump(ctx, turn, "stdout", stdout),
-        pump(ctx, turn, "stderr", stderr)
+        pump(ctx, turn, "stdout", stdout, scanner),
+        pump(ctx, turn, "stderr", stderr, None)
     );
     if let Err(e) = claim.release() {
         warn!(turn = %turn, "cannot release the session's ownership files: {e}");
@@ -292,18 +293,30 @@ fn failed(message: String) -> (TurnStatus, Option<i32>, Option<String>) {
     (TurnStatus::Failed, None, Some(message))
 }
 
-/// Copies one output stream into the registry, chunk by chunk, until it closes.
+/// Copies one output stream into the registry, chunk by chunk, until it closes; with a
+/// scanner (a `jsonl` provider's stdout), also hands on what the lines say.
 async fn pump(
     ctx: &Daemon,
     turn: sessiond_proto::session::TurnId,
     stream: &'static str,
     mut from: impl AsyncRead + Unpin,
+    mut scanner: Option<LineScanner<'_>>,
 ) {
     let mut buf = vec![0u8; CHUNK];
     loop {
         match from.read(&mut buf).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => ctx.registry().turn_output(turn, stream, &buf[..n]),
+            Ok(n) => {
+                let signals = scanner
+                    .as_mut()
+                    .map(|s| s.feed(&buf[..n]))
+                    .unwrap_or_default();
+                let mut registry = ctx.registry();
+                registry.turn_output(turn, stream, &buf[..n]);
+                for signal in signals {
+                    registry.provider_signal(turn, signal);
+                }
+            }
         }
     }
 }

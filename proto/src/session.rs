@@ -217,6 +217,8 @@ pub mod event_kind {
     pub const TURN_SETTLED: &str = "turn_settled";
     /// A queued turn moved to the head of its queue.
     pub const TURN_PROMOTED: &str = "turn_promoted";
+    /// The provider asks the user for input or approval.
+    pub const SESSION_WAITING_INPUT: &str = "session_waiting_input";
     /// The session's queue is held (`reason` says why); queued turns wait.
     pub const QUEUE_PAUSED: &str = "queue_paused";
     pub const QUEUE_RESUMED: &str = "queue_resumed";
@@ -236,6 +238,7 @@ pub mod event_kind {
         TURN_OUTPUT,
         TURN_SETTLED,
         TURN_PROMOTED,
+        SESSION_WAITING_INPUT,
         QUEUE_PAUSED,
         QUEUE_RESUMED,
         LAGGED,

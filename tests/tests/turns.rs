@@ -496,3 +496,62 @@ fn steer_without_interrupt_and_promote_reorder_the_queue() {
         refused.stderr()
     );
 }
+
+#[test]
+fn a_jsonl_provider_binds_the_session_and_later_ids_become_aliases() {
+    // A scripted agent: the first turn has no id to resume; later turns get the bound one.
+    let sb = Sandbox::with_config(
+        "[providers.agent]\n\
+         first_command = [\"sh\", \"-c\", \"{prompt}\"]\n\
+         command = [\"sh\", \"-c\", \"echo '{{\\\"resumed\\\": \\\"{provider_session_id}\\\"}}'; {prompt}\"]\n\
+         output = \"jsonl\"\n\
+         session_id_pointer = \"/session_id\"\n\
+         needs_input_pointer = \"/type\"\n\
+         needs_input_value = \"ask\"\n",
+    );
+    let _daemon = sb.start_daemon();
+    let project = sb.project("p");
+    sb.ctl(&[
+        "new",
+        "--project",
+        project.to_str().unwrap(),
+        "--provider",
+        "agent",
+        "--name",
+        "a",
+    ])
+    .ok();
+    let first = sb.ctl(&["send", "--wait", "a", "echo '{\"session_id\": \"conv-1\"}'"]);
+    assert_eq!(first.code(), 0, "{}", first.stderr());
+    let shown = sb.ctl(&["--json", "show", "a"]).json();
+    assert_eq!(shown["phase"], "bound");
+    assert_eq!(shown["provider_session_id"], "conv-1");
+
+    let second = sb.ctl(&[
+        "send",
+        "--follow",
+        "a",
+        "echo '{\"session_id\": \"conv-2\"}'",
+    ]);
+    assert_eq!(second.code(), 0, "{}", second.stderr());
+    assert!(
+        second.stdout().starts_with("{\"resumed\": \"conv-1\"}"),
+        "the second turn resumed the provider's session: {}",
+        second.stdout()
+    );
+    let shown = sb.ctl(&["--json", "show", "a"]).json();
+    assert_eq!(shown["provider_session_id"], "conv-2");
+    assert_eq!(shown["aliases"], serde_json::json!(["conv-1"]));
+    for alias in ["conv-1", "conv-2"] {
+        assert_eq!(sb.ctl(&["--json", "show", alias]).json()["id"], shown["id"]);
+    }
+
+    // A line asking for input shows as waiting_input while the turn waits.
+    sb.ctl(&["send", "a", "echo '{\"type\": \"ask\"}'; sleep 0.6"])
+        .ok();
+    sessiond_tests::eventually("the session to wait for input", || {
+        sb.ctl(&["--json", "show", "a"]).json()["activity"] == "waiting_input"
+    });
+    sb.ctl(&["send", "--wait", "a", "true"]).ok();
+    assert_eq!(sb.ctl(&["--json", "show", "a"]).json()["activity"], "idle");
+}
