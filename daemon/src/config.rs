@@ -51,6 +51,8 @@ pub struct DaemonConfig {
     pub interrupt_grace_ms: u64,
     /// … then SIGKILL after this long.
     pub terminate_grace_ms: u64,
+    /// Output kept (stored and published) per turn; beyond it output is read and discarded.
+    pub max_output_bytes: u64,
 }
 
 impl Default for DaemonConfig {
@@ -67,6 +69,7 @@ impl Default for DaemonConfig {
             max_concurrent_turns: 0,
             interrupt_grace_ms: 2_000,
             terminate_grace_ms: 3_000,
+            max_output_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -111,7 +114,7 @@ impl DaemonConfig {
 pub struct ConfigError(String);
 
 /// Bounds for each numeric setting: (key, value, min, max).
-fn ranges(d: &DaemonConfig) -> [(&'static str, u64, u64, u64); 10] {
+fn ranges(d: &DaemonConfig) -> [(&'static str, u64, u64, u64); 11] {
     [
         // A hello must fit; above 1 GiB a single client could pin too much memory.
         ("max_frame_bytes", d.max_frame_bytes, 1024, 1 << 30),
@@ -134,6 +137,7 @@ fn ranges(d: &DaemonConfig) -> [(&'static str, u64, u64, u64); 10] {
         ),
         ("interrupt_grace_ms", d.interrupt_grace_ms, 0, 600_000),
         ("terminate_grace_ms", d.terminate_grace_ms, 0, 600_000),
+        ("max_output_bytes", d.max_output_bytes, 1024, 1 << 40),
     ]
 }
 

@@ -974,6 +974,8 @@ impl Registry {
             worker_pid: None,
             worker_start_time: None,
             output_chunks: 0,
+            output_bytes: 0,
+            output_truncated: false,
             stop: None,
         };
         let turn_id = turn.id;
@@ -1069,10 +1071,33 @@ impl Registry {
         }
     }
 
-    /// Records a chunk of a running turn's output and publishes it.
-    pub fn turn_output(&mut self, turn_id: TurnId, stream: &'static str, data: &[u8]) {
+    /// Records a chunk of a running turn's output and publishes it. Past `cap` bytes per turn
+    /// output is dropped, after one chunk saying so.
+    pub fn turn_output(&mut self, turn_id: TurnId, stream: &'static str, data: &[u8], cap: u64) {
         let Some(turn) = self.turns.get_mut(&turn_id) else {
             return;
+        };
+        if turn.output_truncated {
+            return;
+        }
+        let room = cap.saturating_sub(turn.output_bytes) as usize;
+        let marker;
+        let data = if data.len() > room {
+            turn.output_bytes = cap;
+            turn.output_truncated = true;
+            marker = [
+                &data[..room],
+                format!(
+                    "\n[sessiond: this turn's output passed {cap} bytes (max_output_bytes); the \
+                     rest is discarded, the turn goes on]\n"
+                )
+                .as_bytes(),
+            ]
+            .concat();
+            &marker[..]
+        } else {
+            turn.output_bytes += data.len() as u64;
+            data
         };
         let chunk = turn.output_chunks;
         turn.output_chunks += 1;

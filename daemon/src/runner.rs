@@ -312,7 +312,7 @@ async fn pump(
                     .map(|s| s.feed(&buf[..n]))
                     .unwrap_or_default();
                 let mut registry = ctx.registry();
-                registry.turn_output(turn, stream, &buf[..n]);
+                registry.turn_output(turn, stream, &buf[..n], ctx.config.max_output_bytes);
                 for signal in signals {
                     registry.provider_signal(turn, signal);
                 }

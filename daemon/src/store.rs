@@ -435,6 +435,8 @@ fn load(conn: &Connection) -> Result<Loaded, DbError> {
             worker_pid: r.get::<_, Option<i64>>(11)?.map(|v| v as u32),
             worker_start_time: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),
             output_chunks: 0,
+            output_bytes: 0,
+            output_truncated: false,
             stop: None,
         });
     }

@@ -25,6 +25,10 @@ pub struct Turn {
     pub worker_start_time: Option<u64>,
     /// Output chunks recorded so far (numbers the next one).
     pub output_chunks: u64,
+    /// Output bytes kept so far, against the per-turn cap.
+    pub output_bytes: u64,
+    /// The cap was passed: the marker was sent and further output is discarded.
+    pub output_truncated: bool,
     /// Why it is being stopped while it runs, if it is.
     pub stop: Option<Stop>,
 }

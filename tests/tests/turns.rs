@@ -555,3 +555,56 @@ fn a_jsonl_provider_binds_the_session_and_later_ids_become_aliases() {
     sb.ctl(&["send", "--wait", "a", "true"]).ok();
     assert_eq!(sb.ctl(&["--json", "show", "a"]).json()["activity"], "idle");
 }
+
+#[test]
+fn a_flood_of_output_is_capped_and_slows_no_other_session() {
+    let sb = Sandbox::with_config("[daemon]\nmax_output_bytes = 1048576\n");
+    let daemon = sb.start_daemon();
+    let project = sb.project("p");
+    for name in ["loud", "quiet"] {
+        sb.ctl(&[
+            "new",
+            "--project",
+            project.to_str().unwrap(),
+            "--name",
+            name,
+        ])
+        .ok();
+    }
+    let mut loud = sb.sessionctl();
+    loud.args([
+        "send",
+        "--follow",
+        "loud",
+        "head -c 30000000 /dev/zero | tr '\\0' x; echo; echo tail-end >&2",
+    ]);
+    let loud = loud
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Meanwhile another session's turns run and the daemon answers.
+    for _ in 0..3 {
+        assert_eq!(sb.ctl(&["send", "--wait", "quiet", "true"]).code(), 0);
+        sb.ctl(&["ping"]).ok();
+    }
+    let out = loud.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.len() < 1_100_000,
+        "kept output is capped: {} bytes",
+        stdout.len()
+    );
+    assert!(stdout.contains("[sessiond: this turn's output passed 1048576 bytes"));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(
+        rss_kb < 64 * 1024,
+        "daemon RSS {rss_kb} kB after a 30 MB flood"
+    );
+}
