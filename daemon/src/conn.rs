@@ -33,10 +33,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::context::Daemon;
-use crate::dispatch::{self, Answer, METHODS};
+use crate::dispatch::{self, Answer, LaterFrame, METHODS};
 use crate::events::EventQueue;
 use crate::shutdown::DrainGuard;
-use crate::store::Commit;
 
 /// What handlers may know about the connection a request came on.
 pub struct Conn {
@@ -266,10 +265,10 @@ const MAX_PENDING: usize = 1024;
 /// every 256 events.
 const FRAMES_PER_TURN: usize = 16;
 
-/// Answers waiting on commits, oldest first. The store commits jobs in the order it receives
-/// them, so the oldest commit always lands first and waiting on it alone is enough.
+/// Answers waiting on commits or reads, oldest first. The store completes jobs in the order it
+/// receives them, so the oldest always completes first and waiting on it alone is enough.
 #[derive(Default)]
-struct Pending(VecDeque<(u64, Vec<u8>, Commit)>);
+struct Pending(VecDeque<LaterFrame>);
 
 impl Pending {
     fn is_empty(&self) -> bool {
@@ -280,13 +279,12 @@ impl Pending {
         self.0.len()
     }
 
-    /// Waits for the oldest commit and returns the frame to send for it. Cancel-safe: nothing
-    /// is removed until the commit has resolved.
+    /// Waits for the oldest answer and returns its frame. Cancel-safe: nothing is removed
+    /// until it has resolved.
     async fn next(&mut self) -> Vec<u8> {
-        let (_, _, commit) = self.0.front_mut().expect("next() on an empty queue");
-        let outcome = commit.await;
-        let (id, frame, _) = self.0.pop_front().expect("still there");
-        Answer::after_commit(id, frame, outcome)
+        let frame = self.0.front_mut().expect("next() on an empty queue").await;
+        self.0.pop_front();
+        frame
     }
 }
 
@@ -426,8 +424,8 @@ async fn handle_frame(
             };
             match answer {
                 Answer::Now(bytes) => send(outbox, bytes).await,
-                Answer::AfterCommit { id, frame, commit } => {
-                    pending.0.push_back((id, frame, commit));
+                Answer::Later(frame) => {
+                    pending.0.push_back(frame);
                     true
                 }
             }

@@ -10,13 +10,16 @@
 //! is durable ([`Reply::AfterCommit`]), and the connection keeps reading while it waits, so a
 //! client pipelining a thousand writes shares commits instead of paying one fsync each.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use serde::de::DeserializeOwned;
 use sessiond_proto::envelope::{ErrorFrame, RequestParams, Response};
 use sessiond_proto::frame;
 use sessiond_proto::methods::{
-    Archive, Cancel, Create, Current, Get, List, Method, Pause, Ping, Promote, Queue, Regenerate,
-    Rename, Reopen, Resume, SetLogLevel, Shutdown, Status, Steer, Submit, Subscribe, Switch,
-    Unsubscribe,
+    Archive, Cancel, Create, Current, Get, List, Log, Method, Pause, Ping, Promote, Queue,
+    Regenerate, Rename, Reopen, Resume, SetLogLevel, Shutdown, Status, Steer, Submit, Subscribe,
+    Switch, Unsubscribe,
 };
 use sessiond_proto::ErrorCode;
 
@@ -53,22 +56,24 @@ pub enum Reply<T> {
     Now(T),
     /// Answer once this commit is durable (or fail the request if it is not).
     AfterCommit(T, Commit),
+    /// Answer when this resolves (a read the store thread runs after earlier writes).
+    Deferred(Pin<Box<dyn Future<Output = HandlerResult<T>> + Send>>),
 }
+
+/// A frame that becomes available later.
+pub type LaterFrame = Pin<Box<dyn Future<Output = Vec<u8>> + Send>>;
 
 /// A request's encoded answer, as the connection must deliver it.
 pub enum Answer {
     Now(Vec<u8>),
-    AfterCommit {
-        id: u64,
-        /// The success frame, sent when the commit lands.
-        frame: Vec<u8>,
-        commit: Commit,
-    },
+    /// Sent when the future resolves; a connection sends its later answers in request order,
+    /// which is also the order the store completes them in.
+    Later(LaterFrame),
 }
 
 impl Answer {
     /// The frame to send once `commit` has resolved this way.
-    pub fn after_commit(
+    fn after_commit(
         id: u64,
         frame: Vec<u8>,
         outcome: Result<Result<(), StoreError>, tokio::sync::oneshot::error::RecvError>,
@@ -139,6 +144,7 @@ routes! {
     Cancel => session_methods::cancel,
     Steer => session_methods::steer,
     Promote => session_methods::promote,
+    Log => session_methods::log,
 }
 
 /// Decodes a request's params for method `M`. Omitted params are read as an empty map, so a
@@ -182,14 +188,24 @@ fn unknown_method(method: &str) -> RequestError {
     )
 }
 
-fn answer<R: serde::Serialize>(id: u64, outcome: HandlerResult<Reply<R>>) -> Answer {
+fn answer<R: serde::Serialize + Send + 'static>(
+    id: u64,
+    outcome: HandlerResult<Reply<R>>,
+) -> Answer {
     match outcome {
         Ok(Reply::Now(result)) => Answer::Now(response_frame(id, &result)),
-        Ok(Reply::AfterCommit(result, commit)) => Answer::AfterCommit {
-            id,
-            frame: response_frame(id, &result),
-            commit,
-        },
+        Ok(Reply::AfterCommit(result, commit)) => {
+            let frame = response_frame(id, &result);
+            Answer::Later(Box::pin(async move {
+                Answer::after_commit(id, frame, commit.await)
+            }))
+        }
+        Ok(Reply::Deferred(later)) => Answer::Later(Box::pin(async move {
+            match later.await {
+                Ok(result) => response_frame(id, &result),
+                Err(e) => error_frame(id, e),
+            }
+        })),
         Err(e) => Answer::Now(error_frame(id, e)),
     }
 }

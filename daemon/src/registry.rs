@@ -281,6 +281,27 @@ impl Registry {
         Ok(registry)
     }
 
+    /// Which session a `log` means, and the context's generation when the context chose it.
+    pub fn log_target(
+        &self,
+        session: Option<&str>,
+        project: Option<&str>,
+        context: Option<&str>,
+    ) -> Result<(SessionId, Option<u64>), RequestError> {
+        let context = context_name(context)?;
+        let id = self.resolve(session, project, &context)?;
+        let generation = session
+            .is_none()
+            .then(|| self.contexts.get(&context).map(|c| c.generation))
+            .flatten();
+        Ok((id, generation))
+    }
+
+    /// Runs a query on the store thread after the writes queued so far.
+    pub fn read(&self, query: crate::store::Query) {
+        self.store.read(query);
+    }
+
     /// Resolves once every write queued before it is durable (an empty job: the store commits
     /// in order). The runner waits on it so no worker starts for a turn that is not saved.
     pub fn barrier(&self) -> Commit {

@@ -7,7 +7,7 @@ use sessiond_proto::methods::{
     SubmitParams, SubmitResult, SubscribeParams, SubscribeResult, SwitchResult, UnsubscribeParams,
     UnsubscribeResult,
 };
-use sessiond_proto::methods::{SteerParams, TurnParams};
+use sessiond_proto::methods::{LogParams, LogResult, SteerParams, TurnParams};
 use sessiond_proto::session::{Owner, SessionInfo, TurnInfo};
 use sessiond_proto::ErrorCode;
 
@@ -165,6 +165,42 @@ pub fn promote(
     p: TurnParams,
 ) -> HandlerResult<Reply<TurnInfo>> {
     ctx.registry().promote(&p.turn).map(after_commit)
+}
+
+pub fn log(ctx: &Daemon, _conn: &Conn, _id: u64, p: LogParams) -> HandlerResult<Reply<LogResult>> {
+    let registry = ctx.registry();
+    let (session, generation) = registry.log_target(
+        p.session.as_deref(),
+        p.project.as_deref(),
+        p.context.as_deref(),
+    )?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (turn, last) = (p.turn.clone(), p.last);
+    registry.read(Box::new(move |conn| {
+        let _ = tx.send(crate::store::transcript(
+            conn,
+            session,
+            turn.as_deref(),
+            last,
+        ));
+    }));
+    Ok(Reply::Deferred(Box::pin(async move {
+        match rx.await {
+            Ok(Ok(turns)) => Ok(LogResult {
+                session,
+                generation,
+                turns,
+            }),
+            Ok(Err(e)) => Err(RequestError::new(
+                ErrorCode::INTERNAL,
+                format!("cannot read the transcript: {e}"),
+            )),
+            Err(_) => Err(RequestError::new(
+                ErrorCode::INTERNAL,
+                "the store stopped before reading the transcript; see the daemon's log",
+            )),
+        }
+    })))
 }
 
 pub fn pause(

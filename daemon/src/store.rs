@@ -96,6 +96,78 @@ impl From<rusqlite::Error> for DbError {
     }
 }
 
+/// A session's turns and their output, oldest first; `turn` narrows to ids starting with it,
+/// `last` to the last N turns.
+pub fn transcript(
+    conn: &Connection,
+    session: SessionId,
+    turn: Option<&str>,
+    last: Option<u32>,
+) -> rusqlite::Result<Vec<sessiond_proto::methods::LogTurn>> {
+    use sessiond_proto::methods::{LogTurn, OutputChunk};
+    let prefix = format!("{}%", turn.unwrap_or("").to_lowercase());
+    let mut stmt = conn.prepare_cached(
+        "SELECT turn_id, queue_order, prompt, kind, status, created_at, started_at, ended_at,
+                exit_code, error
+         FROM turns WHERE session_id = ?1 AND turn_id LIKE ?2
+         ORDER BY COALESCE(started_at, created_at), created_at",
+    )?;
+    let mut turns = Vec::new();
+    let mut rows = stmt.query(params![session.to_string(), prefix])?;
+    while let Some(r) = rows.next()? {
+        let id_text: String = r.get(0)?;
+        let Ok(turn_id) = id_text.parse::<TurnId>() else {
+            continue;
+        };
+        let status_text: String = r.get(4)?;
+        let kind_text: String = r.get(3)?;
+        turns.push(sessiond_proto::session::TurnInfo {
+            turn_id,
+            session,
+            prompt: r.get(2)?,
+            kind: if kind_text == "steer" {
+                TurnKind::Steer
+            } else {
+                TurnKind::Normal
+            },
+            status: TurnStatus::ALL
+                .into_iter()
+                .find(|s| s.as_str() == status_text)
+                .unwrap_or(TurnStatus::Failed),
+            position: None,
+            created_at: r.get::<_, i64>(5)? as u64,
+            started_at: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+            ended_at: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+            exit_code: r.get(8)?,
+            error: r.get(9)?,
+        });
+    }
+    if let Some(last) = last {
+        let skip = turns.len().saturating_sub(last as usize);
+        turns.drain(..skip);
+    }
+    let mut output = conn.prepare_cached(
+        "SELECT chunk, stream, data FROM turn_output WHERE turn_id = ?1 ORDER BY chunk",
+    )?;
+    let mut log = Vec::with_capacity(turns.len());
+    for turn in turns {
+        let chunks = output
+            .query_map(params![turn.turn_id.to_string()], |r| {
+                Ok(OutputChunk {
+                    chunk: r.get::<_, i64>(0)? as u64,
+                    stream: r.get(1)?,
+                    data: String::from_utf8_lossy(&r.get::<_, Vec<u8>>(2)?).into_owned(),
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        log.push(LogTurn {
+            turn,
+            output: chunks,
+        });
+    }
+    Ok(log)
+}
+
 /// One row write.
 #[derive(Clone, Debug)]
 pub enum Write {
@@ -142,9 +214,15 @@ pub struct StoreError {
 /// Resolves when the writes it was handed to the store are durable (or failed).
 pub type Commit = oneshot::Receiver<Result<(), StoreError>>;
 
-struct Job {
-    writes: Vec<Write>,
-    done: oneshot::Sender<Result<(), StoreError>>,
+/// A query run on the store thread, in order with the writes queued before it.
+pub type Query = Box<dyn FnOnce(&Connection) + Send>;
+
+enum Job {
+    Write {
+        writes: Vec<Write>,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Read(Query),
 }
 
 /// The handle the registry writes through.
@@ -189,16 +267,24 @@ impl Store {
     /// Queues writes for the next commit.
     pub fn write(&self, writes: Vec<Write>) -> Commit {
         let (done, commit) = oneshot::channel();
-        let job = Job { writes, done };
+        let job = Job::Write { writes, done };
         if let Some(jobs) = &self.jobs {
-            if let Err(mpsc::SendError(job)) = jobs.send(job) {
-                let _ = job.done.send(Err(StoreError {
+            if let Err(mpsc::SendError(Job::Write { done, .. })) = jobs.send(job) {
+                let _ = done.send(Err(StoreError {
                     path: self.path.clone(),
                     message: "the store thread has stopped".into(),
                 }));
             }
         }
         commit
+    }
+
+    /// Runs `query` on the store thread after every write queued before it has committed.
+    /// (If the thread is gone, the query is dropped and its answer channel closes.)
+    pub fn read(&self, query: Query) {
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(Job::Read(query));
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -454,10 +540,30 @@ fn run(
     path: Arc<PathBuf>,
     failure: Arc<std::sync::Mutex<Option<String>>>,
 ) {
-    while let Ok(first) = queue.recv() {
+    let mut held_read = None;
+    loop {
+        // A read waits for the writes queued before it, so it starts the next round.
+        let first = match held_read.take() {
+            Some(read) => read,
+            None => match queue.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+        };
+        let first = match first {
+            Job::Read(query) => {
+                query(&conn);
+                continue;
+            }
+            write => write,
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
+                Ok(read @ Job::Read(_)) => {
+                    held_read = Some(read);
+                    break;
+                }
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
@@ -478,7 +584,9 @@ fn run(
             }
         });
         for job in batch {
-            let _ = job.done.send(result.clone());
+            if let Job::Write { done, .. } = job {
+                let _ = done.send(result.clone());
+            }
         }
     }
 }
@@ -510,7 +618,11 @@ fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<()> {
             "INSERT OR REPLACE INTO contexts (name, session_id, project, generation)
              VALUES (?1, ?2, ?3, ?4)",
         )?;
-        for write in batch.iter().flat_map(|job| &job.writes) {
+        let writes = batch.iter().flat_map(|job| match job {
+            Job::Write { writes, .. } => writes.as_slice(),
+            Job::Read(_) => &[],
+        });
+        for write in writes {
             match write {
                 Write::Session(s) => {
                     let id = s.id.to_string();

@@ -410,3 +410,54 @@ pub struct SteerParams {
     #[serde(default)]
     pub no_interrupt: bool,
 }
+
+method!(
+    /// A session's transcript: its turns, oldest first, each with its prompt and output.
+    Log = "log", LogParams => LogResult
+);
+
+/// Params of `log`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// Only this turn: its id or a prefix of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<String>,
+    /// Only the last N turns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<u32>,
+}
+
+/// Result of `log`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogResult {
+    pub session: SessionId,
+    /// When the session was the context's current one (no `session` given): the context's
+    /// generation at the time, so a client can drop a transcript meant for an older switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    pub turns: Vec<LogTurn>,
+}
+
+/// One turn of a transcript.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogTurn {
+    pub turn: TurnInfo,
+    /// In the order it was produced.
+    pub output: Vec<OutputChunk>,
+}
+
+/// One chunk of a turn's output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputChunk {
+    pub chunk: u64,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The text (invalid UTF-8 replaced).
+    pub data: String,
+}

@@ -608,3 +608,62 @@ fn a_flood_of_output_is_capped_and_slows_no_other_session() {
         "daemon RSS {rss_kb} kB after a 30 MB flood"
     );
 }
+
+#[test]
+fn log_and_export_give_the_transcript_in_order() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    shell_session(&sb);
+    sb.ctl(&["send", "--wait", "echo one; echo err >&2"]).ok();
+    assert_eq!(
+        sb.ctl(&["send", "--wait", "printf 'two\\nlines\\n'; exit 4"])
+            .code(),
+        4
+    );
+    let log = sb.ctl(&["--json", "log"]).json();
+    let turns = log["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 2);
+    assert_eq!(turns[0]["turn"]["prompt"], "echo one; echo err >&2");
+    assert_eq!(turns[0]["turn"]["status"], "completed");
+    let first: String = turns[0]["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["data"].as_str().unwrap())
+        .collect();
+    assert!(
+        first.contains("one\n") && first.contains("err\n"),
+        "{first}"
+    );
+    assert_eq!(turns[1]["turn"]["exit_code"], 4);
+    assert_eq!(turns[1]["turn"]["status"], "failed");
+    // The context's current session was meant: the answer carries its generation.
+    let current = sb.ctl(&["--json", "current"]).json();
+    assert_eq!(log["generation"], current["generation"]);
+
+    let last = sb.ctl(&["--json", "log", "job", "--last", "1"]).json();
+    assert_eq!(last["turns"].as_array().unwrap().len(), 1);
+    assert!(
+        last["generation"].is_null(),
+        "a named session is not a context read"
+    );
+
+    let human = sb.ctl(&["log"]).ok();
+    assert!(human.contains("$ echo one; echo err >&2"), "{human}");
+    assert!(human.contains("failed (exit 4)"), "{human}");
+
+    let export = sb.ctl(&["export", "job"]).ok();
+    let lines: Vec<serde_json::Value> = export
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let kinds: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"turn"));
+    assert_eq!(kinds.iter().filter(|k| **k == "turn").count(), 2);
+    let two: String = lines
+        .iter()
+        .filter(|l| l["type"] == "output" && l["turn_id"] == turns[1]["turn"]["turn_id"])
+        .map(|l| l["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(two, "two\nlines\n");
+}

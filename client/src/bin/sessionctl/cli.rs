@@ -260,6 +260,22 @@ pub enum Command {
         turn: String,
     },
 
+    /// Print a session's transcript: each turn's prompt, status and output, oldest first
+    Log {
+        #[command(flatten)]
+        target: Target,
+        /// Only this turn (its id or a prefix)
+        #[arg(long, value_name = "TURN")]
+        turn: Option<String>,
+        /// Only the last N turns
+        #[arg(long, value_name = "N")]
+        last: Option<u32>,
+    },
+
+    /// Write a session's transcript as JSON Lines: a {"type": "turn", …} line per turn, then
+    /// a {"type": "output", …} line per chunk of its output
+    Export(Target),
+
     /// Show a session's running turn and its queue
     Queue(Target),
 

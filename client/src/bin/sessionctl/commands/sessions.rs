@@ -126,7 +126,9 @@ pub fn run(
         | Command::Resume(_)
         | Command::Cancel { .. }
         | Command::Steer { .. }
-        | Command::Promote { .. } => {
+        | Command::Promote { .. }
+        | Command::Log { .. }
+        | Command::Export(_) => {
             unreachable!("handled by their own modules")
         }
     }

@@ -7,8 +7,8 @@ use sessiond_client::{BlockingClient, ClientError, ConnectOptions};
 use sessiond_proto::envelope::Event;
 use sessiond_proto::frame;
 use sessiond_proto::methods::{
-    Cancel, Get, Pause, Promote, Queue, Resume, SessionParams, Steer, SteerParams, Submit,
-    SubmitParams, Subscribe, SubscribeParams, TurnParams,
+    Cancel, Get, Log, LogParams, LogResult, Pause, Promote, Queue, Resume, SessionParams, Steer,
+    SteerParams, Submit, SubmitParams, Subscribe, SubscribeParams, TurnParams,
 };
 use sessiond_proto::session::{event_kind, EventFilter, SessionEvent, TurnInfo, TurnStatus};
 
@@ -237,4 +237,102 @@ pub fn promote(opts: &ConnectOptions, out: &Out, turn: &str) -> Result<(), Clien
     out.emit(&info, |w| {
         writeln!(w, "turn {} is now next", info.turn_id.short())
     })
+}
+
+fn fetch_log(
+    opts: &ConnectOptions,
+    context: Option<&str>,
+    t: &Target,
+    turn: Option<&str>,
+    last: Option<u32>,
+) -> Result<LogResult, ClientError> {
+    let mut client = BlockingClient::connect(opts)?;
+    client.call::<Log>(LogParams {
+        session: t.session.clone(),
+        project: t
+            .project
+            .as_deref()
+            .map(crate::commands::sessions::absolute)
+            .transpose()?,
+        context: context.map(str::to_string),
+        turn: turn.map(str::to_string),
+        last,
+    })
+}
+
+pub fn log(
+    opts: &ConnectOptions,
+    out: &Out,
+    context: Option<&str>,
+    t: &Target,
+    turn: Option<&str>,
+    last: Option<u32>,
+) -> Result<(), ClientError> {
+    let result = fetch_log(opts, context, t, turn, last)?;
+    let now = sessiond_proto::now_ms();
+    out.emit(&result, |w| {
+        if result.turns.is_empty() {
+            return writeln!(w, "no turns yet (`sessionctl send PROMPT` starts one)");
+        }
+        for entry in &result.turns {
+            let t = &entry.turn;
+            let exit = t
+                .exit_code
+                .map_or(String::new(), |c| format!(" (exit {c})"));
+            writeln!(
+                w,
+                "── {} {}{exit} · {} ──",
+                t.turn_id.short(),
+                t.status.as_str(),
+                crate::output::ago(now, t.created_at)
+            )?;
+            writeln!(w, "$ {}", t.prompt)?;
+            for chunk in &entry.output {
+                w.write_all(chunk.data.as_bytes())?;
+            }
+            if entry.output.last().is_some_and(|c| !c.data.ends_with('\n')) {
+                writeln!(w)?;
+            }
+            if let Some(error) = &t.error {
+                writeln!(w, "[{error}]")?;
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn export(opts: &ConnectOptions, context: Option<&str>, t: &Target) -> Result<(), ClientError> {
+    let result = fetch_log(opts, context, t, None, None)?;
+    let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut emit = |value: serde_json::Value| -> Result<(), ClientError> {
+        match writeln!(w, "{value}") {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            Err(e) => Err(ClientError::Local(format!("cannot write output: {e}"))),
+        }
+    };
+    for entry in &result.turns {
+        let mut turn =
+            serde_json::to_value(&entry.turn).map_err(|e| ClientError::Local(e.to_string()))?;
+        turn["type"] = "turn".into();
+        emit(turn)?;
+        for chunk in &entry.output {
+            emit(serde_json::json!({
+                "type": "output",
+                "turn_id": entry.turn.turn_id,
+                "chunk": chunk.chunk,
+                "stream": chunk.stream,
+                "data": chunk.data,
+            }))?;
+        }
+    }
+    w.flush()
+        .or_else(|e| {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+        .map_err(|e| ClientError::Local(format!("cannot write output: {e}")))
 }
