@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sessiond_proto::envelope::{ErrorFrame, Event, Hello, Lagged, Request, Response, Welcome};
 use sessiond_proto::methods::*;
-use sessiond_proto::session::{Activity, EventFilter, Phase, SessionEvent, SessionId, SessionInfo};
+use sessiond_proto::session::{
+    Activity, EventFilter, Phase, SessionEvent, SessionId, SessionInfo, TurnId, TurnInfo, TurnKind,
+    TurnStatus,
+};
 use sessiond_proto::{frame, ErrorCode, ProtocolVersion, PROTOCOL_VERSION};
 
 fn root() -> PathBuf {
@@ -307,6 +310,60 @@ fn golden_vectors_match_typed_messages() {
             ErrorCode::AMBIGUOUS,
             "id prefix \"0b8e\" matches 2 sessions; use a longer prefix, the full id, or --project:\n  0b8e3c1a \"fix-login\" (/home/ada/src/app, claude)\n  0b8e77d0 (/home/ada/src/api, codex)",
         ),
+    );
+    let turn_id: TurnId = "5c0ffee0-1b2c-4d3e-8f40-a1b2c3d4e5f6".parse().unwrap();
+    c.check(
+        "request_submit",
+        Request::new(
+            10,
+            Submit::NAME,
+            SubmitParams {
+                session: Some("fix-login".into()),
+                project: None,
+                context: None,
+                prompt: "run the tests and fix what fails".into(),
+                no_queue: false,
+            },
+        ),
+    );
+    c.check(
+        "response_submit",
+        Response::new(
+            10,
+            SubmitResult {
+                accepted: false,
+                turn: TurnInfo {
+                    turn_id,
+                    session: id,
+                    prompt: "run the tests and fix what fails".into(),
+                    kind: TurnKind::Normal,
+                    status: TurnStatus::Queued,
+                    position: Some(2),
+                    created_at: 1_790_000_001_000,
+                    started_at: None,
+                    ended_at: None,
+                    exit_code: None,
+                    error: None,
+                },
+            },
+        ),
+    );
+    c.check(
+        "event_turn_output",
+        Event {
+            kind: Default::default(),
+            seq: 77,
+            time: 1_790_000_002_000,
+            event: "turn_output".into(),
+            subscription: Some(8),
+            data: SessionEvent {
+                turn: Some(turn_id),
+                stream: Some("stdout".into()),
+                chunk: Some(0),
+                data: Some("running 42 tests\n".into()),
+                ..SessionEvent::scope(id, "/home/ada/src/app", "claude")
+            },
+        },
     );
     check_protocol_md_examples(&mut c.failures);
     check_no_orphan_vectors(&c.names, &mut c.failures);
