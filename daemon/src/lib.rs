@@ -29,7 +29,8 @@ pub mod dispatch;
 pub mod events;
 pub mod instance;
 pub mod logging;
-pub mod ownership;
+/// The per-session ownership files, shared with clients through the protocol crate.
+pub use sessiond_proto::ownership;
 pub mod platform;
 pub mod provider;
 pub mod recovery;

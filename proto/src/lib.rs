@@ -16,6 +16,9 @@
 //! - [`error`] holds the stable error codes; [`version`] the protocol version rule.
 //! - [`paths`] says where the socket and the daemon's files live, and checks that their
 //!   directories are private.
+//! - `ownership` is the per-session lock and pid files by which exactly one process (a
+//!   daemon worker, or `sessionctl run`) owns a session; `process` has the facts about
+//!   processes those decisions rest on.
 //!
 //! ```
 //! use sessiond_proto::{frame, envelope::Request, methods::{Method, Ping, PingParams}};
@@ -29,7 +32,11 @@ pub mod envelope;
 pub mod error;
 pub mod frame;
 pub mod methods;
+#[cfg(unix)]
+pub mod ownership;
 pub mod paths;
+#[cfg(unix)]
+pub mod process;
 pub mod session;
 pub mod version;
 

@@ -33,7 +33,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::platform;
+use crate::process as platform;
 
 /// Longest session id accepted. A UUID is 36 characters; the margin leaves room for another
 /// scheme while keeping file names far below any file system's limit.
@@ -77,7 +77,7 @@ impl PidRecord {
             pid,
             start_time: platform::process_start_time(pid),
             owner: owner.to_string(),
-            since: sessiond_proto::now_ms(),
+            since: crate::now_ms(),
         }
     }
 
@@ -183,7 +183,7 @@ impl SessionFiles {
     /// described as `owner` ("sessionctl run", "daemon worker").
     ///
     /// `id` must be 1 to 64 characters of lowercase hex digits and '-', starting with a digit
-    /// (every [`sessiond_proto::session::SessionId`] as displayed), else
+    /// (every [`crate::session::SessionId`] as displayed), else
     /// [`ClaimError::InvalidId`]: it becomes part of a file name, so '/', '..' and the like
     /// must never reach the path.
     ///
@@ -545,7 +545,7 @@ fn read_record(path: &Path) -> io::Result<Option<PidRecord>> {
 fn write_record(path: &Path, record: &PidRecord) -> io::Result<()> {
     let mut text = serde_json::to_vec(record).map_err(io::Error::other)?;
     text.push(b'\n');
-    sessiond_proto::paths::write_private_atomically(path, &text, false)
+    crate::paths::write_private_atomically(path, &text, false)
 }
 
 fn remove_if_present(path: &Path) -> io::Result<()> {
