@@ -124,7 +124,10 @@ pub async fn serve(ctx: Arc<Daemon>, stream: Stream, id: u64, _drain: DrainGuard
             debug!("closed: {}", failed.err().unwrap_or("writer finished"));
         }
     }
-    ctx.registry().events.drop_connection(conn.id);
+    let orders = ctx.registry().connection_closed(conn.id);
+    for order in orders {
+        ctx.start_turn(order);
+    }
 }
 
 /// Writes a connection-level error to a client that will not be served, then drops it.

@@ -17,9 +17,9 @@ use serde::de::DeserializeOwned;
 use sessiond_proto::envelope::{ErrorFrame, RequestParams, Response};
 use sessiond_proto::frame;
 use sessiond_proto::methods::{
-    Archive, Cancel, Create, Current, Get, List, Log, Method, Pause, Ping, Promote, Queue,
-    Regenerate, Rename, Reopen, Resume, SetLogLevel, Shutdown, Status, Steer, Submit, Subscribe,
-    Switch, Unsubscribe,
+    Archive, Attach, Cancel, Create, Current, Detach, Get, List, Log, Method, Pause, Ping, Promote,
+    Queue, Regenerate, Rename, Reopen, Resume, SetLogLevel, Shutdown, Status, Steer, Submit,
+    Subscribe, Switch, Unsubscribe,
 };
 use sessiond_proto::ErrorCode;
 
@@ -145,6 +145,8 @@ routes! {
     Steer => session_methods::steer,
     Promote => session_methods::promote,
     Log => session_methods::log,
+    Attach => session_methods::attach,
+    Detach => session_methods::detach,
 }
 
 /// Decodes a request's params for method `M`. Omitted params are read as an empty map, so a

@@ -25,7 +25,7 @@ use crate::events::EventBus;
 use crate::session::Session;
 use crate::store::{Commit, ContextRow, Loaded, Store, Write};
 use crate::turn::{Stop, Turn};
-use sessiond_proto::methods::{QueueResult, SteerParams, SubmitParams, SubmitResult};
+use sessiond_proto::methods::{AttachParams, QueueResult, SteerParams, SubmitParams, SubmitResult};
 use sessiond_proto::session::{TurnId, TurnKind, TurnStatus};
 use std::collections::VecDeque;
 
@@ -83,6 +83,8 @@ pub struct Registry {
     /// One shared string per project and provider.
     interned: HashMap<String, Arc<str>>,
     providers: Vec<String>,
+    /// Sessions attached to a client's process: session → (connection, pid).
+    attached: HashMap<SessionId, (u64, u32)>,
     /// Turns not yet settled, and each session's running turn and queue.
     turns: HashMap<TurnId, Turn>,
     queues: HashMap<SessionId, SessionQueue>,
@@ -208,6 +210,7 @@ impl Registry {
                 .collect(),
             interned: HashMap::new(),
             providers,
+            attached: HashMap::new(),
             turns: HashMap::new(),
             queues: HashMap::new(),
             next_order: 1,
@@ -1383,6 +1386,120 @@ impl Registry {
         self.events.publish(event_kind::TURN_PROMOTED, event);
         let info = turn.info(self.position(id));
         Ok((info, self.store.write(vec![Write::Turn(turn)])))
+    }
+
+    /// Attaches a session to a client's process, for connection `conn`.
+    pub fn attach(
+        &mut self,
+        p: &AttachParams,
+        conn: u64,
+    ) -> Result<(SessionInfo, Commit), RequestError> {
+        self.writable()?;
+        let context = context_name(p.context.as_deref())?;
+        let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
+        let session = self.session(id);
+        if !matches!(session.phase, Phase::Provisional | Phase::Bound) {
+            return Err(invalid_state(format!(
+                "session {} is {}; reopen it first",
+                id.short(),
+                session.phase.as_str()
+            )));
+        }
+        if let Some((_, pid)) = self.attached.get(&id) {
+            return Err(RequestError::new(
+                ErrorCode::BUSY,
+                format!(
+                    "session {} is already attached to pid {pid}; wait for it (`sessionctl run \
+                     --wait`)",
+                    id.short()
+                ),
+            ));
+        }
+        if let Some(turn) = self.queues.get(&id).and_then(|q| q.running) {
+            return Err(RequestError::new(
+                ErrorCode::BUSY,
+                format!(
+                    "session {} is running turn {}; wait for it (`sessionctl run --wait`) or \
+                     cancel it (`sessionctl cancel {}`)",
+                    id.short(),
+                    turn.short(),
+                    turn.short()
+                ),
+            ));
+        }
+        let write = self.set_activity(
+            id,
+            Activity::Attached,
+            &format!("attached to pid {}", p.pid),
+        );
+        self.attached.insert(id, (conn, p.pid));
+        let info = self.session(id).info();
+        Ok((info, self.store.write(write.into_iter().collect())))
+    }
+
+    /// Ends connection `conn`'s attachment of a session; returns the next turn to start.
+    pub fn detach(
+        &mut self,
+        p: &SessionParams,
+        conn: u64,
+    ) -> Result<(SessionInfo, Commit, Option<StartOrder>), RequestError> {
+        let context = context_name(p.context.as_deref())?;
+        let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
+        match self.attached.get(&id) {
+            Some((owner, _)) if *owner == conn => {}
+            _ => {
+                return Err(invalid_state(format!(
+                    "session {} is not attached through this connection",
+                    id.short()
+                )))
+            }
+        }
+        let (writes, order) = self.end_attachment(id);
+        let info = self.session(id).info();
+        Ok((info, self.store.write(writes), order))
+    }
+
+    fn end_attachment(&mut self, id: SessionId) -> (Vec<Write>, Option<StartOrder>) {
+        self.attached.remove(&id);
+        let paused = self.queues.get(&id).is_some_and(|q| q.paused.is_some());
+        let rest = if paused {
+            Activity::Paused
+        } else {
+            Activity::Idle
+        };
+        let mut writes: Vec<Write> = self
+            .set_activity(id, rest, "detached")
+            .into_iter()
+            .collect();
+        let next = self
+            .queues
+            .get_mut(&id)
+            .filter(|q| q.paused.is_none() && q.running.is_none())
+            .and_then(|q| q.queued.pop_front());
+        let order = next.map(|turn| {
+            writes.extend(self.sync_queue_length(id));
+            self.start(turn, &mut writes)
+        });
+        (writes, order)
+    }
+
+    /// A connection closed: its subscriptions end, and sessions it attached are detached
+    /// (its process is gone or no longer speaking for them). Returns turns to start.
+    pub fn connection_closed(&mut self, conn: u64) -> Vec<StartOrder> {
+        self.events.drop_connection(conn);
+        let mine: Vec<SessionId> = self
+            .attached
+            .iter()
+            .filter(|(_, (owner, _))| *owner == conn)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut orders = Vec::new();
+        for id in mine {
+            let (writes, order) = self.end_attachment(id);
+            drop(self.store.write(writes));
+            orders.extend(order);
+        }
+        orders
     }
 
     /// Finds an unsettled turn by full id or unique prefix.

@@ -2,12 +2,12 @@
 //! step and returns. A change answers once its commit is durable (`Reply::AfterCommit`); the
 //! connection waits for that, never the registry, so a slow disk delays the writer alone.
 
+use sessiond_proto::methods::{AttachParams, LogParams, LogResult, SteerParams, TurnParams};
 use sessiond_proto::methods::{
     ContextParams, CreateParams, ListParams, ListResult, QueueResult, RenameParams, SessionParams,
     SubmitParams, SubmitResult, SubscribeParams, SubscribeResult, SwitchResult, UnsubscribeParams,
     UnsubscribeResult,
 };
-use sessiond_proto::methods::{LogParams, LogResult, SteerParams, TurnParams};
 use sessiond_proto::session::{Owner, SessionInfo, TurnInfo};
 use sessiond_proto::ErrorCode;
 
@@ -201,6 +201,28 @@ pub fn log(ctx: &Daemon, _conn: &Conn, _id: u64, p: LogParams) -> HandlerResult<
             )),
         }
     })))
+}
+
+pub fn attach(
+    ctx: &Daemon,
+    conn: &Conn,
+    _id: u64,
+    p: AttachParams,
+) -> HandlerResult<Reply<SessionInfo>> {
+    ctx.registry().attach(&p, conn.id).map(after_commit)
+}
+
+pub fn detach(
+    ctx: &Daemon,
+    conn: &Conn,
+    _id: u64,
+    p: SessionParams,
+) -> HandlerResult<Reply<SessionInfo>> {
+    let (info, commit, start) = ctx.registry().detach(&p, conn.id)?;
+    if let Some(order) = start {
+        ctx.start_turn(order);
+    }
+    Ok(Reply::AfterCommit(info, commit))
 }
 
 pub fn pause(

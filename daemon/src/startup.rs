@@ -177,8 +177,6 @@ fn run_server(
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async {
         let socket = paths.socket();
-        let bound = server::bind(&socket)
-            .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
         let (orders, order_queue) = tokio::sync::mpsc::unbounded_channel();
         let turn_limit = config.daemon.turn_limit();
         let ctx = Arc::new(Daemon::new(crate::context::Parts {
@@ -192,8 +190,12 @@ fn run_server(
             orders,
         }));
         tokio::spawn(crate::runner::run(ctx.clone(), order_queue, turn_limit));
+        // Handlers before the socket: a client can signal the daemon as soon as it answers,
+        // and a SIGTERM then must mean a graceful shutdown, not the default death.
         server::spawn_signal_handlers(&ctx)
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        let bound = server::bind(&socket)
+            .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
         tracing::info!(
             version = crate::VERSION,
             pid = ctx.pid,

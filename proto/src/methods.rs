@@ -461,3 +461,27 @@ pub struct OutputChunk {
     /// The text (invalid UTF-8 replaced).
     pub data: String,
 }
+
+method!(
+    /// Marks a session `attached` to a process of the client's (`sessionctl run`): turns
+    /// submitted meanwhile are queued. Bound to the connection: it ends with `detach`, or when
+    /// the connection closes. `busy` while a turn runs or another process is attached.
+    Attach = "attach", AttachParams => SessionInfo
+);
+method!(
+    /// Ends this connection's attachment; the next queued turn starts.
+    Detach = "detach", SessionParams => SessionInfo
+);
+
+/// Params of `attach`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// The process that will own the session (it takes the session's lock itself).
+    pub pid: u32,
+}

@@ -276,6 +276,24 @@ pub enum Command {
     /// a {"type": "output", …} line per chunk of its output
     Export(Target),
 
+    /// Run an interactive command (say, the agent's own UI resuming this session) as the
+    /// session's owner: refused while a turn runs or another process owns it (--wait waits);
+    /// the session shows `attached`, turns sent meanwhile are queued, and the command's exit
+    /// status is passed through. Ownership ends when the command ends or sessionctl dies.
+    Run {
+        /// The session [default: the context's current session]
+        session: Option<String>,
+        /// Look names up in this project only
+        #[arg(long, value_name = "DIR")]
+        project: Option<PathBuf>,
+        /// Wait until the session is free instead of failing
+        #[arg(long)]
+        wait: bool,
+        /// The command and its arguments, after `--`
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+
     /// Show a session's running turn and its queue
     Queue(Target),
 

@@ -73,6 +73,27 @@ fn main() -> ExitCode {
             commands::turns::log(&opts, &out, context, target, turn.as_deref(), *last).map(|()| 0)
         }
         Command::Export(target) => commands::turns::export(&opts, context, target).map(|()| 0),
+        Command::Run {
+            session,
+            project,
+            wait,
+            command,
+        } => project
+            .as_deref()
+            .map(commands::sessions::absolute)
+            .transpose()
+            .and_then(|project| {
+                commands::run::run(
+                    &opts,
+                    context,
+                    commands::run::Run {
+                        session: session.as_deref(),
+                        project,
+                        wait: *wait,
+                        command,
+                    },
+                )
+            }),
         Command::Queue(target) => {
             commands::turns::queue(&opts, &out, context, target, QueueAction::Show).map(|()| 0)
         }

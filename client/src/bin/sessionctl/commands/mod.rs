@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod ping;
+pub mod run;
 pub mod sessions;
 pub mod turns;
 pub mod version;

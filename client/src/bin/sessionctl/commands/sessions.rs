@@ -128,7 +128,8 @@ pub fn run(
         | Command::Steer { .. }
         | Command::Promote { .. }
         | Command::Log { .. }
-        | Command::Export(_) => {
+        | Command::Export(_)
+        | Command::Run { .. } => {
             unreachable!("handled by their own modules")
         }
     }

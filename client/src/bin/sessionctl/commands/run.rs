@@ -1,0 +1,119 @@
+//! `sessionctl run`: a command in the user's terminal owns a session while it runs.
+//!
+//! Order matters: attach first (from then on the daemon queues new turns instead of starting
+//! them), then take the session's lock in this process (so the lock names the real owner and
+//! is released by the kernel if sessionctl dies), then run the command. Afterwards, release
+//! the lock before detaching, so a queued turn the detach starts can take it.
+
+use std::time::Duration;
+
+use sessiond_client::{BlockingClient, ClientError, ConnectOptions};
+use sessiond_proto::methods::{Attach, AttachParams, Detach, Get, SessionParams};
+use sessiond_proto::ownership::{ClaimError, SessionFiles};
+use sessiond_proto::ErrorCode;
+
+/// How often `--wait` tries again.
+const RETRY: Duration = Duration::from_millis(200);
+
+pub struct Run<'a> {
+    pub session: Option<&'a str>,
+    pub project: Option<String>,
+    pub wait: bool,
+    pub command: &'a [String],
+}
+
+pub fn run(opts: &ConnectOptions, context: Option<&str>, r: Run) -> Result<u8, ClientError> {
+    let mut client = BlockingClient::connect(opts)?;
+    let info = client.call::<Get>(SessionParams {
+        session: r.session.map(str::to_string),
+        project: r.project.clone(),
+        context: context.map(str::to_string),
+    })?;
+    let id = info.id.to_string();
+    let files = SessionFiles::open(&opts.paths.state_dir.join("sessions"))
+        .map_err(|e| ClientError::Local(format!("cannot use the session files: {e}")))?;
+    let claim = loop {
+        let attached = client.call::<Attach>(AttachParams {
+            session: Some(id.clone()),
+            project: None,
+            context: None,
+            pid: std::process::id(),
+        });
+        match attached {
+            Ok(_) => {}
+            Err(ClientError::Remote { code, .. }) if code == ErrorCode::BUSY && r.wait => {
+                std::thread::sleep(RETRY);
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        match files.claim(&id, std::process::id(), "sessionctl run") {
+            Ok(claim) => break claim,
+            Err(ClaimError::Held { .. }) if r.wait => {
+                detach(&mut client, &id)?;
+                std::thread::sleep(RETRY);
+            }
+            Err(e) => {
+                detach(&mut client, &id)?;
+                return Err(ClientError::Remote {
+                    code: ErrorCode::BUSY,
+                    message: format!("{e} (or wait for it: `sessionctl run --wait`)"),
+                });
+            }
+        }
+    };
+    let mut cmd = std::process::Command::new(&r.command[0]);
+    cmd.args(&r.command[1..])
+        .current_dir(&info.cwd)
+        .env("SESSIOND_SESSION_ID", &id)
+        .env("SESSIOND_PROJECT", &info.project);
+    if let Some(psid) = &info.provider_session_id {
+        cmd.env("SESSIOND_PROVIDER_SESSION_ID", psid);
+    }
+    let status = match cmd.spawn() {
+        Ok(mut child) => {
+            // The terminal's Ctrl-C goes to the command, which decides what it means; this
+            // process must stay to give the session back.
+            ignore_interrupts();
+            child.wait()
+        }
+        Err(e) => Err(e),
+    };
+    let _ = claim.release();
+    detach(&mut client, &id)?;
+    match status {
+        Ok(status) => Ok(exit_code(status)),
+        Err(e) => Err(ClientError::Local(format!(
+            "cannot run {:?}: {e}",
+            r.command[0]
+        ))),
+    }
+}
+
+fn detach(client: &mut BlockingClient, id: &str) -> Result<(), ClientError> {
+    client
+        .call::<Detach>(SessionParams {
+            session: Some(id.to_string()),
+            ..Default::default()
+        })
+        .map(|_| ())
+}
+
+fn ignore_interrupts() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: setting a signal to be ignored installs no handler code.
+    unsafe {
+        let _ = signal(Signal::SIGINT, SigHandler::SigIgn);
+        let _ = signal(Signal::SIGQUIT, SigHandler::SigIgn);
+    }
+}
+
+/// The command's status as sessionctl's own: its exit code, or 128 + the signal that ended it.
+fn exit_code(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(signal)) => 128u8.saturating_add(signal as u8),
+        _ => 1,
+    }
+}

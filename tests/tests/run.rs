@@ -1,0 +1,135 @@
+//! `sessionctl run`: an interactive command owns a session while it runs.
+
+use std::process::Stdio;
+
+use sessiond_tests::{eventually, Sandbox};
+
+/// A daemon with one shell session `job` made current; returns its canonical project dir.
+fn setup(sb: &Sandbox) -> std::path::PathBuf {
+    let project = sb.project("p");
+    sb.ctl(&[
+        "new",
+        "--project",
+        project.to_str().unwrap(),
+        "--name",
+        "job",
+    ])
+    .ok();
+    sb.ctl(&["switch", "job"]).ok();
+    std::fs::canonicalize(project).unwrap()
+}
+
+#[test]
+fn run_gives_the_command_the_session_and_passes_its_status_through() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = setup(&sb);
+    let id = sb.ctl(&["--json", "show", "job"]).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = sb.ctl(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "echo $SESSIOND_SESSION_ID; pwd; exit 5",
+    ]);
+    assert_eq!(out.code(), 5, "{}", out.stderr());
+    assert_eq!(out.stdout(), format!("{id}\n{}\n", project.display()));
+    let after = sb.ctl(&["--json", "show", "job"]).json();
+    assert_eq!(after["activity"], "idle");
+    assert!(after["owner"].is_null(), "released: {}", after["owner"]);
+}
+
+#[test]
+fn run_is_refused_while_a_turn_runs_and_waits_with_wait() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    setup(&sb);
+    sb.ctl(&["send", "sleep 0.6"]).ok();
+    let refused = sb.ctl(&["--json", "run", "--", "true"]);
+    assert_eq!(refused.code(), 1);
+    let err = refused.json_error();
+    assert_eq!(err["error"]["code"], "busy");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("running turn"),
+        "{err}"
+    );
+    let waited = sb.ctl(&["run", "--wait", "--", "true"]);
+    assert_eq!(waited.code(), 0, "{}", waited.stderr());
+}
+
+#[test]
+fn turns_sent_while_attached_are_queued_and_run_after() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = setup(&sb);
+    let mut run = sb
+        .sessionctl()
+        .args(["run", "--", "sh", "-c", "echo $$ > attached.pid; sleep 0.8"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("the command to start", || {
+        project.join("attached.pid").exists()
+    });
+    let shown = sb.ctl(&["--json", "show", "job"]).json();
+    assert_eq!(shown["activity"], "attached");
+    assert_eq!(shown["owner"]["owner"], "sessionctl run");
+    assert_eq!(shown["owner"]["pid"], run.id());
+    let sent = sb.ctl(&["--json", "send", "touch ran-after"]).json();
+    assert_eq!(sent["accepted"], false, "queued while attached");
+    assert!(!project.join("ran-after").exists());
+    assert!(run.wait().unwrap().success());
+    eventually("the queued turn to run after the command", || {
+        project.join("ran-after").exists()
+    });
+}
+
+#[test]
+fn a_killed_run_gives_the_session_back() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = setup(&sb);
+    let mut run = sb
+        .sessionctl()
+        .args([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "echo $$ > attached.pid; exec sleep 30",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("the command to start", || {
+        project.join("attached.pid").exists()
+    });
+    sb.ctl(&["send", "touch ran-after"]).ok();
+    run.kill().unwrap();
+    run.wait().unwrap();
+    // The orphaned command may linger; end it so it releases the inherited lock file.
+    let pid: i32 = std::fs::read_to_string(project.join("attached.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    eventually("the queued turn to run once sessionctl is gone", || {
+        project.join("ran-after").exists()
+    });
+    assert_ne!(
+        sb.ctl(&["--json", "show", "job"]).json()["activity"],
+        "attached"
+    );
+}
