@@ -667,3 +667,100 @@ fn log_and_export_give_the_transcript_in_order() {
         .collect();
     assert_eq!(two, "two\nlines\n");
 }
+
+#[test]
+fn log_follow_prints_the_transcript_then_new_output_once() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    shell_session(&sb);
+    sb.ctl(&["send", "--wait", "echo before"]).ok();
+    let mut follow = sb
+        .sessionctl()
+        .args(["log", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Subscribed once the daemon counts its subscription.
+    sessiond_tests::eventually("log -f to subscribe", || {
+        sb.ctl(&["--json", "daemon", "status"]).json()["subscriptions"] == 1
+    });
+    sb.ctl(&["send", "--wait", "echo live-1; echo live-2"]).ok();
+    // The follower got the same events as `send --wait`; give its printing a moment.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    follow.kill().unwrap();
+    let out = follow.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("$ echo before\nbefore\n"), "{text}");
+    assert_eq!(text.matches("live-1\nlive-2\n").count(), 1, "{text}");
+    assert!(text.contains("completed"), "{text}");
+}
+
+#[test]
+fn concurrent_submits_from_many_clients_each_run_once_in_acceptance_order() {
+    use sessiond_proto::methods::{Submit, SubmitParams};
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = shell_session(&sb);
+    let opts = sb.connect_options();
+    let runtime = sessiond_tests::tokio_runtime();
+    let per_client: Vec<Vec<String>> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let opts = opts.clone();
+                tokio::spawn(async move {
+                    let client = sessiond_client::Client::connect(&opts).await.unwrap();
+                    let mut mine = Vec::new();
+                    for _ in 0..10 {
+                        let result = client
+                            .call::<Submit>(SubmitParams {
+                                session: Some("job".into()),
+                                prompt: "echo $SESSIOND_TURN_ID >> ran.log".into(),
+                                ..Default::default()
+                            })
+                            .await
+                            .unwrap();
+                        mine.push(result.turn.turn_id.to_string());
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.push(t.await.unwrap());
+        }
+        all
+    });
+    let log = project.join("ran.log");
+    sessiond_tests::eventually("all 80 turns to run", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 80)
+    });
+    // Nothing more is coming: the queue is empty.
+    sessiond_tests::eventually("the queue to drain", || {
+        let q = sb.ctl(&["--json", "queue"]).json();
+        q["running"].is_null() && q["queued"].as_array().unwrap().is_empty()
+    });
+    let ran: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(ran.len(), 80, "every turn ran exactly once");
+    let unique: std::collections::BTreeSet<&String> = ran.iter().collect();
+    assert_eq!(unique.len(), 80, "no turn ran twice");
+    for mine in &per_client {
+        let positions: Vec<usize> = mine
+            .iter()
+            .map(|id| {
+                ran.iter()
+                    .position(|r| r == id)
+                    .expect("a submitted turn ran")
+            })
+            .collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "a client's turns ran out of the order they were accepted: {positions:?}"
+        );
+    }
+}

@@ -270,6 +270,9 @@ pub enum Command {
         /// Only the last N turns
         #[arg(long, value_name = "N")]
         last: Option<u32>,
+        /// Keep printing new turns and output as they come, until interrupted
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
 
     /// Write a session's transcript as JSON Lines: a {"type": "turn", …} line per turn, then

@@ -69,9 +69,21 @@ fn main() -> ExitCode {
             },
         ),
         Command::Promote { turn } => commands::turns::promote(&opts, &out, turn).map(|()| 0),
-        Command::Log { target, turn, last } => {
-            commands::turns::log(&opts, &out, context, target, turn.as_deref(), *last).map(|()| 0)
-        }
+        Command::Log {
+            target,
+            turn,
+            last,
+            follow,
+        } => commands::turns::log(
+            &opts,
+            &out,
+            context,
+            target,
+            turn.as_deref(),
+            *last,
+            *follow,
+        )
+        .map(|()| 0),
         Command::Export(target) => commands::turns::export(&opts, context, target).map(|()| 0),
         Command::Run {
             session,

@@ -247,6 +247,16 @@ fn fetch_log(
     last: Option<u32>,
 ) -> Result<LogResult, ClientError> {
     let mut client = BlockingClient::connect(opts)?;
+    read_log(&mut client, context, t, turn, last)
+}
+
+fn read_log(
+    client: &mut BlockingClient,
+    context: Option<&str>,
+    t: &Target,
+    turn: Option<&str>,
+    last: Option<u32>,
+) -> Result<LogResult, ClientError> {
     client.call::<Log>(LogParams {
         session: t.session.clone(),
         project: t
@@ -267,7 +277,11 @@ pub fn log(
     t: &Target,
     turn: Option<&str>,
     last: Option<u32>,
+    follow: bool,
 ) -> Result<(), ClientError> {
+    if follow {
+        return follow_log(opts, context, t, last);
+    }
     let result = fetch_log(opts, context, t, turn, last)?;
     let now = sessiond_proto::now_ms();
     out.emit(&result, |w| {
@@ -335,4 +349,95 @@ pub fn export(opts: &ConnectOptions, context: Option<&str>, t: &Target) -> Resul
             }
         })
         .map_err(|e| ClientError::Local(format!("cannot write output: {e}")))
+}
+
+/// Prints the transcript, then what happens next, live. Subscribing comes first so nothing
+/// falls between the transcript and the first event; chunk numbers drop what was printed.
+fn follow_log(
+    opts: &ConnectOptions,
+    context: Option<&str>,
+    t: &Target,
+    last: Option<u32>,
+) -> Result<(), ClientError> {
+    use std::collections::HashMap;
+    let mut client = BlockingClient::connect(opts)?;
+    let project = t
+        .project
+        .as_deref()
+        .map(crate::commands::sessions::absolute)
+        .transpose()?;
+    let info = client.call::<Get>(SessionParams {
+        session: t.session.clone(),
+        project,
+        context: context.map(str::to_string),
+    })?;
+    client.call::<Subscribe>(SubscribeParams {
+        filter: EventFilter {
+            sessions: vec![info.id],
+            events: vec![
+                event_kind::TURN_STARTED.into(),
+                event_kind::TURN_OUTPUT.into(),
+                event_kind::TURN_SETTLED.into(),
+            ],
+            ..Default::default()
+        },
+    })?;
+    let target = Target {
+        session: Some(info.id.to_string()),
+        project: None,
+    };
+    let result = read_log(&mut client, None, &target, None, last)?;
+    let mut printed: HashMap<sessiond_proto::session::TurnId, u64> = HashMap::new();
+    let stdout = std::io::stdout();
+    let mut w = stdout.lock();
+    let fail = |e: std::io::Error| ClientError::Local(format!("cannot write output: {e}"));
+    for entry in &result.turns {
+        writeln!(
+            w,
+            "── {} {} ──",
+            entry.turn.turn_id.short(),
+            entry.turn.status.as_str()
+        )
+        .map_err(fail)?;
+        writeln!(w, "$ {}", entry.turn.prompt).map_err(fail)?;
+        for chunk in &entry.output {
+            w.write_all(chunk.data.as_bytes()).map_err(fail)?;
+            printed.insert(entry.turn.turn_id, chunk.chunk + 1);
+        }
+    }
+    w.flush().map_err(fail)?;
+    client.set_timeout(None)?;
+    while let Some(payload) = client.next_event()? {
+        let event: Event<SessionEvent> = frame::decode(&payload)
+            .map_err(|e| ClientError::Protocol(format!("undecodable event: {e}")))?;
+        let Some(turn) = event.data.turn else {
+            continue;
+        };
+        match event.event.as_str() {
+            event_kind::TURN_STARTED => {
+                writeln!(w, "── {} running ──", turn.short()).map_err(fail)?;
+            }
+            event_kind::TURN_OUTPUT => {
+                let chunk = event.data.chunk.unwrap_or(0);
+                let next = printed.entry(turn).or_insert(0);
+                if chunk >= *next {
+                    *next = chunk + 1;
+                    w.write_all(event.data.data.unwrap_or_default().as_bytes())
+                        .map_err(fail)?;
+                }
+            }
+            event_kind::TURN_SETTLED => {
+                let status = event.data.status.map_or("settled", |s| s.as_str());
+                writeln!(w, "── {} {status} ──", turn.short()).map_err(fail)?;
+            }
+            _ => {}
+        }
+        if let Err(e) = w.flush() {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(());
+            }
+            return Err(fail(e));
+        }
+    }
+    Ok(())
 }
