@@ -228,8 +228,12 @@ impl Registry {
                     | Activity::WaitingInput
                     | Activity::Stopping
             );
-            let orphaned = session.activity == Activity::Attached && !is_owned(session.id);
-            if transient || orphaned {
+            // No connection of this daemon attached it, so none could ever detach it: clear
+            // it. A process of a `run` that still holds the lock keeps it; a turn that finds
+            // it so is put back and the queue paused, naming the owner.
+            let attached = session.activity == Activity::Attached;
+            let _ = &is_owned;
+            if transient || attached {
                 session.activity = Activity::Idle;
             }
             session.project = registry.intern(&session.project);
@@ -251,9 +255,14 @@ impl Registry {
             }
             registry.turns.insert(turn.id, turn);
         }
-        for (id, queue) in &registry.queues {
+        for (id, queue) in registry.queues.iter_mut() {
             if let Some(session) = registry.sessions.get_mut(id) {
                 session.queue_length = queue.queued.len() as u32;
+            }
+            // Turns waiting with nothing running and nothing holding them would otherwise
+            // never start: hold them for a `resume`, like those behind an interrupted turn.
+            if queue.running.is_none() && queue.paused.is_none() && !queue.queued.is_empty() {
+                queue.paused = Some("daemon_restarted".into());
             }
         }
         let paused: Vec<SessionId> = registry
@@ -771,6 +780,15 @@ impl Registry {
                 session.id.short()
             )));
         }
+        let waiting = self.queues.get(&id).map_or(0, |q| q.queued.len());
+        if waiting > 0 {
+            return Err(invalid_state(format!(
+                "session {} has {waiting} queued turns; cancel them (`sessionctl queue` lists \
+                 them) before closing it",
+                id.short()
+            )));
+        }
+        let session = self.sessions.get_mut(&id).expect("resolved");
         if !matches!(session.activity, Activity::Idle | Activity::Paused) {
             return Err(invalid_state(format!(
                 "session {} is {}; wait for it to finish or cancel its work before closing it",
@@ -908,8 +926,6 @@ impl Registry {
         self.queues.entry(session_id).or_default().running = Some(turn_id);
         let turn = self.turns[&turn_id].clone();
         writes.push(Write::Turn(turn.clone()));
-        self.events
-            .publish(event_kind::SESSION_ACCEPTED, self.turn_event(&turn));
         writes.extend(self.set_activity(
             session_id,
             Activity::Starting,
@@ -959,7 +975,7 @@ impl Registry {
                 id.short()
             )));
         }
-        let attached = session.activity == Activity::Attached;
+        let attached = session.activity == Activity::Attached || self.attached.contains_key(&id);
         let queue = self.queues.entry(id).or_default();
         let busy = attached
             || queue.running.is_some()
@@ -1017,6 +1033,9 @@ impl Registry {
             writes.extend(self.sync_queue_length(id));
             (false, None)
         } else {
+            let turn = self.turns[&turn_id].clone();
+            self.events
+                .publish(event_kind::SESSION_ACCEPTED, self.turn_event(&turn));
             (true, Some(self.start(turn_id, &mut writes)))
         };
         let turn = &self.turns[&turn_id];
@@ -1042,16 +1061,43 @@ impl Registry {
             .map(|i| i as u32 + 1)
     }
 
-    /// Records that the turn's process started.
-    pub fn worker_started(&mut self, turn_id: TurnId, pid: u32, start_time: Option<u64>) {
+    /// Records that the turn's process started. True when a cancel or steer came first and
+    /// the worker must be stopped at once.
+    pub fn worker_started(&mut self, turn_id: TurnId, pid: u32, start_time: Option<u64>) -> bool {
         let Some(turn) = self.turns.get_mut(&turn_id) else {
-            return;
+            return false;
         };
+        let stop = turn.stop.is_some();
         turn.worker_pid = Some(pid);
         turn.worker_start_time = start_time;
         let (turn, session) = (turn.clone(), turn.session);
         let mut writes = vec![Write::Turn(turn)];
         writes.extend(self.set_activity(session, Activity::Running, "the provider started"));
+        drop(self.store.write(writes));
+        stop
+    }
+
+    /// Puts a turn that could not start because another process owns the session back at the
+    /// head of its queue, and holds the queue with the reason, instead of failing it (and,
+    /// one after another, everything queued behind it).
+    pub fn requeue_blocked(&mut self, turn_id: TurnId, reason: &str) {
+        let Some(turn) = self.turns.get_mut(&turn_id) else {
+            return;
+        };
+        turn.status = TurnStatus::Queued;
+        turn.started_at = None;
+        turn.stop = None;
+        let (session, turn) = (turn.session, turn.clone());
+        let queue = self.queues.entry(session).or_default();
+        if queue.running == Some(turn_id) {
+            queue.running = None;
+        }
+        queue.queued.push_front(turn_id);
+        queue.paused = Some(reason.to_string());
+        let mut writes = vec![Write::Turn(turn)];
+        writes.extend(self.sync_queue_length(session));
+        writes.extend(self.set_activity(session, Activity::Paused, reason));
+        self.publish_paused(session, reason);
         drop(self.store.write(writes));
     }
 
@@ -1152,7 +1198,7 @@ impl Registry {
         // An aborted turn is cancelled whatever its exit, and holds the queue: what was
         // queued after it may depend on work that did not happen. A steered one is
         // interrupted, and the steer (at the head of the queue) runs next.
-        let (status, error) = match turn.stop {
+        let (status, error) = match turn.stop.filter(|_| status != TurnStatus::Completed) {
             Some(Stop::Cancel) => {
                 let reason = format!("turn {} was cancelled", turn_id.short());
                 self.queues.entry(turn.session).or_default().paused = Some(reason);
@@ -1257,6 +1303,14 @@ impl Registry {
         self.writable()?;
         let context = context_name(p.context.as_deref())?;
         let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
+        if !matches!(self.session(id).phase, Phase::Provisional | Phase::Bound) {
+            return Err(invalid_state(format!(
+                "session {} is {}; reopen it first",
+                id.short(),
+                self.session(id).phase.as_str()
+            )));
+        }
+        let attached = self.attached.contains_key(&id);
         let queue = self.queues.entry(id).or_default();
         if queue.paused.take().is_none() {
             return Err(invalid_state(format!(
@@ -1264,13 +1318,14 @@ impl Registry {
                 id.short()
             )));
         }
-        let next = if queue.running.is_none() {
+        // An attached session's queue waits for the detach, which starts it.
+        let next = if queue.running.is_none() && !attached {
             queue.queued.pop_front()
         } else {
             None
         };
         let mut writes = Vec::new();
-        if self.session(id).activity == Activity::Paused {
+        if self.session(id).activity == Activity::Paused && !attached {
             writes.extend(self.set_activity(id, Activity::Idle, "queue resumed"));
         }
         self.events
@@ -1318,10 +1373,10 @@ impl Registry {
         if start.is_some() {
             // The session was free: it simply started.
             result.turn.kind = TurnKind::Steer;
-            drop(
-                self.store
-                    .write(vec![Write::Turn(self.turns[&turn_id].clone())]),
-            );
+            drop(commit);
+            let commit = self
+                .store
+                .write(vec![Write::Turn(self.turns[&turn_id].clone())]);
             return Ok((result, commit, start, None));
         }
         self.move_to_head(turn_id);
@@ -1341,7 +1396,10 @@ impl Registry {
         }
         let turn = &self.turns[&turn_id];
         result.turn = turn.info(self.position(turn_id));
-        drop(self.store.write(vec![Write::Turn(turn.clone())]));
+        // Answer only once the steer's kind and place are saved too (the store commits in
+        // order, so this commit covers the submit's).
+        drop(commit);
+        let commit = self.store.write(vec![Write::Turn(turn.clone())]);
         Ok((result, commit, None, stop))
     }
 

@@ -21,9 +21,14 @@ use tracing::{debug, warn};
 use crate::context::Daemon;
 use crate::provider::{LineScanner, OutputFormat, PromptChannel, Vars};
 use crate::registry::StartOrder;
+use sessiond_proto::ownership::ClaimError;
 
 /// Bytes read from a worker's stdout or stderr at a time: one output event at most.
 const CHUNK: usize = 16 * 1024;
+
+/// How long output may keep coming once the worker and its group are gone (a descendant that
+/// left the group can hold the pipes open).
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the runner is asked to do.
 pub enum Order {
@@ -51,12 +56,16 @@ pub async fn run(ctx: Arc<Daemon>, mut orders: mpsc::UnboundedReceiver<Order>, l
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            break;
-        };
         let ctx = ctx.clone();
         let saved = ctx.registry().barrier();
+        let slots = slots.clone();
+        // The slot is awaited inside the task, so this loop keeps reading orders (a stop must
+        // never wait behind a start that waits for a slot); the semaphore is fair, so starts
+        // still get slots in order.
         tokio::spawn(async move {
+            let Ok(slot) = slots.acquire_owned().await else {
+                return;
+            };
             let turn = order.turn;
             if ctx.registry().stop_requested(turn) {
                 drop(slot);
@@ -83,8 +92,12 @@ pub async fn run(ctx: Arc<Daemon>, mut orders: mpsc::UnboundedReceiver<Order>, l
                 }
                 return;
             }
-            let (status, exit_code, error) = run_turn(&ctx, order).await;
+            let outcome = run_turn(&ctx, order).await;
             drop(slot);
+            // Err: the turn went back to its queue (its session is owned by another process).
+            let Ok((status, exit_code, error)) = outcome else {
+                return;
+            };
             let next = ctx.registry().settle(turn, status, exit_code, error);
             if let Some(next) = next {
                 ctx.start_turn(next);
@@ -134,7 +147,12 @@ async fn stop_group(ctx: &Daemon, pid: u32) {
 }
 
 /// Runs one turn's process to the end; returns how it ended.
-async fn run_turn(ctx: &Daemon, order: StartOrder) -> (TurnStatus, Option<i32>, Option<String>) {
+/// How a turn ended: status, exit code, error.
+type Ended = (TurnStatus, Option<i32>, Option<String>);
+
+/// Runs one turn's process to the end. `Err(())` when it could not start because another
+/// process owns the session; it is then back at the head of its queue, which is paused.
+async fn run_turn(ctx: &Daemon, order: StartOrder) -> Result<Ended, ()> {
     let Some(provider) = ctx.providers.get(&*order.provider) else {
         return failed(format!(
             "provider {:?} is no longer configured; add it back to config.toml or move the \
@@ -157,14 +175,36 @@ async fn run_turn(ctx: &Daemon, order: StartOrder) -> (TurnStatus, Option<i32>, 
     // The session's lock, taken before the worker exists and inherited by it: the session
     // stays owned exactly as long as a process that can write it lives, even if this daemon
     // dies first.
-    let mut claim = match ctx
-        .session_files
-        .claim(&id, std::process::id(), "daemon worker")
-    {
-        Ok(claim) => claim,
-        Err(e) => return failed(e.to_string()),
+    let files = ctx.session_files.clone();
+    let claim_id = id.clone();
+    // Claiming may wait briefly for a racing claimant; keep that off the event loop.
+    let claimed = tokio::task::spawn_blocking(move || {
+        files.claim(&claim_id, std::process::id(), "daemon worker")
+    })
+    .await;
+    let mut claim = match claimed {
+        Ok(Ok(claim)) => claim,
+        Ok(Err(ClaimError::Held { record, .. })) => {
+            let who = record.map_or("another process".to_string(), |r| {
+                format!("pid {} ({})", r.pid, r.owner)
+            });
+            ctx.registry().requeue_blocked(
+                order.turn,
+                &format!("the session is owned by {who}; resume once it is free"),
+            );
+            return Err(());
+        }
+        Ok(Err(e)) => return failed(e.to_string()),
+        Err(e) => return failed(format!("claiming the session failed: {e}")),
     };
     let lock_fd = claim.lock_fd();
+    if !std::path::Path::new(&order.cwd).is_dir() {
+        return failed(format!(
+            "the session's working directory {} no longer exists; recreate it, or start a new \
+             session",
+            order.cwd
+        ));
+    }
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .current_dir(&order.cwd)
@@ -216,8 +256,14 @@ async fn run_turn(ctx: &Daemon, order: StartOrder) -> (TurnStatus, Option<i32>, 
     if let Err(e) = claim.hand_to(pid, "daemon worker") {
         warn!(turn = %order.turn, "cannot name the worker in the session's pid file: {e}");
     }
-    ctx.registry()
-        .worker_started(order.turn, pid, crate::platform::process_start_time(pid));
+    claim.mark_inherited();
+    let stop_now =
+        ctx.registry()
+            .worker_started(order.turn, pid, crate::platform::process_start_time(pid));
+    if stop_now {
+        // A cancel or steer arrived before the worker existed; act on it now.
+        ctx.stop_worker(order.turn, pid);
+    }
     debug!(turn = %order.turn, pid, "worker started");
     if let Some(mut stdin) = child.stdin.take() {
         let prompt = order.prompt.clone().into_bytes();
@@ -249,17 +295,31 @@ async fn run_turn(ctx: &Daemon, order: StartOrder) -> (TurnStatus, Option<i32>, 
         exit
     };
     let scanner = (provider.output == OutputFormat::Jsonl).then(|| LineScanner::new(provider));
-    let (exit, _, _) = tokio::join!(
-        waited,
-        pump(ctx, turn, "stdout", stdout, scanner),
-        pump(ctx, turn, "stderr", stderr, None)
-    );
+    let pumps = async {
+        tokio::join!(
+            pump(ctx, turn, "stdout", stdout, scanner),
+            pump(ctx, turn, "stderr", stderr, None)
+        )
+    };
+    tokio::pin!(pumps, waited);
+    let mut drained = false;
+    let exit = loop {
+        tokio::select! {
+            exit = &mut waited => break exit,
+            _ = &mut pumps, if !drained => drained = true,
+        }
+    };
+    // A descendant that left the process group could keep the pipes open for ever: give the
+    // output a moment to drain, then stop reading.
+    if !drained {
+        let _ = tokio::time::timeout(DRAIN, &mut pumps).await;
+    }
     if let Err(e) = claim.release() {
         warn!(turn = %turn, "cannot release the session's ownership files: {e}");
     }
     let exit = match exit {
         Ok(None) => {
-            return (
+            return Ok((
                 TurnStatus::Failed,
                 None,
                 Some(format!(
@@ -267,12 +327,12 @@ async fn run_turn(ctx: &Daemon, order: StartOrder) -> (TurnStatus, Option<i32>, 
                     limit.map_or(0, |l| l.as_secs()),
                     &*order.provider
                 )),
-            )
+            ))
         }
         Ok(Some(status)) => Ok(status),
         Err(e) => Err(e),
     };
-    match exit {
+    Ok(match exit {
         Ok(status) if status.success() => (TurnStatus::Completed, Some(0), None),
         Ok(status) => match status.code() {
             Some(code) => (TurnStatus::Failed, Some(code), None),
@@ -284,13 +344,13 @@ async fn run_turn(ctx: &Daemon, order: StartOrder) -> (TurnStatus, Option<i32>, 
         },
         Err(e) => {
             warn!(turn = %turn, "waiting for the worker failed: {e}");
-            failed(format!("waiting for the provider failed: {e}"))
+            return failed(format!("waiting for the provider failed: {e}"));
         }
-    }
+    })
 }
 
-fn failed(message: String) -> (TurnStatus, Option<i32>, Option<String>) {
-    (TurnStatus::Failed, None, Some(message))
+fn failed(message: String) -> Result<Ended, ()> {
+    Ok((TurnStatus::Failed, None, Some(message)))
 }
 
 /// Copies one output stream into the registry, chunk by chunk, until it closes; with a

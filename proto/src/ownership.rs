@@ -224,6 +224,7 @@ impl SessionFiles {
             lock_path,
             pid_path,
             record,
+            inherited: false,
         };
         write_record(&claim.pid_path, &claim.record).map_err(|source| ClaimError::Io {
             path: claim.pid_path.clone(),
@@ -340,6 +341,8 @@ pub struct Claim {
     lock_path: PathBuf,
     pid_path: PathBuf,
     record: PidRecord,
+    /// A child inherited the lock; see `mark_inherited`.
+    inherited: bool,
 }
 
 impl Claim {
@@ -383,6 +386,12 @@ impl Claim {
         self.give_up()
     }
 
+    /// Records that a child process inherited the lock descriptor: dropping the claim (rather
+    /// than releasing it once the child is known to be gone) then leaves the files alone.
+    pub fn mark_inherited(&mut self) {
+        self.inherited = true;
+    }
+
     fn give_up(&mut self) -> io::Result<()> {
         let Some(lock) = self.lock.take() else {
             return Ok(());
@@ -422,8 +431,13 @@ impl Claim {
 }
 
 impl Drop for Claim {
-    /// Releases, best effort: a claim must never outlive its value.
+    /// Releases, best effort: a claim must never outlive its value. Except when a worker
+    /// inherited the lock and may still run (the daemon stopping mid-turn): then only this
+    /// process's descriptor closes, the files stay, and the lock stays with the worker.
     fn drop(&mut self) {
+        if self.inherited {
+            return;
+        }
         if let Err(e) = self.give_up() {
             tracing::warn!("releasing a session on drop: {e}");
         }

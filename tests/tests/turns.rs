@@ -764,3 +764,86 @@ fn concurrent_submits_from_many_clients_each_run_once_in_acceptance_order() {
         );
     }
 }
+
+#[test]
+fn a_turn_whose_session_is_owned_elsewhere_waits_at_the_head_of_a_paused_queue() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = shell_session(&sb);
+    let id = sb.ctl(&["--json", "show", "job"]).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::create_dir_all(sb.state.join("sessions")).unwrap();
+    let lock = sb.state.join("sessions").join(format!("{id}.lock"));
+    // Another process holds the session's lock (as a surviving owner would).
+    let mut holder = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 9>{}; flock 9; echo locked; exec sleep 30",
+            lock.display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "locked\n");
+    sb.ctl(&["send", "touch ran"]).ok();
+    sb.ctl(&["send", "touch ran-second"]).ok();
+    sessiond_tests::eventually("the queue to pause naming the owner", || {
+        sb.ctl(&["--json", "queue"]).json()["paused"]
+            .as_str()
+            .is_some_and(|r| r.contains("owned by"))
+    });
+    let queue = sb.ctl(&["--json", "queue"]).json();
+    assert_eq!(
+        queue["queued"].as_array().unwrap().len(),
+        2,
+        "nothing failed or was lost"
+    );
+    assert_eq!(queue["queued"][0]["prompt"], "touch ran");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    sb.ctl(&["resume"]).ok();
+    sessiond_tests::eventually("both turns to run once the session is free", || {
+        project.join("ran").exists() && project.join("ran-second").exists()
+    });
+}
+
+#[test]
+fn a_cancel_before_the_worker_starts_still_stops_it() {
+    let sb = Sandbox::with_config(
+        "[daemon]\nmax_concurrent_turns = 1\ninterrupt_grace_ms = 200\nterminate_grace_ms = 200\n",
+    );
+    let _daemon = sb.start_daemon();
+    let project = shell_session(&sb);
+    let other = sb.project("q");
+    sb.ctl(&[
+        "new",
+        "--project",
+        other.to_str().unwrap(),
+        "--name",
+        "other",
+    ])
+    .ok();
+    // The only slot is taken, so job's turn is running (for the registry) but has no worker.
+    sb.ctl(&["send", "other", "sleep 0.8"]).ok();
+    let waiting = sb
+        .ctl(&["--json", "send", "job", "touch should-not-run; sleep 30"])
+        .json();
+    assert_eq!(waiting["accepted"], true);
+    let turn = waiting["turn"]["turn_id"].as_str().unwrap().to_string();
+    sb.ctl(&["cancel", &turn]).ok();
+    sessiond_tests::eventually("the turn to settle", || {
+        let q = sb.ctl(&["--json", "queue", "job"]).json();
+        q["running"].is_null()
+    });
+    assert!(!project.join("should-not-run").exists());
+    let log = sb.ctl(&["--json", "log", "job"]).json();
+    assert_eq!(log["turns"][0]["turn"]["status"], "cancelled");
+}

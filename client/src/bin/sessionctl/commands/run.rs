@@ -70,8 +70,30 @@ pub fn run(opts: &ConnectOptions, context: Option<&str>, r: Run) -> Result<u8, C
     if let Some(psid) = &info.provider_session_id {
         cmd.env("SESSIOND_PROVIDER_SESSION_ID", psid);
     }
+    // The command inherits the lock too: if sessionctl is killed, the session stays owned for
+    // as long as the command (or anything it started) can still write it.
+    let lock_fd = claim.lock_fd();
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: runs in the child between fork and exec and only calls fcntl, which is
+        // async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                let flags = nix::libc::fcntl(lock_fd, nix::libc::F_GETFD);
+                if flags < 0
+                    || nix::libc::fcntl(lock_fd, nix::libc::F_SETFD, flags & !nix::libc::FD_CLOEXEC)
+                        < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut claim = claim;
     let status = match cmd.spawn() {
         Ok(mut child) => {
+            claim.mark_inherited();
             // The terminal's Ctrl-C goes to the command, which decides what it means; this
             // process must stay to give the session back.
             ignore_interrupts();
@@ -80,7 +102,10 @@ pub fn run(opts: &ConnectOptions, context: Option<&str>, r: Run) -> Result<u8, C
         Err(e) => Err(e),
     };
     let _ = claim.release();
-    detach(&mut client, &id)?;
+    if let Err(e) = detach(&mut client, &id) {
+        // The command's own status matters more; the daemon detaches a closed connection.
+        eprintln!("sessionctl: could not detach session {id} cleanly: {e}");
+    }
     match status {
         Ok(status) => Ok(exit_code(status)),
         Err(e) => Err(ClientError::Local(format!(
