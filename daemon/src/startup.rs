@@ -162,7 +162,11 @@ fn run_server(
     let providers = config.providers();
     let provider_names: Vec<String> = providers.keys().cloned().collect();
     let mut registry = Registry::new(store, loaded, &provider_names, owned)?;
-    crate::recovery::settle_at_startup(&mut registry, config.daemon.terminate_grace());
+    crate::recovery::settle_at_startup(
+        &mut registry,
+        &session_files,
+        config.daemon.terminate_grace(),
+    );
     tracing::info!(
         sessions = registry.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
