@@ -63,3 +63,18 @@ fn is_zombie(pid: u32) -> bool {
         .and_then(|end| stat[end + 1..].split_whitespace().next())
         .is_some_and(|state| state == "Z")
 }
+
+/// Lets a child inherit `fd` across exec by clearing its close-on-exec flag. For use in a
+/// `pre_exec` hook, between fork and exec, where only async-signal-safe calls (fcntl is one)
+/// may run; giving a worker the session's lock descriptor is what keeps the session owned
+/// for exactly as long as a process that can write it lives.
+pub fn inherit_in_child(fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor number; no memory is touched.
+    let flags = unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) };
+    if flags < 0
+        || unsafe { nix::libc::fcntl(fd, nix::libc::F_SETFD, flags & !nix::libc::FD_CLOEXEC) } < 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

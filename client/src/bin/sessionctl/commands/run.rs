@@ -78,16 +78,7 @@ pub fn run(opts: &ConnectOptions, context: Option<&str>, r: Run) -> Result<u8, C
         // SAFETY: runs in the child between fork and exec and only calls fcntl, which is
         // async-signal-safe.
         unsafe {
-            cmd.pre_exec(move || {
-                let flags = nix::libc::fcntl(lock_fd, nix::libc::F_GETFD);
-                if flags < 0
-                    || nix::libc::fcntl(lock_fd, nix::libc::F_SETFD, flags & !nix::libc::FD_CLOEXEC)
-                        < 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || sessiond_proto::process::inherit_in_child(lock_fd));
         }
     }
     let mut claim = claim;
