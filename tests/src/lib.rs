@@ -575,3 +575,13 @@ pub fn process_running(pid: i32) -> bool {
         .unwrap_or(false);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() && !zombie
 }
+
+/// The pid a test's command wrote to `path` (`echo $$ > path`), once it exists.
+pub fn pid_written_to(path: &Path) -> i32 {
+    eventually("the command to write its pid", || path.exists());
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{} holds no pid: {e}", path.display()))
+}

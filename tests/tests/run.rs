@@ -116,11 +116,7 @@ fn a_killed_run_gives_the_session_back() {
     run.kill().unwrap();
     run.wait().unwrap();
     // The orphaned command may linger; end it so it releases the inherited lock file.
-    let pid: i32 = std::fs::read_to_string(project.join("attached.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: i32 = sessiond_tests::pid_written_to(&project.join("attached.pid"));
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,

@@ -260,11 +260,7 @@ fn cancelling_a_running_turn_stops_it_and_pauses_the_queue() {
     sessiond_tests::eventually("the worker to start", || {
         project.join("worker.pid").exists()
     });
-    let pid: i32 = std::fs::read_to_string(project.join("worker.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: i32 = sessiond_tests::pid_written_to(&project.join("worker.pid"));
     sb.ctl(&["send", "touch ran-after-cancel"]).ok();
     let answer = sb.ctl(&["--json", "cancel", &turn]).json();
     assert_eq!(
@@ -301,11 +297,7 @@ fn kill_9_mid_turn_leaves_no_orphan_and_resume_runs_the_queue_once() {
     sessiond_tests::eventually("the worker to start", || {
         project.join("worker.pid").exists()
     });
-    let pid: i32 = std::fs::read_to_string(project.join("worker.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: i32 = sessiond_tests::pid_written_to(&project.join("worker.pid"));
     daemon.signal(nix::sys::signal::Signal::SIGKILL);
     daemon.wait();
     let alive = sessiond_tests::process_running;
@@ -349,11 +341,7 @@ fn the_worker_owns_the_session_while_it_runs() {
     sessiond_tests::eventually("the worker to start", || {
         project.join("worker.pid").exists()
     });
-    let pid: u64 = std::fs::read_to_string(project.join("worker.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: u64 = sessiond_tests::pid_written_to(&project.join("worker.pid")) as u64;
     sessiond_tests::eventually("the pid file to name the worker", || {
         let owner = &sb.ctl(&["--json", "show", "job"]).json()["owner"];
         owner["pid"].as_u64() == Some(pid)
@@ -382,11 +370,7 @@ fn children_left_behind_neither_hang_the_turn_nor_outlive_it() {
     ]);
     assert_eq!(out.code(), 0, "{}", out.stderr());
     assert_eq!(out.stdout(), "started\n");
-    let bg: i32 = std::fs::read_to_string(project.join("bg.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let bg: i32 = sessiond_tests::pid_written_to(&project.join("bg.pid"));
     sessiond_tests::eventually("the leftover child to be ended", || {
         !sessiond_tests::process_running(bg)
     });
