@@ -355,6 +355,22 @@ fn argv(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
+/// An agent CLI preset: JSON-lines output whose lines carry the provider's session id at
+/// `session_id_pointer`; `first` for a session's first turn, `resume` after.
+fn agent(first: &[&str], resume: &[&str], session_id_pointer: &str) -> ProviderConfig {
+    ProviderConfig {
+        command: argv(resume),
+        first_command: Some(argv(first)),
+        prompt: PromptChannel::Argv,
+        output: OutputFormat::Jsonl,
+        session_id_pointer: Some(session_id_pointer.into()),
+        needs_input_pointer: None,
+        needs_input_value: None,
+        env: BTreeMap::new(),
+        timeout_secs: None,
+    }
+}
+
 /// The providers every daemon has. The agent presets follow each CLI's documented
 /// non-interactive mode: run one prompt, print JSON lines, and resume a session by its id.
 /// They work when the program is installed; a turn on a missing program fails with
@@ -379,8 +395,16 @@ pub fn builtin() -> BTreeMap<String, ProviderConfig> {
     // `session_id`; `--resume ID` continues that session.
     all.insert(
         "claude".to_string(),
-        ProviderConfig {
-            command: argv(&[
+        agent(
+            &[
+                "claude",
+                "-p",
+                "{prompt}",
+                "--output-format",
+                "stream-json",
+                "--verbose",
+            ],
+            &[
                 "claude",
                 "-p",
                 "{prompt}",
@@ -389,53 +413,34 @@ pub fn builtin() -> BTreeMap<String, ProviderConfig> {
                 "--output-format",
                 "stream-json",
                 "--verbose",
-            ]),
-            first_command: Some(argv(&[
-                "claude",
-                "-p",
-                "{prompt}",
-                "--output-format",
-                "stream-json",
-                "--verbose",
-            ])),
-            prompt: PromptChannel::Argv,
-            output: OutputFormat::Jsonl,
-            session_id_pointer: Some("/session_id".into()),
-            needs_input_pointer: None,
-            needs_input_value: None,
-            env: BTreeMap::new(),
-            timeout_secs: None,
-        },
+            ],
+            "/session_id",
+        ),
     );
     // Codex: `exec --json` runs one prompt and prints events; the first carries the thread
     // id; `exec resume ID` continues it.
     all.insert(
         "codex".to_string(),
-        ProviderConfig {
-            command: argv(&[
+        agent(
+            &["codex", "exec", "--json", "{prompt}"],
+            &[
                 "codex",
                 "exec",
                 "--json",
                 "resume",
                 "{provider_session_id}",
                 "{prompt}",
-            ]),
-            first_command: Some(argv(&["codex", "exec", "--json", "{prompt}"])),
-            prompt: PromptChannel::Argv,
-            output: OutputFormat::Jsonl,
-            session_id_pointer: Some("/thread_id".into()),
-            needs_input_pointer: None,
-            needs_input_value: None,
-            env: BTreeMap::new(),
-            timeout_secs: None,
-        },
+            ],
+            "/thread_id",
+        ),
     );
     // Gemini CLI: `-p` runs one prompt; stream-json prints JSON lines with `session_id`;
     // `--resume ID` continues that session.
     all.insert(
         "gemini".to_string(),
-        ProviderConfig {
-            command: argv(&[
+        agent(
+            &["gemini", "-p", "{prompt}", "--output-format", "stream-json"],
+            &[
                 "gemini",
                 "--resume",
                 "{provider_session_id}",
@@ -443,22 +448,9 @@ pub fn builtin() -> BTreeMap<String, ProviderConfig> {
                 "{prompt}",
                 "--output-format",
                 "stream-json",
-            ]),
-            first_command: Some(argv(&[
-                "gemini",
-                "-p",
-                "{prompt}",
-                "--output-format",
-                "stream-json",
-            ])),
-            prompt: PromptChannel::Argv,
-            output: OutputFormat::Jsonl,
-            session_id_pointer: Some("/session_id".into()),
-            needs_input_pointer: None,
-            needs_input_value: None,
-            env: BTreeMap::new(),
-            timeout_secs: None,
-        },
+            ],
+            "/session_id",
+        ),
     );
     all
 }

@@ -22,13 +22,7 @@ pub fn run(
 ) -> Result<(), ClientError> {
     let mut client = BlockingClient::connect(opts)?;
     let context = context.map(str::to_string);
-    let target = |t: &Target| -> Result<SessionParams, ClientError> {
-        Ok(SessionParams {
-            session: t.session.clone(),
-            project: t.project.as_deref().map(absolute).transpose()?,
-            context: context.clone(),
-        })
-    };
+    let target = |t: &Target| t.params(context.as_deref());
     match cmd {
         Command::New {
             project,
@@ -132,6 +126,17 @@ pub fn run(
         | Command::Run { .. } => {
             unreachable!("handled by their own modules")
         }
+    }
+}
+
+impl Target {
+    /// The wire form of "this session": the selector, the project made absolute, the context.
+    pub fn params(&self, context: Option<&str>) -> Result<SessionParams, ClientError> {
+        Ok(SessionParams {
+            session: self.session.clone(),
+            project: self.project.as_deref().map(absolute).transpose()?,
+            context: context.map(str::to_string),
+        })
     }
 }
 

@@ -177,15 +177,7 @@ pub fn queue(
     action: QueueAction,
 ) -> Result<(), ClientError> {
     let mut client = BlockingClient::connect(opts)?;
-    let params = SessionParams {
-        session: t.session.clone(),
-        project: t
-            .project
-            .as_deref()
-            .map(crate::commands::sessions::absolute)
-            .transpose()?,
-        context: context.map(str::to_string),
-    };
+    let params = t.params(context)?;
     let result = match action {
         QueueAction::Show => client.call::<Queue>(params)?,
         QueueAction::Pause => client.call::<Pause>(params)?,
@@ -257,14 +249,15 @@ fn read_log(
     turn: Option<&str>,
     last: Option<u32>,
 ) -> Result<LogResult, ClientError> {
+    let SessionParams {
+        session,
+        project,
+        context,
+    } = t.params(context)?;
     client.call::<Log>(LogParams {
-        session: t.session.clone(),
-        project: t
-            .project
-            .as_deref()
-            .map(crate::commands::sessions::absolute)
-            .transpose()?,
-        context: context.map(str::to_string),
+        session,
+        project,
+        context,
         turn: turn.map(str::to_string),
         last,
     })
@@ -361,16 +354,7 @@ fn follow_log(
 ) -> Result<(), ClientError> {
     use std::collections::HashMap;
     let mut client = BlockingClient::connect(opts)?;
-    let project = t
-        .project
-        .as_deref()
-        .map(crate::commands::sessions::absolute)
-        .transpose()?;
-    let info = client.call::<Get>(SessionParams {
-        session: t.session.clone(),
-        project,
-        context: context.map(str::to_string),
-    })?;
+    let info = client.call::<Get>(t.params(context)?)?;
     client.call::<Subscribe>(SubscribeParams {
         filter: EventFilter {
             sessions: vec![info.id],
