@@ -20,6 +20,8 @@ use sessiond_proto::frame;
 use sessiond_proto::paths::{PathOverrides, Paths};
 use sessiond_proto::PROTOCOL_VERSION;
 
+pub mod report;
+
 /// Longest any harness wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
