@@ -80,11 +80,21 @@ impl Answer {
     ) -> Vec<u8> {
         let failure = match outcome {
             Ok(Ok(())) => return frame,
-            Ok(Err(e)) => format!(
-                "{e}; the change is in effect until the daemon restarts but was not saved. \
-                 sessiond now refuses changes: fix the cause (disk space, permissions), then \
-                 `sessionctl daemon restart`"
-            ),
+            Ok(Err(e)) => {
+                return error_frame(
+                    id,
+                    RequestError::new(
+                        ErrorCode::STORAGE_FAILED,
+                        format!(
+                            "{e}; the change is in effect and held in memory, and is saved \
+                             when the database can be written again (sessiond retries every \
+                             second) — unless the daemon stops first. Free disk space (or fix \
+                             permissions); `sessionctl daemon status` shows when it has \
+                             recovered"
+                        ),
+                    ),
+                )
+            }
             Err(_) => "the store stopped before saving the change; see the daemon's log \
                        (`sessionctl daemon status` shows where) and restart it: \
                        `sessionctl daemon restart`"

@@ -15,6 +15,14 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+/// Longest argv element `execve` accepts: Linux caps each at 32 pages (`MAX_ARG_STRLEN`),
+/// counting its terminating NUL. Other systems cap only the whole argv and environment, which
+/// a prompt within [`crate::registry::MAX_PROMPT_BYTES`] stays under.
+#[cfg(target_os = "linux")]
+pub const MAX_ARGV_ELEMENT_BYTES: usize = 32 * 4096 - 1;
+#[cfg(not(target_os = "linux"))]
+pub const MAX_ARGV_ELEMENT_BYTES: usize = usize::MAX;
+
 /// Placeholders a template may use.
 pub const PLACEHOLDERS: &[&str] = &["prompt", "id", "provider_session_id", "project", "cwd"];
 
@@ -229,6 +237,51 @@ impl ProviderConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Why `prompt` can never reach this provider's process, if it cannot. On argv an element
+    /// is a C string, so a NUL byte would cut it short, and the kernel refuses an element over
+    /// [`MAX_ARGV_ELEMENT_BYTES`]; refusing at submit says so before anything is queued,
+    /// instead of failing the turn later. Standard input carries any bytes.
+    pub fn refuse_prompt(&self, prompt: &str) -> Option<String> {
+        if self.prompt == PromptChannel::Stdin {
+            return None;
+        }
+        if prompt.contains('\0') {
+            return Some(
+                "it contains a NUL byte, which a command-line argument cannot hold; remove it, \
+                 or use a provider with prompt = \"stdin\""
+                    .into(),
+            );
+        }
+        // The longest literal text sharing an element with {prompt}: the element is that
+        // text plus the prompt (other placeholders in the same element are rare and short,
+        // and spawning reports the kernel's refusal if they tip it over).
+        let around = std::iter::once(&self.command)
+            .chain(&self.first_command)
+            .flatten()
+            .filter_map(|element| parse_element(element).ok())
+            .filter(|pieces| pieces.contains(&Piece::Var("prompt")))
+            .map(|pieces| {
+                pieces
+                    .iter()
+                    .map(|piece| match piece {
+                        Piece::Text(text) => text.len(),
+                        Piece::Var(_) => 0,
+                    })
+                    .sum::<usize>()
+            })
+            .max()
+            .unwrap_or(0);
+        let limit = MAX_ARGV_ELEMENT_BYTES.saturating_sub(around);
+        (prompt.len() > limit).then(|| {
+            format!(
+                "it is {} bytes, and this provider passes the prompt as one command-line \
+                 argument, which the system limits to {limit} bytes; shorten it (put long \
+                 material in a file and refer to it), or use a provider with prompt = \"stdin\"",
+                prompt.len()
+            )
+        })
     }
 
     /// The template a turn uses: `first_command` until the provider has named the session.
@@ -530,6 +583,29 @@ mod tests {
             shell.argv(&vars(nasty, None)).unwrap(),
             vec!["sh".to_string(), "-c".into(), nasty.into()]
         );
+    }
+
+    #[test]
+    fn prompts_an_argument_cannot_carry_are_refused_and_stdin_takes_anything() {
+        let shell = &builtin()["shell"];
+        assert!(shell.refuse_prompt("fine").is_none());
+        assert!(shell.refuse_prompt("a\0b").unwrap().contains("NUL"));
+        let at_limit = "x".repeat(MAX_ARGV_ELEMENT_BYTES);
+        assert!(shell.refuse_prompt(&at_limit).is_none());
+        let over = "x".repeat(MAX_ARGV_ELEMENT_BYTES + 1);
+        assert!(shell.refuse_prompt(&over).unwrap().contains("stdin"));
+        // Literal text in the prompt's element counts against the limit.
+        let prefixed = ProviderConfig {
+            command: argv(&["tool", "--prompt={prompt}"]),
+            ..shell.clone()
+        };
+        assert!(prefixed.refuse_prompt(&at_limit).is_some());
+        let stdin = ProviderConfig {
+            command: argv(&["cat"]),
+            prompt: PromptChannel::Stdin,
+            ..shell.clone()
+        };
+        assert!(stdin.refuse_prompt(&format!("{over}\0")).is_none());
     }
 
     #[test]

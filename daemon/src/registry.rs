@@ -10,7 +10,7 @@
 //! digits is exactly the integer range [p·2^(128−4k), (p+1)·2^(128−4k)), so a prefix lookup is
 //! one range scan with no per-session strings.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -22,6 +22,7 @@ use sessiond_proto::ErrorCode;
 
 use crate::dispatch::RequestError;
 use crate::events::EventBus;
+use crate::provider::ProviderConfig;
 use crate::session::Session;
 use crate::store::{Commit, ContextRow, Loaded, Store, Write};
 use crate::turn::{Stop, Turn};
@@ -82,7 +83,8 @@ pub struct Registry {
     contexts: HashMap<String, ContextRow>,
     /// One shared string per project and provider.
     interned: HashMap<String, Arc<str>>,
-    providers: Vec<String>,
+    /// The configured providers, for checking names and whether a prompt can reach them.
+    providers: BTreeMap<String, ProviderConfig>,
     /// Sessions attached to a client's process: session → (connection, pid).
     attached: HashMap<SessionId, (u64, u32)>,
     /// Turns not yet settled, and each session's running turn and queue.
@@ -194,10 +196,9 @@ impl Registry {
     pub fn new(
         store: Store,
         loaded: Loaded,
-        providers: &[String],
+        providers: BTreeMap<String, ProviderConfig>,
         is_owned: impl Fn(SessionId) -> bool,
     ) -> Result<Registry, String> {
-        let providers = providers.to_vec();
         let mut registry = Registry {
             sessions: HashMap::with_capacity(loaded.sessions.len()),
             ids: BTreeSet::new(),
@@ -325,16 +326,17 @@ impl Registry {
         self.store.failure()
     }
 
-    /// Refuses a change once a commit has failed: memory and file would drift further apart.
+    /// Refuses a change while the database cannot be written: memory already holds changes
+    /// the file does not, and more would only be lost with them if the daemon stopped.
     fn writable(&self) -> Result<(), RequestError> {
         match self.store.failure() {
             None => Ok(()),
             Some(why) => Err(RequestError::new(
                 ErrorCode::STORAGE_FAILED,
                 format!(
-                    "the database {} could not be written ({why}); sessiond refuses changes \
-                     until it is restarted. Fix the cause (disk space, permissions), then \
-                     `sessionctl daemon restart`",
+                    "the database {} cannot be written ({why}), so sessiond refuses changes \
+                     for now; reads still work. Free disk space (or fix permissions): sessiond \
+                     retries every second and accepts changes again by itself",
                     self.store.path().display()
                 ),
             )),
@@ -513,11 +515,15 @@ impl Registry {
     /// Creates a session (provisional, idle).
     pub fn create(&mut self, p: CreateParams) -> Result<(SessionInfo, Commit), RequestError> {
         self.writable()?;
-        if !self.providers.contains(&p.provider) {
+        if !self.providers.contains_key(&p.provider) {
             return Err(invalid(format!(
                 "unknown provider {:?}; configured providers: {}",
                 p.provider,
-                self.providers.join(", ")
+                self.providers
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         let project = canonical_dir(&p.project, "project")?;
@@ -967,6 +973,17 @@ impl Registry {
             )));
         }
         let session = self.session(id);
+        if let Some(why) = self
+            .providers
+            .get(&*session.provider)
+            .and_then(|provider| provider.refuse_prompt(&p.prompt))
+        {
+            return Err(invalid(format!(
+                "provider {:?} of session {} cannot take this prompt: {why}",
+                &*session.provider,
+                id.short()
+            )));
+        }
         if !matches!(session.phase, Phase::Provisional | Phase::Bound) {
             return Err(invalid_state(format!(
                 "session {} is {}; reopen it first (`sessionctl reopen {}`)",
@@ -1016,6 +1033,7 @@ impl Registry {
             output_chunks: 0,
             output_bytes: 0,
             output_truncated: false,
+            output_unsaved: 0,
             stop: None,
         };
         let turn_id = turn.id;
@@ -1177,6 +1195,14 @@ impl Registry {
         event.chunk = Some(chunk);
         event.data = Some(String::from_utf8_lossy(data).into_owned());
         self.events.publish(event_kind::TURN_OUTPUT, event);
+        if self.store.failure().is_some() {
+            // Holding a flood of output in memory until space returns could exhaust it; the
+            // subscribers saw it, and the settled turn will say what the transcript lacks.
+            if let Some(turn) = self.turns.get_mut(&turn_id) {
+                turn.output_unsaved += data.len() as u64;
+            }
+            return;
+        }
         // Output is not acknowledged to anyone; its commit rides along with the next one.
         drop(self.store.write(vec![Write::Output {
             turn: turn_id,
@@ -1212,6 +1238,20 @@ impl Registry {
                 Some("interrupted by a steer, which runs next".into()),
             ),
             None => (status, error),
+        };
+        let error = match turn.output_unsaved {
+            0 => error,
+            lost => {
+                let why = self
+                    .store
+                    .failure()
+                    .unwrap_or_else(|| "a failed commit".into());
+                let note = format!(
+                    "{lost} bytes of output were streamed but not saved to the transcript: the \
+                     database could not be written ({why})"
+                );
+                Some(error.map_or(note.clone(), |e| format!("{e}; {note}")))
+            }
         };
         turn.status = status;
         turn.ended_at = Some(sessiond_proto::now_ms());
@@ -1701,9 +1741,8 @@ mod tests {
     fn registry() -> (Registry, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let (store, loaded) = Store::open(dir.path()).unwrap();
-        let providers: Vec<String> = crate::provider::builtin().into_keys().collect();
         (
-            Registry::new(store, loaded, &providers, |_| false).unwrap(),
+            Registry::new(store, loaded, crate::provider::builtin(), |_| false).unwrap(),
             dir,
         )
     }

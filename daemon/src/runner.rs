@@ -78,18 +78,16 @@ pub async fn run(ctx: Arc<Daemon>, mut orders: mpsc::UnboundedReceiver<Order>, l
                 }
                 return;
             }
-            // Never start a worker for a turn a crash could forget.
+            // Never start a worker for a turn a crash could forget (it would run again after
+            // a restart): while the database cannot be written the turn waits at the head of
+            // its queue, which is paused until someone resumes it.
             if !matches!(saved.await, Ok(Ok(()))) {
-                let next = ctx.registry().settle(
-                    turn,
-                    TurnStatus::Failed,
-                    None,
-                    Some("the turn could not be saved, so it was not started".into()),
-                );
                 drop(slot);
-                if let Some(next) = next {
-                    ctx.start_turn(next);
-                }
+                ctx.registry().requeue_blocked(
+                    turn,
+                    "the database could not be written, so the turn was not started; free \
+                     disk space, then resume the queue",
+                );
                 return;
             }
             let outcome = run_turn(&ctx, order).await;

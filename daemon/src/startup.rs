@@ -160,8 +160,7 @@ fn run_server(
         )
     };
     let providers = config.providers();
-    let provider_names: Vec<String> = providers.keys().cloned().collect();
-    let mut registry = Registry::new(store, loaded, &provider_names, owned)?;
+    let mut registry = Registry::new(store, loaded, providers.clone(), owned)?;
     crate::recovery::settle_at_startup(
         &mut registry,
         &session_files,

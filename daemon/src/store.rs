@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OpenFlags};
 use sessiond_proto::session::{Activity, Phase, SessionId};
@@ -230,8 +231,8 @@ pub struct Store {
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
     path: Arc<PathBuf>,
-    /// The first commit failure, if any. After one, memory holds changes the file does not,
-    /// so the registry refuses further changes until the daemon is restarted.
+    /// Why the last commit failed, while changes are held unsaved (see [`run`]); the registry
+    /// refuses changes while it is set.
     failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
@@ -523,6 +524,7 @@ fn load(conn: &Connection) -> Result<Loaded, DbError> {
             output_chunks: 0,
             output_bytes: 0,
             output_truncated: false,
+            output_unsaved: 0,
             stop: None,
         });
     }
@@ -533,32 +535,67 @@ fn load(conn: &Connection) -> Result<Loaded, DbError> {
     })
 }
 
+/// How often a store that could not write tries again. The first retry after space returns
+/// saves what was held and lifts the refusal of changes.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Writes memory holds but the database does not, after a failed commit, and why they failed.
+/// They are saved, in order and before anything newer, once a commit succeeds again.
+struct Backlog {
+    writes: Vec<Write>,
+    last_attempt: Instant,
+}
+
 /// The store thread: commit every queued job together, acknowledge each, repeat.
+///
+/// When a commit fails (disk full, I/O error), its writes are kept in a backlog, the failure is
+/// published (the registry then refuses changes and `status` reports it), and every later write
+/// joins the backlog and is answered with the failure, since it is not durable. Every
+/// [`RETRY_INTERVAL`] the backlog is tried again; when it commits, the failure is cleared.
+/// Reads go on throughout, seeing what is saved.
 fn run(
     mut conn: Connection,
     queue: mpsc::Receiver<Job>,
     path: Arc<PathBuf>,
     failure: Arc<std::sync::Mutex<Option<String>>>,
 ) {
+    let set_failure = |message: Option<String>| {
+        *failure.lock().unwrap_or_else(|e| e.into_inner()) = message;
+    };
     let mut held_read = None;
+    let mut backlog: Option<Backlog> = None;
     loop {
         // A read waits for the writes queued before it, so it starts the next round.
-        let first = match held_read.take() {
-            Some(read) => read,
-            None => match queue.recv() {
-                Ok(job) => job,
-                Err(_) => break,
-            },
+        let next = match held_read.take() {
+            Some(read) => Ok(read),
+            None if backlog.is_some() => queue.recv_timeout(RETRY_INTERVAL),
+            None => queue
+                .recv()
+                .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
         };
-        let first = match first {
-            Job::Read(query) => {
+        let first = match next {
+            Ok(Job::Read(query)) => {
                 query(&conn);
                 continue;
             }
-            write => write,
+            Ok(write) => Some(write),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if let Some(held) = backlog.take() {
+                    // Stopping: one last try, so nothing held is lost if space came back.
+                    if let Err(e) = commit(&mut conn, held.writes.iter()) {
+                        tracing::error!(
+                            database = %path.display(),
+                            "stopping with {} changes that could not be saved: {e}",
+                            held.writes.len()
+                        );
+                    }
+                }
+                break;
+            }
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        let mut batch: Vec<Job> = first.into_iter().collect();
+        while !batch.is_empty() && batch.len() < MAX_BATCH {
             match queue.try_recv() {
                 Ok(read @ Job::Read(_)) => {
                     held_read = Some(read);
@@ -568,16 +605,51 @@ fn run(
                 Err(_) => break,
             }
         }
-        let result = commit(&mut conn, &batch).map_err(|e| {
-            let message = e.to_string();
-            tracing::error!(
-                database = %path.display(),
-                "commit failed: {message}; refusing further changes until restarted"
-            );
-            failure
+        let batch_writes = batch.iter().flat_map(|job| match job {
+            Job::Write { writes, .. } => writes.as_slice(),
+            Job::Read(_) => &[],
+        });
+        let result = match &mut backlog {
+            None => commit(&mut conn, batch_writes).map_err(|e| e.to_string()),
+            Some(held) if held.last_attempt.elapsed() >= RETRY_INTERVAL => {
+                held.last_attempt = Instant::now();
+                let outcome = commit(&mut conn, held.writes.iter().chain(batch_writes))
+                    .map_err(|e| e.to_string());
+                if outcome.is_ok() {
+                    tracing::info!(
+                        database = %path.display(),
+                        "saved {} held changes; accepting changes again",
+                        held.writes.len()
+                    );
+                    backlog = None;
+                    set_failure(None);
+                }
+                outcome
+            }
+            Some(_) => Err(failure
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert_with(|| message.clone());
+                .clone()
+                .unwrap_or_default()),
+        };
+        let result = result.map_err(|message| {
+            let held = backlog.get_or_insert_with(|| {
+                tracing::error!(
+                    database = %path.display(),
+                    "commit failed: {message}; holding changes in memory, refusing new ones, \
+                     and retrying every {} s",
+                    RETRY_INTERVAL.as_secs()
+                );
+                Backlog {
+                    writes: Vec::new(),
+                    last_attempt: Instant::now(),
+                }
+            });
+            held.writes.extend(batch.iter().flat_map(|job| match job {
+                Job::Write { writes, .. } => writes.clone(),
+                Job::Read(_) => Vec::new(),
+            }));
+            set_failure(Some(message.clone()));
             StoreError {
                 path: path.clone(),
                 message,
@@ -591,7 +663,10 @@ fn run(
     }
 }
 
-fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<()> {
+fn commit<'a>(
+    conn: &mut Connection,
+    writes: impl Iterator<Item = &'a Write>,
+) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut upsert_session = tx.prepare_cached(
@@ -618,10 +693,6 @@ fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<()> {
             "INSERT OR REPLACE INTO contexts (name, session_id, project, generation)
              VALUES (?1, ?2, ?3, ?4)",
         )?;
-        let writes = batch.iter().flat_map(|job| match job {
-            Job::Write { writes, .. } => writes.as_slice(),
-            Job::Read(_) => &[],
-        });
         for write in writes {
             match write {
                 Write::Session(s) => {

@@ -29,6 +29,9 @@ pub struct Turn {
     pub output_bytes: u64,
     /// The cap was passed: the marker was sent and further output is discarded.
     pub output_truncated: bool,
+    /// Output bytes streamed to subscribers but not saved, because the database could not be
+    /// written at the time; the settled turn's error says so.
+    pub output_unsaved: u64,
     /// Why it is being stopped while it runs, if it is.
     pub stop: Option<Stop>,
 }

@@ -71,11 +71,22 @@ fn session_name_of_100_characters_is_accepted_and_101_refused() {
 
 #[test]
 fn prompt_of_one_mebibyte_is_accepted_and_one_byte_more_refused() {
-    let sb = Sandbox::new();
+    // A provider reading the prompt on stdin: one argv element cannot hold a mebibyte.
+    let sb = Sandbox::with_config(
+        "[providers.reader]\ncommand = [\"cat\"]\nprompt = \"stdin\"\n",
+    );
     let _daemon = sb.start_daemon();
     let project = sb.project("p");
-    sb.ctl(&["new", "--project", project.to_str().unwrap(), "--name", "s"])
-        .ok();
+    sb.ctl(&[
+        "new",
+        "--project",
+        project.to_str().unwrap(),
+        "--provider",
+        "reader",
+        "--name",
+        "s",
+    ])
+    .ok();
     sb.ctl(&["pause", "s"]).ok(); // queue only: the prompt is not run
     let send = |size: usize| {
         let mut cmd = sb.sessionctl();
