@@ -1174,7 +1174,7 @@ impl Registry {
             turn.output_bytes = cap;
             turn.output_truncated = true;
             marker = [
-                &data[..room],
+                &data[..crate::turn::utf8_complete_prefix(&data[..room])],
                 format!(
                     "\n[sessiond: this turn's output passed {cap} bytes (max_output_bytes); the \
                      rest is discarded, the turn goes on]\n"

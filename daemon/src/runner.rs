@@ -343,7 +343,8 @@ fn failed(message: String) -> Result<Ended, ()> {
 }
 
 /// Copies one output stream into the registry, chunk by chunk, until it closes; with a
-/// scanner (a `jsonl` provider's stdout), also hands on what the lines say.
+/// scanner (a `jsonl` provider's stdout), also hands on what the lines say. A chunk never ends
+/// inside a UTF-8 character: the unfinished bytes wait for the next read (or the end).
 async fn pump(
     ctx: &Daemon,
     turn: sessiond_proto::session::TurnId,
@@ -352,20 +353,34 @@ async fn pump(
     mut scanner: Option<LineScanner<'_>>,
 ) {
     let mut buf = vec![0u8; CHUNK];
+    let mut held = 0;
     loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                let signals = scanner
-                    .as_mut()
-                    .map(|s| s.feed(&buf[..n]))
-                    .unwrap_or_default();
-                let mut registry = ctx.registry();
-                registry.turn_output(turn, stream, &buf[..n], ctx.config.max_output_bytes);
-                for signal in signals {
-                    registry.provider_signal(turn, signal);
-                }
-            }
+        let n = match from.read(&mut buf[held..]).await {
+            Ok(0) | Err(_) => 0,
+            Ok(n) => n,
+        };
+        let end = held + n;
+        let complete = if n == 0 {
+            end
+        } else {
+            crate::turn::utf8_complete_prefix(&buf[..end])
+        };
+        let signals = scanner
+            .as_mut()
+            .map(|s| s.feed(&buf[held..end]))
+            .unwrap_or_default();
+        let mut registry = ctx.registry();
+        if complete > 0 {
+            registry.turn_output(turn, stream, &buf[..complete], ctx.config.max_output_bytes);
         }
+        for signal in signals {
+            registry.provider_signal(turn, signal);
+        }
+        drop(registry);
+        if n == 0 {
+            return;
+        }
+        buf.copy_within(complete..end, 0);
+        held = end - complete;
     }
 }

@@ -62,3 +62,53 @@ impl Turn {
         }
     }
 }
+
+/// The length of the longest prefix of `bytes` that does not end inside a UTF-8 character:
+/// everything but a trailing lead byte whose continuation bytes have not all arrived. Output
+/// is cut there so a character split across two pipe reads (or by the output cap) reaches
+/// clients whole instead of as two replacement characters. Bytes that are not UTF-8 at all
+/// are never held back.
+pub fn utf8_complete_prefix(bytes: &[u8]) -> usize {
+    // A character is at most 4 bytes, so only the last 3 can be an unfinished one.
+    for back in 1..=bytes.len().min(3) {
+        let at = bytes.len() - back;
+        let byte = bytes[at];
+        if byte & 0b1100_0000 == 0b1000_0000 {
+            continue; // a continuation byte: its lead is further back
+        }
+        let needs = match byte {
+            0xC2..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF4 => 4,
+            _ => return bytes.len(), // ASCII or never a lead byte
+        };
+        return if back < needs { at } else { bytes.len() };
+    }
+    bytes.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utf8_complete_prefix;
+
+    #[test]
+    fn a_character_cut_short_is_held_back_and_anything_else_is_not() {
+        let e_acute = "é".as_bytes(); // 2 bytes
+        let euro = "€".as_bytes(); // 3 bytes
+        let crab = "🦀".as_bytes(); // 4 bytes
+        assert_eq!(utf8_complete_prefix(b""), 0);
+        assert_eq!(utf8_complete_prefix(b"abc"), 3);
+        assert_eq!(utf8_complete_prefix(&[b'a', e_acute[0]]), 1);
+        assert_eq!(utf8_complete_prefix(&[b'a', e_acute[0], e_acute[1]]), 3);
+        assert_eq!(utf8_complete_prefix(&euro[..2]), 0);
+        assert_eq!(utf8_complete_prefix(euro), 3);
+        for cut in 1..4 {
+            assert_eq!(utf8_complete_prefix(&[b"xy", &crab[..cut]].concat()), 2);
+        }
+        assert_eq!(utf8_complete_prefix(crab), 4);
+        // Invalid bytes pass through: a stray continuation, 0xFF, a lone 0xC0.
+        assert_eq!(utf8_complete_prefix(&[b'a', 0x80, 0x80, 0x80]), 4);
+        assert_eq!(utf8_complete_prefix(&[0xFF]), 1);
+        assert_eq!(utf8_complete_prefix(&[b'a', 0xC0]), 2);
+    }
+}

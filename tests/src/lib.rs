@@ -237,18 +237,45 @@ pub fn run_bounded(cmd: &mut Command) -> CtlOutput {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    // Drained while it runs: output larger than a pipe's buffer would otherwise block the
+    // command until the deadline.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let deadline = Instant::now() + WAIT;
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            break;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             panic!("{cmd:?} did not finish within {WAIT:?}");
         }
         std::thread::sleep(Duration::from_millis(2));
-    }
-    CtlOutput(child.wait_with_output().expect("output"))
+    };
+    CtlOutput(Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    })
 }
 
 /// A finished command's output, with helpers for assertions.
@@ -578,12 +605,15 @@ pub fn process_running(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() && !zombie
 }
 
-/// The pid a test's command wrote to `path` (`echo $$ > path`), once it exists.
+/// The pid a test's command wrote to `path` (`echo $$ > path`), once it is all there (the
+/// shell creates the file before it writes the number).
 pub fn pid_written_to(path: &Path) -> i32 {
-    eventually("the command to write its pid", || path.exists());
-    std::fs::read_to_string(path)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{} holds no pid: {e}", path.display()))
+    let read = || {
+        std::fs::read_to_string(path)
+            .ok()
+            .filter(|text| text.ends_with('\n'))
+            .and_then(|text| text.trim().parse().ok())
+    };
+    eventually(&format!("a pid in {}", path.display()), || read().is_some());
+    read().expect("the pid was just read")
 }
