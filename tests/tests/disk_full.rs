@@ -115,8 +115,12 @@ fn a_full_disk_refuses_changes_keeps_reads_and_recovers_when_space_returns() {
     });
     // Queued behind it: must not start while a crash could forget it started.
     let marker = sb.root.join("second-ran");
-    sb.ctl(&["send", "streamer", &format!("echo ran >> '{}'", marker.display())])
-        .ok();
+    sb.ctl(&[
+        "send",
+        "streamer",
+        &format!("echo ran >> '{}'", marker.display()),
+    ])
+    .ok();
 
     let filler = sb.state.join("filler");
     let filled = fill(&filler);
@@ -167,7 +171,10 @@ fn a_full_disk_refuses_changes_keeps_reads_and_recovers_when_space_returns() {
             .as_str()
             .is_some_and(|why| why.contains("database"))
     });
-    assert!(!marker.exists(), "a turn started while nothing could be saved");
+    assert!(
+        !marker.exists(),
+        "a turn started while nothing could be saved"
+    );
 
     // Space returns: changes are accepted again without a restart, and the held turn runs
     // once resumed.
