@@ -28,6 +28,9 @@ use sessiond_proto::paths::Paths;
 /// make a starting daemon call itself a duplicate.
 const PROBE_GRACE: Duration = Duration::from_millis(200);
 
+/// How long a daemon that lost the lock waits for the winner's pid file, to name it.
+const OWNER_GRACE: Duration = Duration::from_secs(1);
+
 /// The held instance locks. Dropping it releases them.
 pub struct Instance {
     runtime_lock: File,
@@ -91,12 +94,33 @@ impl Instance {
         let runtime_path = paths.lock_file();
         let runtime_lock = open_lock(&runtime_path)?;
         if !try_lock(&runtime_lock, &runtime_path)? {
+            // The winner of a simultaneous start writes its pid file a moment after taking
+            // the lock; wait for it (or for the lock, if a mere probe held it) so the message
+            // names the daemon that runs.
+            let deadline = Instant::now() + OWNER_GRACE;
+            let pid = loop {
+                if let Some(pid) = read_pid(&paths.pid_file()) {
+                    break Some(pid);
+                }
+                if Instant::now() >= deadline {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                if runtime_lock.try_lock().is_ok() {
+                    return Self::acquire_state(paths, runtime_lock);
+                }
+            };
             return Err(InstanceError::AlreadyRunning {
-                pid: read_pid(&paths.pid_file()).unwrap_or_else(|| "unknown".into()),
+                pid: pid.unwrap_or_else(|| "not yet recorded".into()),
                 socket: paths.socket().display().to_string(),
                 note: String::new(),
             });
         }
+        Self::acquire_state(paths, runtime_lock)
+    }
+
+    /// Takes the state directory's lock, once the runtime one is held.
+    fn acquire_state(paths: &Paths, runtime_lock: File) -> Result<Instance, InstanceError> {
         let state_path = paths.state_dir.join("sessiond.lock");
         let state_lock = open_lock(&state_path)?;
         if !try_lock(&state_lock, &state_path)? {

@@ -150,12 +150,29 @@ fn check_name(name: &str) -> Result<(), RequestError> {
             "session name is {chars} characters long; the limit is {MAX_NAME_CHARS}"
         )));
     }
-    if name.chars().any(char::is_control) {
-        return Err(invalid(
-            "a session name cannot contain control characters (newlines, tabs, NUL)",
-        ));
+    if let Some(c) = name.chars().find(|&c| unprintable_in_names(c)) {
+        return Err(invalid(format!(
+            "a session name cannot contain control characters (newlines, tabs, NUL), line or \
+             paragraph separators, or text-direction controls (found U+{:04X}); they would \
+             break a listing or disguise the name",
+            c as u32
+        )));
     }
     Ok(())
+}
+
+/// Characters a name may not hold: controls (newline, tab, NUL, C1), Unicode line and
+/// paragraph separators, and the bidirectional overrides, embeddings and isolates that can make
+/// a name display as something else in a terminal.
+fn unprintable_in_names(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' // line, paragraph separator
+                | '\u{200E}' | '\u{200F}' | '\u{061C}' // direction marks
+                | '\u{202A}'..='\u{202E}' // embeddings and overrides
+                | '\u{2066}'..='\u{2069}' // isolates
+        )
 }
 
 /// Resolves a directory argument to its canonical absolute path.

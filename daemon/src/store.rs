@@ -311,7 +311,49 @@ impl Drop for Store {
     }
 }
 
+/// Creates the database file owner-only (or makes an existing one so) before SQLite opens
+/// it: SQLite gives its `-wal` and `-shm` files the database file's mode, so all three stay
+/// private whatever the umask, not only behind the private state directory.
+fn make_private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path);
+            match created {
+                // Another process creating it at this instant is the instance lock's business.
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(format!(
+                    "cannot create the database {}: {e}",
+                    path.display()
+                )),
+            }
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.is_file() && mode & 0o077 != 0 {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))
+                    .map_err(|e| {
+                        format!(
+                            "the database {} is readable by others (mode {mode:o}) and cannot \
+                             be made private: {e}; run `chmod 600 {}`",
+                            path.display(),
+                            path.display()
+                        )
+                    })?;
+            }
+            Ok(())
+        }
+    }
+}
+
 fn open_connection(path: &Path) -> Result<Connection, String> {
+    make_private(path)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;

@@ -7,7 +7,8 @@ use sessiond_proto::methods::{
     Ping, PingParams, SetLogLevel, SetLogLevelParams, Status, StatusParams,
 };
 use sessiond_proto::ErrorCode;
-use sessiond_tests::Sandbox;
+use sessiond_tests::report::Row;
+use sessiond_tests::{Sandbox, WAIT};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -73,16 +74,66 @@ fn async_client_autostarts_and_surfaces_remote_errors_by_code() {
 
 #[test]
 fn pending_calls_fail_cleanly_when_the_daemon_goes_away() {
+    const CALLERS: usize = 20;
     let sb = Sandbox::new();
     let mut daemon = sb.start_daemon();
-    runtime().block_on(async {
-        let client = Client::connect(&sb.connect_options()).await.unwrap();
+    let (answered, disconnected) = runtime().block_on(async {
+        let client = Arc::new(Client::connect(&sb.connect_options()).await.unwrap());
+        // Callers keep calls in flight on the one connection until it breaks, so the kill
+        // lands with calls pending.
+        let callers: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let mut answered = 0u64;
+                    loop {
+                        match client.call::<Ping>(PingParams {}).await {
+                            Ok(_) => answered += 1,
+                            Err(e) => return (answered, e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         daemon.signal(nix::sys::signal::Signal::SIGKILL);
         daemon.wait();
+        let mut answered = 0;
+        let mut disconnected = 0;
+        for caller in callers {
+            let (n, err) = tokio::time::timeout(WAIT, caller)
+                .await
+                .expect("a pending call hung after the daemon died")
+                .unwrap();
+            assert!(
+                matches!(err, ClientError::Disconnected(_)),
+                "expected Disconnected, got {err:?}"
+            );
+            answered += n;
+            disconnected += 1;
+        }
+        // And a call made afterwards fails the same way, at once.
         let err = client.call::<Ping>(PingParams {}).await.unwrap_err();
         assert!(
             matches!(err, ClientError::Disconnected(_)),
             "expected Disconnected, got {err:?}"
         );
+        (answered, disconnected + 1)
     });
+    Row::new(
+        "crash",
+        "pending_calls_fail_cleanly_when_the_daemon_goes_away",
+    )
+    .done(format!(
+        "kill -9 of the daemon while {CALLERS} tasks keep pings in flight on one async \
+             client connection, then one more call"
+    ))
+    .runs(disconnected as u64)
+    .checked("every pending and later call ends with Disconnected within 10 s")
+    .result(format!(
+        "{answered} pings answered before the kill; {disconnected} of {} calls in flight \
+             or after failed with Disconnected; 0 hung",
+        CALLERS + 1
+    ))
+    .record();
 }

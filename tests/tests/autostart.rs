@@ -1,36 +1,156 @@
 //! sessionctl brings the daemon up by itself, once, however many clients ask at once.
 
 use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::time::{Duration, Instant};
 
+use sessiond_tests::report::Row;
 use sessiond_tests::{run_bounded, Sandbox};
+
+/// A process held at the starting line: a `sh` that says `ready` on stderr, then waits for a
+/// line on stdin before it `exec`s the real program (keeping its pid). Spawning takes a few
+/// milliseconds per process; the gate makes a batch start within microseconds of each other.
+struct Gated {
+    child: Child,
+    stderr: BufReader<ChildStderr>,
+}
+
+fn gated(cmd: &Command) -> Gated {
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(r#"echo ready >&2; read _ ; exec "$0" "$@""#)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => sh.env(key, value),
+            None => sh.env_remove(key),
+        };
+    }
+    sh.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = sh.spawn().expect("spawn the gate");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("the gate reports");
+    assert_eq!(line, "ready\n", "the gate failed to start");
+    Gated { child, stderr }
+}
+
+impl Drop for Gated {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The live (not zombie) sessiond processes serving `sb`'s runtime directory, found in /proc
+/// by their command line: an autostarted daemon is no child of ours.
+fn sessiond_processes(sb: &Sandbox) -> Vec<i32> {
+    let runtime = sb.runtime.display().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_sessiond = args
+            .first()
+            .is_some_and(|a| std::path::Path::new(a).file_name() == Some("sessiond".as_ref()));
+        if is_sessiond && args.contains(&runtime) && sessiond_tests::process_running(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
 
 #[test]
 fn ten_concurrent_clients_start_exactly_one_daemon() {
+    const ROUNDS: usize = 3;
+    const CLIENTS: usize = 10;
     let sb = Sandbox::new();
-    let children: Vec<_> = (0..10)
-        .map(|_| {
-            sb.sessionctl()
-                .args(["--json", "ping"])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
+    let mut answered = 0;
+    for round in 0..ROUNDS {
+        let mut gates: Vec<Gated> = (0..CLIENTS)
+            .map(|_| {
+                let mut cmd = sb.sessionctl();
+                cmd.args(["--json", "ping"]);
+                gated(&cmd)
+            })
+            .collect();
+        for gate in &mut gates {
+            let mut stdin = gate.child.stdin.take().unwrap();
+            stdin.write_all(b"go\n").unwrap();
+        }
+        let mut pids = BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for gate in &mut gates {
+            while gate.child.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "a client hung");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let status = gate.child.wait().unwrap();
+            let mut stdout = String::new();
+            gate.child
+                .stdout
+                .take()
                 .unwrap()
-        })
-        .collect();
-    let mut pids = BTreeSet::new();
-    for child in children {
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "a client failed: {stderr}");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        pids.insert(v["daemon_pid"].as_i64().unwrap());
+                .read_to_string(&mut stdout)
+                .unwrap();
+            let mut stderr = String::new();
+            gate.stderr.read_to_string(&mut stderr).unwrap();
+            assert!(status.success(), "a client failed: {stderr}");
+            let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+            pids.insert(v["daemon_pid"].as_i64().unwrap() as i32);
+            answered += 1;
+        }
+        assert_eq!(pids.len(), 1, "clients talked to several daemons: {pids:?}");
+        let pid = pids.into_iter().next().unwrap();
+        assert_eq!(
+            sb.recorded_pid(),
+            Some(pid),
+            "and it is the one in the pid file"
+        );
+        // The previous round's daemon let go of its lock before `stop` returned, but may take
+        // a moment more to exit.
+        sessiond_tests::eventually("only this round's daemon to run", || {
+            sessiond_processes(&sb) == vec![pid]
+        });
+        // Each daemon that came up logged "sessiond ready" once (from a background thread,
+        // so the line may lag a moment): a second one serving would show up here.
+        let log = || std::fs::read_to_string(sb.log_file()).unwrap_or_default();
+        sessiond_tests::eventually("this round's daemon to log that it is ready", || {
+            log().matches("sessiond ready").count() > round
+        });
+        let log = log();
+        let started = log.matches("sessiond ready").count();
+        assert_eq!(started, round + 1, "daemons started so far: {log}");
+        sb.ctl(&["daemon", "stop"]).ok();
     }
-    assert_eq!(pids.len(), 1, "clients talked to several daemons: {pids:?}");
-    assert_eq!(
-        sb.recorded_pid().map(i64::from),
-        pids.into_iter().next(),
-        "and it is the one in the pid file"
-    );
+    Row::new("race", "ten_concurrent_clients_start_exactly_one_daemon")
+        .done(format!(
+            "{CLIENTS} `sessionctl ping` released at the same instant with no daemon running, \
+             {ROUNDS} rounds (the daemon stopped between rounds)"
+        ))
+        .runs((ROUNDS * CLIENTS) as u64)
+        .checked(
+            "every client answered; the daemon pids they name; sessiond processes running; \
+             `sessiond ready` lines in the daemon log",
+        )
+        .result(format!(
+            "{answered} of {} clients answered; 1 daemon pid per round, 1 sessiond process, \
+             {ROUNDS} daemons started in {ROUNDS} rounds",
+            ROUNDS * CLIENTS
+        ))
+        .record();
 }
 
 #[test]
@@ -77,6 +197,16 @@ fn failed_autostart_shows_the_reason_and_exits_3() {
     let err = out.stderr();
     assert!(err.contains("could not start sessiond"), "{err}");
     assert!(err.contains("max_frame_bytes = 1"), "{err}");
+    assert!(!sb.socket().exists());
+    Row::new("fault", "failed_autostart_shows_the_reason_and_exits_3")
+        .done("`sessionctl ping` autostarting a daemon whose config it refuses")
+        .checked("exit status and message; no daemon left")
+        .result(format!(
+            "exit {} with `could not start sessiond` and the daemon's reason (max_frame_bytes); \
+             no socket",
+            out.code()
+        ))
+        .record();
 }
 
 #[test]
@@ -89,6 +219,17 @@ fn failure_after_detaching_shows_the_log_tail() {
     let err = out.stderr();
     assert!(err.contains("is a directory"), "{err}");
     assert!(err.contains("last lines of"), "shows the log: {err}");
+    Row::new("fault", "failure_after_detaching_shows_the_log_tail")
+        .done(
+            "`sessionctl ping` autostarting a daemon that fails after detaching (a directory \
+               where its socket goes)",
+        )
+        .checked("exit status; the reason and the daemon log's tail in the message")
+        .result(format!(
+            "exit {} with `is a directory` and the last lines of sessiond.log",
+            out.code()
+        ))
+        .record();
 }
 
 #[test]
@@ -106,6 +247,14 @@ fn missing_daemon_program_is_named() {
         out.stderr()
     );
     assert!(out.stderr().contains("SESSIOND_BIN"), "{}", out.stderr());
+    Row::new("fault", "missing_daemon_program_is_named")
+        .done("`sessionctl ping` with SESSIOND_BIN naming a program that does not exist")
+        .checked("exit status and message")
+        .result(format!(
+            "exit {} naming the missing program and SESSIOND_BIN",
+            out.code()
+        ))
+        .record();
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 use sessiond_proto::envelope::{ErrorFrame, Welcome};
 use sessiond_proto::{frame, ErrorCode, ProtocolVersion};
+use sessiond_tests::report::Row;
 use sessiond_tests::{run_bounded, Sandbox};
 
 #[test]
@@ -158,28 +159,72 @@ fn daemon_refusing_our_version_exits_4_with_its_message() {
     let err = out.json_error();
     assert_eq!(err["error"]["code"], "version_mismatch");
     assert_eq!(err["error"]["message"], message);
+    let shown = err["error"]["message"].as_str().unwrap();
+    assert!(shown.contains("2.0"), "{shown}");
+    assert!(
+        shown.contains(&sessiond_proto::PROTOCOL_VERSION.to_string()),
+        "{shown}"
+    );
+    Row::new(
+        "fault",
+        "daemon_refusing_our_version_exits_4_with_its_message",
+    )
+    .done(format!(
+        "`sessionctl ping` (protocol {}) against a daemon speaking 2.0 that refuses the \
+             hello",
+        sessiond_proto::PROTOCOL_VERSION
+    ))
+    .checked("exit status, error code and message")
+    .result(format!(
+        "exit {} with version_mismatch, the daemon's message naming both versions",
+        out.code()
+    ))
+    .record();
 }
 
 #[test]
 fn daemon_welcoming_with_another_major_is_refused_by_the_client() {
-    let sb = Sandbox::new();
-    let welcome = frame::encode(&Welcome::new(
-        ProtocolVersion::new(9, 1),
-        "9.1.0",
-        1,
-        vec![],
+    // An older daemon (0.5) and a newer one (9.1) that welcome the client anyway.
+    let mut refused = 0;
+    for (major, minor) in [(0, 5), (9, 1)] {
+        let sb = Sandbox::new();
+        let theirs = format!("{major}.{minor}");
+        let welcome = frame::encode(&Welcome::new(
+            ProtocolVersion::new(major, minor),
+            format!("{theirs}.0"),
+            1,
+            vec![],
+        ))
+        .unwrap();
+        let server = fake_daemon(&sb, welcome);
+        let out = sb.ctl(&["--no-autostart", "ping"]);
+        server.join().unwrap();
+        assert_eq!(out.code(), 4, "{theirs}: {}", out.stderr());
+        let err = out.stderr();
+        assert!(err.contains(&theirs), "{err}");
+        assert!(
+            err.contains(&sessiond_proto::PROTOCOL_VERSION.to_string()),
+            "names our version too: {err}"
+        );
+        assert!(err.contains("sessionctl daemon restart"), "{err}");
+        refused += 1;
+    }
+    Row::new(
+        "fault",
+        "daemon_welcoming_with_another_major_is_refused_by_the_client",
+    )
+    .done(format!(
+        "`sessionctl ping` (protocol {}) against daemons that welcome it speaking 0.5 and \
+             9.1",
+        sessiond_proto::PROTOCOL_VERSION
     ))
-    .unwrap();
-    let server = fake_daemon(&sb, welcome);
-    let out = sb.ctl(&["--no-autostart", "ping"]);
-    server.join().unwrap();
-    assert_eq!(out.code(), 4);
-    assert!(out.stderr().contains("9.1"), "{}", out.stderr());
-    assert!(
-        out.stderr().contains("sessionctl daemon restart"),
-        "{}",
-        out.stderr()
-    );
+    .runs(refused)
+    .checked("exit status and message")
+    .result(format!(
+        "{refused} of 2 refused with exit 4 naming both versions and `sessionctl daemon \
+             restart`"
+    ))
+    .record();
 }
 
 #[test]
@@ -196,4 +241,9 @@ fn daemon_that_never_answers_times_out_with_exit_3() {
     assert_eq!(out.code(), 3);
     assert_eq!(out.json_error()["error"]["code"], "timeout");
     holder.join().unwrap();
+    Row::new("fault", "daemon_that_never_answers_times_out_with_exit_3")
+        .done("`sessionctl --timeout 0.3 ping` against a socket that accepts and never answers")
+        .checked("exit status and error code")
+        .result(format!("exit {} with timeout; no hang", out.code()))
+        .record();
 }

@@ -16,6 +16,7 @@ use sessiond_proto::methods::{
 };
 use sessiond_proto::session::{EventFilter, Phase, SessionEvent, SessionId, SessionInfo};
 use sessiond_proto::ErrorCode;
+use sessiond_tests::report::{thousands, Row};
 use sessiond_tests::{
     as_json, create_sessions, eventually, kind, session_event, tokio_runtime, RawConn, Sandbox,
     WAIT,
@@ -345,6 +346,17 @@ fn unknown_event_kind_is_refused() {
         "{}",
         out.stderr()
     );
+    Row::new("bad input", "unknown_event_kind_is_refused")
+        .done("subscribe (raw) and `sessionctl watch --event` with the kind `session_exploded`")
+        .runs(2)
+        .checked("the error, subscriptions held, the connection afterwards")
+        .result(format!(
+            "raw: {} naming the kind and listing the known ones, 0 subscriptions, the next \
+             request answered with 0 events; watch: exit {}",
+            err.code,
+            out.code()
+        ))
+        .record();
 }
 
 #[test]
@@ -477,6 +489,8 @@ fn slow_subscriber_gets_lagged_while_others_stay_fast() {
         .recv_timeout(WAIT)
         .expect("the fast subscriber subscribed");
 
+    let mut pings_answered = 0;
+    let mut fast_received = 0;
     let rt = tokio_runtime();
     rt.block_on(async {
         // Plain requests from a third client keep being answered during the burst.
@@ -516,10 +530,9 @@ fn slow_subscriber_gets_lagged_while_others_stay_fast() {
         let (received, fast_dropped) = fast_thread.join().expect("fast subscriber");
         done.store(true, Ordering::Relaxed);
         let status = ping_task.await.unwrap();
-        assert!(
-            pings.load(Ordering::Relaxed) > 0,
-            "no ping completed during the burst"
-        );
+        pings_answered = pings.load(Ordering::Relaxed);
+        fast_received = received.len();
+        assert!(pings_answered > 0, "no ping completed during the burst");
         assert_eq!(flood.len(), BURST);
         assert_eq!(status.sessions, (BURST + TRICKLE) as u64);
         assert_eq!(fast_dropped, 0);
@@ -568,6 +581,28 @@ fn slow_subscriber_gets_lagged_while_others_stay_fast() {
     // And the connection still serves requests.
     let (_, answer) = slow.call(2, "ping", PingParams {});
     assert_eq!(kind(&answer), "response");
+    Row::new("load", "slow_subscriber_gets_lagged_while_others_stay_fast")
+        .done(format!(
+            "{} sessions created over 16 connections while one subscriber to everything reads \
+             nothing; meanwhile {TRICKLE} creations in another project, followed by a second \
+             subscriber, and a third client pinging",
+            thousands(BURST as u64)
+        ))
+        .runs((BURST + TRICKLE) as u64)
+        .checked(
+            "the other subscriber gets all of its events without lagging; pings answered; \
+             the stalled one is kept, then gets its queue, one lagged notice and the rest",
+        )
+        .result(format!(
+            "other subscriber: {fast_received} of {TRICKLE} events, 0 lagged, 0 dropped; \
+             {pings_answered} pings answered during the burst; stalled subscriber: {} \
+             delivered then 1 lagged notice for {} missed ({} in all); its connection still \
+             answers",
+            thousands(delivered),
+            thousands(missed),
+            thousands(delivered + missed)
+        ))
+        .record();
 }
 
 #[test]

@@ -1,32 +1,85 @@
 //! One daemon per runtime directory, stale files after a crash, clean shutdown, safe dirs.
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
 use nix::sys::signal::Signal;
 use sessiond_proto::ErrorCode;
+use sessiond_tests::report::Row;
 use sessiond_tests::{eventually, kind, run_bounded, Sandbox};
 
 #[test]
 fn second_daemon_is_refused_while_first_runs() {
     let sb = Sandbox::new();
     let mut first = sb.start_daemon();
-    let out = run_bounded(&mut sb.sessiond());
-    assert_eq!(out.code(), 3, "stderr: {}", out.stderr());
     let expected = format!(
         "sessiond already running (pid {}, socket {})",
         first.pid(),
         sb.socket().display()
     );
-    assert_eq!(out.stderr().trim(), expected);
+    // Once, and again with --detach, which must refuse before forking just the same.
+    let mut refusals = 0;
+    for detach in [false, true] {
+        let mut cmd = sb.sessiond();
+        if detach {
+            cmd.arg("--detach");
+        }
+        let out = run_bounded(&mut cmd);
+        assert_eq!(out.code(), 3, "stderr: {}", out.stderr());
+        assert_eq!(out.stderr().trim(), expected);
+        refusals += 1;
+    }
     assert!(first.running(), "the first daemon must be unaffected");
+    assert_eq!(
+        sb.recorded_pid(),
+        Some(first.pid()),
+        "the pid file is untouched"
+    );
     let mut conn = sb.raw();
     conn.handshake();
+    Row::new("race", "second_daemon_is_refused_while_first_runs")
+        .done("started a second sessiond (foreground, then --detach) on a runtime dir in use")
+        .runs(refusals)
+        .checked("exit status, the exact message, the first daemon, its pid file and socket")
+        .result(format!(
+            "{refusals} of {refusals} refused with exit 3 and `sessiond already running (pid N, \
+             socket P)`; the first daemon kept its pid file and served a handshake"
+        ))
+        .record();
+}
+
+/// The live (not zombie) sessiond processes serving `sb`'s runtime directory, found in /proc
+/// by their command line: a daemon a client autostarted is no child of ours.
+fn sessiond_processes(sb: &Sandbox) -> Vec<i32> {
+    let runtime = sb.runtime.display().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_sessiond = args
+            .first()
+            .is_some_and(|a| std::path::Path::new(a).file_name() == Some("sessiond".as_ref()));
+        if is_sessiond && args.contains(&runtime) && sessiond_tests::process_running(pid) {
+            found.push(pid);
+        }
+    }
+    found
 }
 
 #[test]
 fn socket_left_by_a_killed_daemon_is_replaced() {
     let sb = Sandbox::new();
+    // Twice: a daemon started by hand replaces the stale socket, and so does one a client
+    // autostarts when it finds nothing answering there.
     let mut first = sb.start_daemon();
     first.signal(Signal::SIGKILL);
     first.wait();
@@ -38,50 +91,162 @@ fn socket_left_by_a_killed_daemon_is_replaced() {
         std::os::unix::net::UnixStream::connect(sb.socket()).is_err(),
         "and nothing answers on it"
     );
-    let second = sb.start_daemon();
+    let mut second = sb.start_daemon();
     let mut conn = sb.raw();
     conn.handshake();
     assert_eq!(sb.recorded_pid(), Some(second.pid()));
+    second.signal(Signal::SIGKILL);
+    second.wait();
+    assert!(sb.socket().exists(), "the second kill leaves a socket too");
+    let ping = sb.ctl(&["--json", "ping"]).json();
+    let third = ping["daemon_pid"].as_i64().unwrap() as i32;
+    assert_ne!(third, second.pid());
+    assert_eq!(sb.recorded_pid(), Some(third));
+    assert_eq!(sessiond_processes(&sb), vec![third], "one daemon runs");
+    Row::new("crash", "socket_left_by_a_killed_daemon_is_replaced")
+        .done(
+            "kill -9 a daemon (leaving its socket and pid files), then start one by hand; \
+               kill -9 again, then let `sessionctl ping` autostart one",
+        )
+        .runs(2)
+        .checked("the stale socket is replaced, the new daemon answers and the pid file names it")
+        .result(
+            "2 of 2 stale sockets replaced: a handshake with the hand-started daemon, \
+                 a ping answered by the autostarted one; 1 sessiond process afterwards",
+        )
+        .record();
+}
+
+/// A process held at the starting line: a `sh` that says `ready` on stderr, then waits for a
+/// line on stdin before it `exec`s the real program (keeping its pid). Spawning takes a few
+/// milliseconds per process; the gate makes a batch start within microseconds of each other.
+struct Gated {
+    child: std::process::Child,
+    stderr: BufReader<std::process::ChildStderr>,
+}
+
+fn gated(cmd: &Command) -> Gated {
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(r#"echo ready >&2; read _ ; exec "$0" "$@""#)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => sh.env(key, value),
+            None => sh.env_remove(key),
+        };
+    }
+    sh.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = sh.spawn().expect("spawn the gate");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("the gate reports");
+    assert_eq!(line, "ready\n", "the gate failed to start");
+    Gated { child, stderr }
+}
+
+impl Drop for Gated {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `n` daemons on one runtime directory at the same instant, `rounds` times (a fresh
+/// sandbox each); checks that exactly one serves and that every other one exits 3 with the
+/// documented message naming the winner. Records the row as `scenario`.
+fn daemons_started_at_once(n: usize, rounds: usize, scenario: &str) {
+    let mut losers_seen = 0;
+    for round in 0..rounds {
+        let sb = Sandbox::new();
+        let mut gates: Vec<Gated> = (0..n).map(|_| gated(&sb.sessiond())).collect();
+        for gate in &mut gates {
+            let mut stdin = gate.child.stdin.take().unwrap();
+            stdin.write_all(b"go\n").unwrap();
+        }
+        eventually("one daemon to serve", || {
+            std::os::unix::net::UnixStream::connect(sb.socket()).is_ok()
+        });
+        // A loser gives up after the instance lock's short probe grace. Wait until all but one
+        // have exited, or the bound passes, and then look: two survivors fail below.
+        let deadline = std::time::Instant::now() + sessiond_tests::WAIT;
+        while gates
+            .iter_mut()
+            .map(|g| g.child.try_wait().unwrap().is_some())
+            .filter(|exited| *exited)
+            .count()
+            < n - 1
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let running: Vec<i32> = gates
+            .iter_mut()
+            .filter_map(|g| {
+                let alive = g.child.try_wait().unwrap().is_none();
+                alive.then(|| g.child.id() as i32)
+            })
+            .collect();
+        assert_eq!(running.len(), 1, "round {round}: serving {running:?}");
+        let winner = running[0];
+        assert_eq!(sb.recorded_pid(), Some(winner), "the pid file names it");
+        let mut conn = sb.raw();
+        conn.hello();
+        let welcome = sessiond_tests::as_json(&conn.read().expect("welcome"));
+        assert_eq!(welcome["pid"], winner, "the socket is the winner's");
+        let expected = format!(
+            "sessiond already running (pid {winner}, socket {})",
+            sb.socket().display()
+        );
+        for gate in &mut gates {
+            if gate.child.id() as i32 == winner {
+                continue;
+            }
+            let status = gate.child.wait().unwrap();
+            let mut err = String::new();
+            gate.stderr.read_to_string(&mut err).unwrap();
+            assert_eq!(status.code(), Some(3), "round {round}: {err}");
+            assert_eq!(err.trim(), expected, "round {round}");
+            losers_seen += 1;
+        }
+    }
+    assert_eq!(losers_seen, rounds * (n - 1));
+    Row::new("race", scenario)
+        .done(format!(
+            "{n} sessiond processes released at the same instant on one runtime directory, \
+             {rounds} rounds"
+        ))
+        .runs((rounds * n) as u64)
+        .checked(
+            "exactly one serves (socket, pid file and welcome name it); every other one exits \
+             3 printing `sessiond already running (pid N, socket P)` with the winner's pid",
+        )
+        .result(format!(
+            "{rounds} of {rounds} rounds had 1 daemon serving; {losers_seen} of {losers_seen} \
+             losers exited 3 with the exact message"
+        ))
+        .record();
 }
 
 #[test]
-fn daemons_started_at_the_same_instant_leave_exactly_one_serving() {
-    let sb = Sandbox::new();
-    let mut children: Vec<_> = (0..6)
-        .map(|_| {
-            sb.sessiond()
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    eventually("one daemon to serve", || {
-        std::os::unix::net::UnixStream::connect(sb.socket()).is_ok()
-    });
-    // All but one exit with the documented status; exactly one keeps running.
-    eventually("the losers to exit", || {
-        children
-            .iter_mut()
-            .map(|c| c.try_wait().unwrap().is_some())
-            .filter(|exited| *exited)
-            .count()
-            == 5
-    });
-    let mut running = 0;
-    for child in &mut children {
-        match child.try_wait().unwrap() {
-            None => running += 1,
-            Some(status) => assert_eq!(status.code(), Some(3)),
-        }
-    }
-    assert_eq!(running, 1);
-    let mut conn = sb.raw();
-    conn.handshake();
-    for mut child in children {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+fn two_daemons_started_at_the_same_instant_leave_exactly_one_serving() {
+    daemons_started_at_once(
+        2,
+        5,
+        "two_daemons_started_at_the_same_instant_leave_exactly_one_serving",
+    );
+}
+
+#[test]
+fn ten_daemons_started_at_the_same_instant_leave_exactly_one_serving() {
+    daemons_started_at_once(
+        10,
+        3,
+        "ten_daemons_started_at_the_same_instant_leave_exactly_one_serving",
+    );
 }
 
 #[test]
@@ -93,17 +258,33 @@ fn sigterm_removes_socket_and_pid_file_and_exits_zero() {
     let status = daemon.wait();
     assert_eq!(status.code(), Some(0));
     sb.assert_cleaned_up();
+    Row::new(
+        "fault",
+        "sigterm_removes_socket_and_pid_file_and_exits_zero",
+    )
+    .done("SIGTERM to a serving daemon")
+    .checked("exit status; socket and pid file removed")
+    .result("exit 0; 0 files left behind")
+    .record();
 }
 
 #[test]
 fn sigint_and_sighup_are_graceful_shutdowns_too() {
+    let mut clean = 0;
     for sig in [Signal::SIGINT, Signal::SIGHUP] {
         let sb = Sandbox::new();
         let mut daemon = sb.start_daemon();
         daemon.signal(sig);
         assert_eq!(daemon.wait().code(), Some(0), "{sig}");
         sb.assert_cleaned_up();
+        clean += 1;
     }
+    Row::new("fault", "sigint_and_sighup_are_graceful_shutdowns_too")
+        .done("SIGINT to one serving daemon, SIGHUP to another")
+        .runs(clean)
+        .checked("exit status; socket and pid file removed")
+        .result(format!("{clean} of 2 exited 0 leaving no files"))
+        .record();
 }
 
 #[test]
@@ -126,12 +307,24 @@ fn second_signal_during_a_slow_shutdown_exits_at_once() {
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait().code(), Some(1));
     sb.assert_cleaned_up();
+    Row::new(
+        "fault",
+        "second_signal_during_a_slow_shutdown_exits_at_once",
+    )
+    .done(
+        "SIGTERM while a client that reads nothing holds 3,000 unread answers (60 s \
+               grace), then a second SIGTERM",
+    )
+    .runs(1)
+    .checked("the first signal waits for the client; the second ends the daemon; files")
+    .result("still running after the first signal; exit 1 after the second; 0 files left")
+    .record();
 }
 
 #[test]
 fn two_daemons_cannot_share_a_state_directory() {
     let sb = Sandbox::new();
-    let _first = sb.start_daemon();
+    let first = sb.start_daemon();
     let other_runtime = sb.root.join("run2");
     let out = run_bounded(
         std::process::Command::new(sessiond_tests::sessiond_bin())
@@ -144,12 +337,24 @@ fn two_daemons_cannot_share_a_state_directory() {
     );
     assert_eq!(out.code(), 3, "{}", out.stderr());
     let err = out.stderr();
-    assert!(err.contains("sessiond already running"), "{err}");
+    assert!(
+        err.contains(&format!("sessiond already running (pid {}", first.pid())),
+        "{err}"
+    );
     assert!(
         err.contains(&sb.socket().display().to_string()),
         "names the running socket: {err}"
     );
     assert!(err.contains("same state directory"), "{err}");
+    assert!(
+        !other_runtime.join("sessiond.sock").exists(),
+        "no second socket"
+    );
+    Row::new("race", "two_daemons_cannot_share_a_state_directory")
+        .done("started a second daemon with another runtime dir on a state dir in use")
+        .checked("exit status and message; no second socket")
+        .result("exit 3 naming the running daemon's pid, its socket and the shared state dir")
+        .record();
 }
 
 #[test]
@@ -158,6 +363,14 @@ fn daemon_exits_when_its_runtime_directory_is_removed() {
     let mut daemon = sb.start_daemon();
     std::fs::remove_dir_all(&sb.runtime).unwrap();
     assert_eq!(daemon.wait().code(), Some(0));
+    Row::new(
+        "fault",
+        "daemon_exits_when_its_runtime_directory_is_removed",
+    )
+    .done("rm -rf of a serving daemon's runtime dir (as at logout)")
+    .checked("that the daemon notices and exits rather than serve an unreachable socket")
+    .result("exited 0 on its own")
+    .record();
 }
 
 #[test]
@@ -184,28 +397,182 @@ fn shutdown_request_is_answered_before_the_daemon_exits() {
     sb.assert_cleaned_up();
 }
 
-#[test]
-fn group_or_world_accessible_runtime_dir_is_refused_with_the_fix() {
-    let sb = Sandbox::new();
-    sb.make_runtime_dir(0o755);
-    let out = run_bounded(&mut sb.sessiond());
-    assert_eq!(out.code(), 1);
-    let err = out.stderr();
-    assert!(err.contains(&sb.runtime.display().to_string()), "{err}");
-    assert!(err.contains("chmod 700"), "{err}");
-    assert!(!sb.socket().exists(), "nothing was created");
+/// One way to make a private directory unsafe.
+#[derive(Clone, Copy, Debug)]
+enum Unsafe {
+    Mode(u32),
+    Symlink,
+    ForeignOwner,
+    NotADirectory,
+}
+
+impl Unsafe {
+    /// What the refusal must say.
+    fn phrase(self) -> String {
+        match self {
+            Unsafe::Mode(mode) => format!("mode {mode:04o}"),
+            Unsafe::Symlink => "symbolic link".into(),
+            Unsafe::ForeignOwner => format!("owned by uid {FOREIGN_UID}"),
+            Unsafe::NotADirectory => "not a directory".into(),
+        }
+    }
+
+    /// Makes `dir` unsafe this way; returns a file whose contents must stay as they are.
+    fn apply(self, sb: &Sandbox, dir: &std::path::Path) -> std::path::PathBuf {
+        match self {
+            Unsafe::Mode(mode) => {
+                std::fs::create_dir_all(dir).unwrap();
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
+                dir.to_path_buf()
+            }
+            Unsafe::Symlink => {
+                // The link points at a directory that would pass every other check.
+                let real = sb.root.join("real-target");
+                std::fs::create_dir(&real).unwrap();
+                std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o700)).unwrap();
+                std::os::unix::fs::symlink(&real, dir).unwrap();
+                real
+            }
+            Unsafe::ForeignOwner => {
+                std::fs::create_dir_all(dir).unwrap();
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+                nix::unistd::chown(
+                    dir,
+                    Some(nix::unistd::Uid::from_raw(FOREIGN_UID)),
+                    Some(nix::unistd::Gid::from_raw(FOREIGN_UID)),
+                )
+                .unwrap();
+                dir.to_path_buf()
+            }
+            Unsafe::NotADirectory => {
+                std::fs::write(dir, "somebody's file").unwrap();
+                dir.to_path_buf()
+            }
+        }
+    }
+}
+
+/// The owner of a planted directory: `nobody` on Debian.
+const FOREIGN_UID: u32 = 65534;
+
+/// What a directory or file holds, to show a refusal changed nothing in it.
+fn snapshot(path: &std::path::Path) -> Vec<String> {
+    if path.is_dir() {
+        let mut names: Vec<String> = std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    } else {
+        vec![std::fs::read_to_string(path).unwrap()]
+    }
 }
 
 #[test]
-fn symlinked_state_dir_is_refused() {
-    let sb = Sandbox::new();
-    let real = sb.root.join("real-state");
-    std::fs::create_dir(&real).unwrap();
-    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o700)).unwrap();
-    std::os::unix::fs::symlink(&real, &sb.state).unwrap();
-    let out = run_bounded(&mut sb.sessiond());
-    assert_eq!(out.code(), 1);
-    assert!(out.stderr().contains("symbolic link"), "{}", out.stderr());
+fn unsafe_runtime_and_state_dirs_are_refused_by_daemon_and_client() {
+    let mut cases = vec![
+        Unsafe::Mode(0o755),
+        Unsafe::Mode(0o750),
+        Unsafe::Mode(0o705),
+        Unsafe::Mode(0o711),
+        Unsafe::Mode(0o777),
+        Unsafe::Symlink,
+        Unsafe::NotADirectory,
+    ];
+    // Only root can give a directory to another user.
+    let foreign_tested = sessiond_tests::is_root();
+    if foreign_tested {
+        cases.push(Unsafe::ForeignOwner);
+    } else {
+        eprintln!("foreign-owner cases skipped: chown needs root (CI runs as root)");
+    }
+    let mut refused = 0;
+    for runtime in [true, false] {
+        for case in &cases {
+            let what = format!(
+                "{} dir, {case:?}",
+                if runtime { "runtime" } else { "state" }
+            );
+            // The daemon, started by hand.
+            let sb = Sandbox::new();
+            let dir = if runtime { &sb.runtime } else { &sb.state };
+            let witness = case.apply(&sb, dir);
+            let before = snapshot(&witness);
+            let out = run_bounded(&mut sb.sessiond());
+            assert_eq!(out.code(), 1, "{what}: {}", out.stderr());
+            let err = out.stderr();
+            assert!(err.contains(&dir.display().to_string()), "{what}: {err}");
+            assert!(err.contains(&case.phrase()), "{what}: {err}");
+            if let Unsafe::Mode(_) = case {
+                assert!(
+                    err.contains("chmod 700"),
+                    "{what}: says how to fix it: {err}"
+                );
+            }
+            assert!(!sb.socket().exists(), "{what}: a socket was made");
+            assert!(!sb.pid_file().exists(), "{what}: a pid file was made");
+            assert_eq!(
+                snapshot(&witness),
+                before,
+                "{what}: the directory was changed"
+            );
+            refused += 1;
+
+            // The client: it refuses an unsafe runtime dir itself, before connecting or
+            // starting anything; an unsafe state dir makes the daemon it starts refuse.
+            let sb = Sandbox::new();
+            let dir = if runtime { &sb.runtime } else { &sb.state };
+            let witness = case.apply(&sb, dir);
+            let before = snapshot(&witness);
+            let out = sb.ctl(&["--json", "ping"]);
+            let err = out.json_error();
+            let message = err["error"]["message"].as_str().unwrap();
+            if runtime {
+                assert_eq!(out.code(), 1, "{what}: {err}");
+                assert_eq!(err["error"]["code"], "unsafe_path", "{what}: {err}");
+            } else {
+                assert_eq!(out.code(), 3, "{what}: {err}");
+                assert!(
+                    message.contains("could not start sessiond"),
+                    "{what}: {err}"
+                );
+            }
+            assert!(message.contains(&case.phrase()), "{what}: {err}");
+            assert!(!sb.socket().exists(), "{what}: a daemon was started");
+            assert_eq!(
+                snapshot(&witness),
+                before,
+                "{what}: the directory was changed"
+            );
+            refused += 1;
+        }
+    }
+    let kinds = cases.len() as u64;
+    Row::new(
+        "security",
+        "unsafe_runtime_and_state_dirs_are_refused_by_daemon_and_client",
+    )
+    .done(format!(
+        "runtime and state dirs made unsafe {kinds} ways (modes 0755, 0750, 0705, 0711, \
+             0777; a symlink to a private dir; a regular file{}), each met by `sessiond` and \
+             by `sessionctl ping`",
+        if foreign_tested {
+            "; owned by uid 65534"
+        } else {
+            ""
+        }
+    ))
+    .runs(refused)
+    .checked(
+        "exit status, a message naming the dir and the problem (and `chmod 700` for \
+                  modes), no socket or pid file, the unsafe dir's contents unchanged",
+    )
+    .result(format!(
+        "{refused} of {refused} refused: sessiond exit 1; sessionctl exit 1 unsafe_path \
+             (runtime) or exit 3 could-not-start (state); 0 sockets created"
+    ))
+    .record();
 }
 
 #[test]
@@ -216,16 +583,92 @@ fn invalid_config_stops_start_up_naming_file_and_key() {
     let err = out.stderr();
     assert!(err.contains(&sb.config.display().to_string()), "{err}");
     assert!(err.contains("max_connectoins"), "{err}");
+    assert!(!sb.socket().exists());
+    Row::new(
+        "bad input",
+        "invalid_config_stops_start_up_naming_file_and_key",
+    )
+    .done("started sessiond with a misspelt key in config.toml")
+    .checked("exit status, message, no socket")
+    .result("exit 1 naming the file and the key `max_connectoins`; no socket")
+    .record();
+}
+
+/// Octal mode bits (permissions only) of `path`, not following a final symlink.
+fn mode_of(path: &std::path::Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
 }
 
 #[test]
 fn socket_and_directories_are_private() {
+    // Under umask 000, so that only the daemon's own choices keep its files private.
     let sb = Sandbox::new();
-    let _daemon = sb.start_daemon();
-    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&sb.runtime), 0o700);
-    assert_eq!(mode(&sb.state), 0o700);
-    assert_eq!(mode(&sb.socket()), 0o600);
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"umask 000; exec "$0" "$@""#)
+        .arg(sessiond_tests::sessiond_bin())
+        .arg("--runtime-dir")
+        .arg(&sb.runtime)
+        .arg("--state-dir")
+        .arg(&sb.state)
+        .arg("--config")
+        .arg(&sb.config)
+        .env_remove("SESSIOND_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut daemon = cmd.spawn().unwrap();
+    eventually("the daemon to accept", || {
+        std::os::unix::net::UnixStream::connect(sb.socket()).is_ok()
+    });
+    // Make the state dir hold a session, its database pages and the sessions directory.
+    let project = sb.project("p");
+    sb.new_session(&project, &["--name", "private"]);
+    assert_eq!(mode_of(&sb.runtime), 0o700);
+    assert_eq!(mode_of(&sb.state), 0o700);
+    assert_eq!(mode_of(&sb.socket()), 0o600);
+    let mut checked = 0;
+    let mut databases = 0;
+    let mut open = Vec::new();
+    let mut pending = vec![sb.runtime.clone(), sb.state.clone()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            let mode = mode_of(&path);
+            checked += 1;
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("sessiond.db")
+            {
+                databases += 1;
+            }
+            // Private by their own modes too, not only behind the 0700 directories.
+            if mode & 0o077 != 0 {
+                open.push(format!("{} {mode:04o}", path.display()));
+            }
+            if entry.file_type().unwrap().is_dir() {
+                pending.push(path);
+            }
+        }
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(open.is_empty(), "open to group or others: {open:?}");
+    assert!(databases >= 2, "the database and its WAL were not found");
+    Row::new("security", "socket_and_directories_are_private")
+        .done("ran sessiond under umask 000 and created a session")
+        .runs(1)
+        .checked("modes of the runtime and state dirs, the socket, and every file beneath them")
+        .result(format!(
+            "runtime and state dirs 0700, socket 0600; {checked} entries beneath them \
+             ({databases} SQLite files among them), 0 open to group or others"
+        ))
+        .record();
 }
 
 #[test]
@@ -238,8 +681,11 @@ fn detach_returns_once_the_socket_accepts() {
     // No waiting: the socket accepts as soon as --detach returned.
     let mut conn = sb.raw();
     conn.handshake();
-    let log = std::fs::read_to_string(sb.log_file()).unwrap();
-    assert!(log.contains("sessiond ready"), "{log}");
+    // The log is written by a background thread, so the line may land a moment after the
+    // daemon reported ready to its parent.
+    eventually("the log to say the daemon is ready", || {
+        std::fs::read_to_string(sb.log_file()).is_ok_and(|log| log.contains("sessiond ready"))
+    });
 }
 
 #[test]
@@ -255,21 +701,51 @@ fn detach_reports_a_start_up_failure_with_the_reason() {
         "names the log: {}",
         out.stderr()
     );
+    assert!(sb.socket().is_dir(), "the directory is left alone");
+    Row::new("fault", "detach_reports_a_start_up_failure_with_the_reason")
+        .done("sessiond --detach with a directory where its socket goes")
+        .checked("the parent's exit status and message")
+        .result("exit 1 with the child's reason (`is a directory`) and the log's path")
+        .record();
 }
 
 #[test]
 fn deleted_socket_is_recreated_and_a_waiting_client_gets_through() {
+    const DELETIONS: usize = 3;
     let sb = Sandbox::with_config("[daemon]\nsocket_check_interval_ms = 300\n");
     let daemon = sb.start_daemon();
-    std::fs::remove_file(sb.socket()).unwrap();
-    // The client finds a daemon holding the lock without a socket: it waits for the socket
-    // rather than start a second daemon, and reaches the same one.
-    let v = sb.ctl(&["--json", "ping"]).json();
-    assert_eq!(v["daemon_pid"], daemon.pid());
-    let mut conn = sb.raw();
-    conn.handshake();
-    conn.request(1, "ping", serde_json::json!({}));
-    assert_eq!(kind(&conn.read().unwrap()), "response");
+    for round in 0..DELETIONS {
+        std::fs::remove_file(sb.socket()).unwrap();
+        // The client finds a daemon holding the lock without a socket: it waits for the
+        // socket rather than start a second daemon, and reaches the same one.
+        let v = sb.ctl(&["--json", "ping"]).json();
+        assert_eq!(v["daemon_pid"], daemon.pid(), "round {round}");
+        assert_eq!(mode_of(&sb.socket()), 0o600, "recreated private");
+        assert_eq!(sb.recorded_pid(), Some(daemon.pid()));
+        assert_eq!(sessiond_processes(&sb), vec![daemon.pid()], "one daemon");
+        let mut conn = sb.raw();
+        conn.handshake();
+        conn.request(1, "ping", serde_json::json!({}));
+        assert_eq!(kind(&conn.read().unwrap()), "response");
+    }
+    Row::new(
+        "fault",
+        "deleted_socket_is_recreated_and_a_waiting_client_gets_through",
+    )
+    .done(format!(
+        "deleted a serving daemon's socket file {DELETIONS} times, each followed at once \
+             by `sessionctl ping` (socket check every 300 ms)"
+    ))
+    .runs(DELETIONS as u64)
+    .checked(
+        "the daemon recreates the socket (0600); the client waits for it and reaches \
+                  the same daemon; the number of sessiond processes",
+    )
+    .result(format!(
+        "{DELETIONS} of {DELETIONS} sockets recreated 0600; {DELETIONS} pings answered by \
+             the original pid; 1 sessiond process throughout"
+    ))
+    .record();
 }
 
 #[test]
@@ -286,8 +762,31 @@ fn socket_missing_is_reported_not_papered_over_with_a_second_daemon() {
         message.contains(&format!("pid {}", daemon.pid())),
         "{message}"
     );
+    assert!(
+        message.contains(&sb.socket().display().to_string()),
+        "names the socket: {message}"
+    );
+    // No second daemon was started to paper over it.
+    assert!(!sb.socket().exists(), "nobody made a new socket");
+    assert_eq!(sessiond_processes(&sb), vec![daemon.pid()]);
+    assert_eq!(sb.recorded_pid(), Some(daemon.pid()));
     // `stop` still works: the daemon cannot be asked, so it is signalled.
     let v = sb.ctl(&["--json", "daemon", "stop"]).json();
     assert_eq!(v["pid"], daemon.pid());
     assert_eq!(daemon.wait().code(), Some(0));
+    Row::new(
+        "fault",
+        "socket_missing_is_reported_not_papered_over_with_a_second_daemon",
+    )
+    .done(
+        "deleted a serving daemon's socket (never rechecked), then ran `sessionctl ping` \
+               and `sessionctl daemon stop`",
+    )
+    .runs(1)
+    .checked("the client's exit status and error; sessiond processes; that stop still works")
+    .result(
+        "ping exit 3 `socket_missing` naming the pid and socket; 1 sessiond process, \
+                 no new socket; stop signalled it and it exited 0",
+    )
+    .record();
 }

@@ -3,6 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 
+use sessiond_tests::report::Row;
 use sessiond_tests::{is_root, run_bounded, Sandbox};
 
 /// The uid the intruder runs as: `nobody` on Debian.
@@ -44,4 +45,18 @@ fn connection_from_another_uid_is_refused_with_permission_denied() {
     // serves its owner.
     std::fs::set_permissions(&sb.runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
     sb.ctl(&["--no-autostart", "ping"]).ok();
+    Row::new(
+        "security",
+        "connection_from_another_uid_is_refused_with_permission_denied",
+    )
+    .done(format!(
+        "a process running as uid {OTHER_UID} connected and sent hello through a socket \
+             and directories opened to it (0777 / 0711)"
+    ))
+    .checked("the first frame it gets; the daemon; the owner's client afterwards")
+    .result(format!(
+        "refused with {} naming uid {OTHER_UID}; daemon running; owner's ping answered",
+        frame["code"].as_str().unwrap()
+    ))
+    .record();
 }

@@ -2,6 +2,7 @@
 
 use std::process::Stdio;
 
+use sessiond_tests::report::Row;
 use sessiond_tests::{eventually, Sandbox};
 
 /// A daemon with one shell session `job` made current; returns its canonical project dir.
@@ -61,6 +62,19 @@ fn run_is_refused_while_a_turn_runs_and_waits_with_wait() {
     );
     let waited = sb.ctl(&["run", "--wait", "--", "true"]);
     assert_eq!(waited.code(), 0, "{}", waited.stderr());
+    Row::new(
+        "race",
+        "run_is_refused_while_a_turn_runs_and_waits_with_wait",
+    )
+    .done("`sessionctl run` while a 0.6 s turn runs, then `sessionctl run --wait`")
+    .runs(2)
+    .checked("the refusal's exit status, code and message; that --wait gets the session")
+    .result(format!(
+        "refused with exit {} `busy` naming the running turn; --wait ran the command, exit {}",
+        refused.code(),
+        waited.code()
+    ))
+    .record();
 }
 
 #[test]
@@ -128,4 +142,41 @@ fn a_killed_run_gives_the_session_back() {
         sb.ctl(&["--json", "show", "job"]).json()["activity"],
         "attached"
     );
+    // The session is free again: the queued turn settles, nobody owns it, no files are left,
+    // and the next run gets it.
+    eventually("the session to come to rest", || {
+        let shown = sb.ctl(&["--json", "show", "job"]).json();
+        shown["owner"].is_null() && shown["activity"] == "idle"
+    });
+    let id = sb.ctl(&["--json", "show", "job"]).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sessions = sb.state.join("sessions");
+    assert!(!sessions.join(format!("{id}.lock")).exists());
+    assert!(!sessions.join(format!("{id}.pid")).exists());
+    let again = sb.ctl(&["run", "--", "true"]);
+    assert_eq!(again.code(), 0, "{}", again.stderr());
+    let log = sb.ctl(&["--json", "log", "job"]).json();
+    let status = log["turns"][0]["turn"]["status"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(status, "completed");
+    Row::new("crash", "a_killed_run_gives_the_session_back")
+        .done(
+            "kill -9 of `sessionctl run` (and then of its orphaned command) while a turn \
+               waits in the session's queue",
+        )
+        .runs(1)
+        .checked(
+            "that the queued turn runs, the session ends idle with no owner and no \
+                  ownership files, and a new run gets it",
+        )
+        .result(format!(
+            "queued turn ran ({status}); session idle, owner none, 0 lock/pid files; next run \
+             exit {}",
+            again.code()
+        ))
+        .record();
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use sessiond_client::Client;
 use sessiond_proto::methods::{SessionParams, Subscribe, SubscribeParams, Switch};
 use sessiond_proto::session::EventFilter;
+use sessiond_tests::report::Row;
 use sessiond_tests::{create_sessions, session_event, tokio_runtime, Sandbox, WAIT};
 
 /// The ids in a `list --json` document, in listed order.
@@ -316,6 +317,22 @@ fn bad_input_is_refused_and_changes_nothing() {
     );
     let current = sb.ctl(&["--json", "current"]).json();
     assert_eq!(current["generation"], 0, "no switch happened: {current}");
+    Row::new("bad input", "bad_input_is_refused_and_changes_nothing")
+        .done(format!(
+            "{} bad session commands (unknown provider, missing dir, empty/long/duplicate/\
+             multi-line names, unknown or too-short selectors, wrong state), each as JSON and \
+             as text",
+            cases.len()
+        ))
+        .runs(2 * cases.len() as u64)
+        .checked("exit status, error code and message words, stdout empty, registry unchanged")
+        .result(format!(
+            "{} of {} refused with exit 1 and the expected code; registry and context \
+             generation unchanged",
+            2 * cases.len(),
+            2 * cases.len()
+        ))
+        .record();
 }
 
 #[test]
@@ -576,6 +593,21 @@ fn fifty_concurrent_switches_from_ten_clients_end_consistent() {
         let current = sb.ctl(&["--json", "current"]).json();
         assert_eq!(current["session"]["id"], last.to_string());
         assert_eq!(current["generation"], 50);
+        Row::new(
+            "race",
+            "fifty_concurrent_switches_from_ten_clients_end_consistent",
+        )
+        .done("10 clients released together, each sending 5 concurrent switches of one context")
+        .runs(by_generation.len() as u64)
+        .checked("generations answered, events received and their order, the final pointer")
+        .result(format!(
+            "{} switches got {} distinct generations 1..50; {} events in generation and seq \
+                 order, 0 dropped; final pointer = last event",
+            by_generation.len(),
+            by_generation.len(),
+            received.len()
+        ))
+        .record();
     });
 }
 
@@ -728,6 +760,126 @@ fn show_reports_the_owner_and_recognises_stale_pid_files() {
     // The session without files still reports no owner.
     let free = sb.new_session(&project, &[]);
     assert!(sb.ctl(&["--json", "show", &free]).json()["owner"].is_null());
+    Row::new(
+        "race",
+        "show_reports_the_owner_and_recognises_stale_pid_files",
+    )
+    .done(
+        "pid files for 4 sessions: a live lock holder; the same after it was killed; an \
+             exited pid with no lock file; a running pid (this test) with another start time",
+    )
+    .runs(4)
+    .checked("`show`'s owner: live or stale, and the reason given")
+    .result(
+        "1 live owner named with pid and kind; 3 of 3 stale files recognised: 2 `has \
+             exited`, 1 `now belongs to another process (start time differs)`",
+    )
+    .record();
+}
+
+/// The start time of process `pid` in clock ticks since boot (`/proc/PID/stat` field 22).
+fn start_time_of(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(19).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_stale_pid_file_naming_a_live_unrelated_process_does_not_block_ownership() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = sb.project("p");
+    let dir = sb.state.join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    // An unrelated, running process; nothing may signal it on the strength of a stale file.
+    let mut bystander = LockHolder(
+        Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    // 1. The pid was reused: it names this test process, with another start time, and no
+    //    lock file is left. A turn must start.
+    let reused = sb.new_session(&project, &["--name", "reused"]);
+    let me = std::process::id();
+    write_pid_file(
+        &dir.join(format!("{reused}.pid")),
+        me,
+        Some(own_start_time() + 1),
+        1,
+    );
+    let shown = sb.ctl(&["--json", "show", "reused"]).json();
+    assert_eq!(shown["owner"]["live"], false, "{shown}");
+    assert_eq!(
+        shown["owner"]["stale_reason"],
+        format!("pid {me} now belongs to another process (start time differs)")
+    );
+    let turn = sb.ctl(&["send", "--wait", "reused", "echo $$ > turn.pid"]);
+    assert_eq!(turn.code(), 0, "the turn ran: {}", turn.stderr());
+    let worker = sessiond_tests::pid_written_to(&project.join("turn.pid"));
+    assert_ne!(worker as u32, me);
+
+    // 2. The pid file names a live process with its true start time, beside a lock file that
+    //    nobody holds (an owner that died after its pid was taken by `sleep`, say): the free
+    //    lock alone makes it stale. `sessionctl run` must get the session.
+    let orphan = sb.new_session(&project, &["--name", "orphan"]);
+    std::fs::write(dir.join(format!("{orphan}.lock")), "").unwrap();
+    write_pid_file(
+        &dir.join(format!("{orphan}.pid")),
+        bystander.pid(),
+        Some(start_time_of(bystander.pid())),
+        1,
+    );
+    let shown = sb.ctl(&["--json", "show", "orphan"]).json();
+    assert_eq!(shown["owner"]["live"], false, "{shown}");
+    assert_eq!(
+        shown["owner"]["stale_reason"],
+        format!(
+            "pid {} is running but does not hold the session's lock",
+            bystander.pid()
+        )
+    );
+    let run = sb.ctl(&["run", "orphan", "--", "sh", "-c", "echo $$ > run.pid"]);
+    assert_eq!(run.code(), 0, "the run got the session: {}", run.stderr());
+    sessiond_tests::pid_written_to(&project.join("run.pid"));
+
+    // Afterwards both are free, their stale files replaced and then released, and the
+    // processes the stale files named were left alone.
+    for (name, id) in [("reused", &reused), ("orphan", &orphan)] {
+        let shown = sb.ctl(&["--json", "show", name]).json();
+        assert!(shown["owner"].is_null(), "{name}: {shown}");
+        assert!(!dir.join(format!("{id}.pid")).exists(), "{name}: pid file");
+        assert!(
+            !dir.join(format!("{id}.lock")).exists(),
+            "{name}: lock file"
+        );
+    }
+    assert!(
+        sessiond_tests::process_running(bystander.pid() as i32),
+        "the process a stale pid file named was signalled"
+    );
+    bystander.kill();
+    Row::new(
+        "race",
+        "a_stale_pid_file_naming_a_live_unrelated_process_does_not_block_ownership",
+    )
+    .done(
+        "left stale pid files naming live processes: one with another start time (pid reuse), \
+         one with the true start time beside a free lock; then sent a turn to the first and \
+         `sessionctl run` on the second",
+    )
+    .runs(2)
+    .checked(
+        "`show` calls both stale; the turn and the run take ownership; the files are gone \
+         afterwards; the named processes are not signalled",
+    )
+    .result(
+        "2 of 2 stale files replaced: turn exit 0, run exit 0; 0 ownership files left; both \
+         named processes still running",
+    )
+    .record();
 }
 
 #[test]
@@ -766,6 +918,379 @@ fn names_with_surrounding_spaces_are_refused() {
         );
     }
     assert_eq!(ids(&sb.ctl(&["--json", "list", "--all"]).json()).len(), 0);
+    Row::new("bad input", "names_with_surrounding_spaces_are_refused")
+        .done("3 `new --name` with leading, trailing and tab-surrounded names")
+        .runs(3)
+        .checked("exit status and message; sessions stored")
+        .result("3 of 3 refused with exit 1; 0 sessions stored")
+        .record();
+}
+
+/// `--json new --project P ARGS` run from `dir`; returns the stored session.
+fn create_in(sb: &Sandbox, dir: &Path, args: &[&str]) -> serde_json::Value {
+    let mut argv = vec!["--json", "new"];
+    argv.extend_from_slice(args);
+    sb.ctl_in(dir, &argv).json()
+}
+
+#[test]
+fn project_and_cwd_paths_with_dot_dot_and_symlinks_are_stored_canonical() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let real = sb.project("real");
+    let sub = real.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let link = sb.root.join("link-to-real");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let chain = sb.root.join("link-to-link");
+    std::os::unix::fs::symlink(&link, &chain).unwrap();
+    let sub_link = sb.root.join("link-to-sub");
+    std::os::unix::fs::symlink(&sub, &sub_link).unwrap();
+    // A link whose `..` differs from the lexical one: link-to-sub/.. is `real`, not the
+    // directory holding the link.
+    let (r, s) = (path_str(&real).to_string(), path_str(&sub).to_string());
+    let l = path_str(&link).to_string();
+    let sl = path_str(&sub_link).to_string();
+    let c = path_str(&chain).to_string();
+    let cases: Vec<(Vec<String>, &Path, &str, &str)> = vec![
+        (
+            vec!["--project".into(), format!("{r}/sub/..")],
+            &sb.root,
+            &r,
+            &r,
+        ),
+        (vec!["--project".into(), l.clone()], &sb.root, &r, &r),
+        (
+            vec!["--project".into(), format!("{l}/sub/..")],
+            &sb.root,
+            &r,
+            &r,
+        ),
+        (
+            vec!["--project".into(), format!("{sl}/..")],
+            &sb.root,
+            &r,
+            &r,
+        ),
+        (vec!["--project".into(), c.clone()], &sb.root, &r, &r),
+        (
+            vec!["--project".into(), l.clone(), "--cwd".into(), sl.clone()],
+            &sb.root,
+            &r,
+            &s,
+        ),
+        (
+            vec![
+                "--project".into(),
+                format!("{r}/./sub/../"),
+                "--cwd".into(),
+                format!("{c}/sub/./"),
+            ],
+            &sb.root,
+            &r,
+            &s,
+        ),
+        // Relative paths, from inside the project.
+        (
+            vec!["--project".into(), "..".into(), "--cwd".into(), ".".into()],
+            &sub,
+            &r,
+            &s,
+        ),
+        // No --project: from a directory reached through a link.
+        (vec![], &sub_link, &s, &s),
+    ];
+    for (i, (args, from, project, cwd)) in cases.iter().enumerate() {
+        let name = format!("n{i}");
+        let mut argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        argv.extend(["--name", &name]);
+        let made = create_in(&sb, from, &argv);
+        assert_eq!(made["project"], *project, "case {i} {args:?}: {made}");
+        assert_eq!(made["cwd"], *cwd, "case {i} {args:?}: {made}");
+        assert!(
+            made["scope"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{project}::")),
+            "{made}"
+        );
+        // Looked up through a link, it is found in its canonical project.
+        let through = if *project == r { &l } else { &sl };
+        let shown = sb
+            .ctl(&["--json", "show", &name, "--project", through])
+            .json();
+        assert_eq!(shown["id"], made["id"], "case {i}");
+    }
+    // The command run for the session runs in the canonical directory.
+    let out = sb.ctl(&[
+        "run",
+        "n5",
+        "--",
+        "sh",
+        "-c",
+        "pwd -P; echo \"$SESSIOND_PROJECT\"",
+    ]);
+    assert_eq!(out.ok(), format!("{s}\n{r}\n"));
+
+    // Paths that do not lead to a directory are refused and store nothing.
+    let before = sb.list_all();
+    let dangling = sb.root.join("dangling");
+    std::os::unix::fs::symlink(sb.root.join("nowhere"), &dangling).unwrap();
+    let file = real.join("file");
+    std::fs::write(&file, "").unwrap();
+    let to_file = sb.root.join("link-to-file");
+    std::os::unix::fs::symlink(&file, &to_file).unwrap();
+    let refused: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--project".into(), path_str(&dangling).into()],
+            "cannot be used",
+        ),
+        (
+            vec!["--project".into(), format!("{r}/nowhere/..")],
+            "cannot be used",
+        ),
+        (
+            vec!["--project".into(), path_str(&to_file).into()],
+            "not a directory",
+        ),
+        (
+            vec![
+                "--project".into(),
+                r.clone(),
+                "--cwd".into(),
+                path_str(&to_file).into(),
+            ],
+            "not a directory",
+        ),
+        (
+            vec![
+                "--project".into(),
+                r.clone(),
+                "--cwd".into(),
+                path_str(&dangling).into(),
+            ],
+            "cannot be used",
+        ),
+    ];
+    for (args, words) in &refused {
+        let mut argv = vec!["--json", "new"];
+        argv.extend(args.iter().map(String::as_str));
+        let out = sb.ctl(&argv);
+        assert_eq!(out.code(), 1, "{args:?} accepted: {}", out.stdout());
+        let err = out.json_error();
+        assert_eq!(err["error"]["code"], "invalid_argument", "{args:?}: {err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{args:?}: {message}");
+    }
+    assert_eq!(sb.list_all(), before, "a refused path stored something");
+    Row::new(
+        "security",
+        "project_and_cwd_paths_with_dot_dot_and_symlinks_are_stored_canonical",
+    )
+    .done(format!(
+        "{} `sessionctl new` with `..`, `.`, trailing slashes, relative paths, symlinks, a \
+         chain of symlinks and a symlinked current dir as --project/--cwd; {} with paths that \
+         lead nowhere or to a file",
+        cases.len(),
+        refused.len()
+    ))
+    .runs((cases.len() + refused.len()) as u64)
+    .checked(
+        "the stored project, cwd and scope; lookup through a symlinked --project; the cwd a \
+         `run` command gets; refusals and the registry afterwards",
+    )
+    .result(format!(
+        "{} of {} stored with the canonical project and cwd and found through the link; the \
+         command ran in the canonical cwd; {} of {} refused with invalid_argument, 0 sessions \
+         stored",
+        cases.len(),
+        cases.len(),
+        refused.len(),
+        refused.len()
+    ))
+    .record();
+}
+
+/// Names a shell would act on if anything ever passed them through one.
+const SHELL_NAMES: &[&str] = &[
+    "$(touch pwned)",
+    "`touch pwned`",
+    "a; touch pwned",
+    "a && touch pwned || touch pwned",
+    "a | tee pwned > pwned < pwned",
+    "*?[a-z]{x,y}~!#%^",
+    "'single' \"double\" \\back\\slash",
+    "${HOME} $PATH $$",
+    "--name",
+    "-x",
+    "%s%n%x%p",
+    "日本語 ünïcødé 🎉",
+];
+
+#[test]
+fn names_with_shell_metacharacters_are_stored_and_shown_byte_exact() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = sb.project("p");
+    let p = path_str(&project);
+    let mut stored = 0;
+    for (i, name) in SHELL_NAMES.iter().enumerate() {
+        let flag = format!("--name={name}");
+        let made = sb
+            .ctl_in(&project, &["--json", "new", "--project", p, &flag])
+            .json();
+        assert_eq!(made["name"], *name, "{made}");
+        let id = made["id"].as_str().unwrap().to_string();
+        // Found by that name, and printed as it is in JSON and in text.
+        // `--` so that names like `--name` are taken as names.
+        let shown = sb.ctl_in(&project, &["--json", "show", "--", name]).json();
+        assert_eq!(shown["id"], id.as_str(), "{name:?}");
+        assert_eq!(shown["name"], *name);
+        let text = sb.ctl_in(&project, &["show", &id]).ok();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("name "))
+            .unwrap_or_else(|| panic!("no name line: {text}"));
+        assert_eq!(line["name".len()..].trim_start(), *name, "{text}");
+        let listed = sb.ctl(&["--json", "list"]).json();
+        assert_eq!(super_listed(&listed, &id)["name"], *name);
+        // Renamed to another such name and back, still exact.
+        let other = format!("{name} #{i}");
+        let renamed = sb.ctl(&["--json", "rename", "--", &id, &other]).json();
+        assert_eq!(renamed["name"], other.as_str());
+        let back = sb.ctl(&["--json", "rename", "--", &id, name]).json();
+        assert_eq!(back["name"], *name);
+        stored += 1;
+    }
+    // Nothing was ever run through a shell.
+    for dir in [&project, &sb.root, &sb.state] {
+        assert!(
+            !dir.join("pwned").exists(),
+            "a name was run in {}",
+            dir.display()
+        );
+    }
+    Row::new(
+        "security",
+        "names_with_shell_metacharacters_are_stored_and_shown_byte_exact",
+    )
+    .done(format!(
+        "{} names with $( ), backticks, ; && || | > <, globs, quotes, backslashes, $VARS, \
+             option look-alikes, printf formats and non-ASCII, created, shown, listed, renamed",
+        SHELL_NAMES.len()
+    ))
+    .runs(SHELL_NAMES.len() as u64)
+    .checked("JSON and text output, lookup by name, rename round trip; no `pwned` file")
+    .result(format!(
+        "{stored} of {} names stored and shown byte-exact and found by name; 0 commands \
+             executed",
+        SHELL_NAMES.len()
+    ))
+    .record();
+}
+
+/// The listed session with `id` (panics when absent).
+fn super_listed<'a>(list: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    listed(list, id).unwrap_or_else(|| panic!("{id} not listed: {list}"))
+}
+
+#[test]
+fn names_with_nul_newlines_or_control_characters_are_refused_and_change_nothing() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = sb.project("p");
+    let p = path_str(&project);
+    let known = sb.new_session(&project, &["--name", "keep"]);
+    let before = sb.list_all();
+    let bad: Vec<String> = vec![
+        "two\nlines".into(),
+        "carriage\rreturn".into(),
+        "tab\tinside".into(),
+        "bell\u{7}".into(),
+        "\u{1b}[31mred\u{1b}[0m".into(),
+        "back\u{8}space".into(),
+        "del\u{7f}".into(),
+        "next\u{85}line".into(),
+        "csi\u{9b}31m".into(),
+        "nul\0byte".into(),
+        // Not controls to `char::is_control`, but they break lines or disguise a name.
+        "line\u{2028}separator".into(),
+        "para\u{2029}separator".into(),
+        "evil\u{202E}txt.exe".into(),
+        "isolate\u{2066}x\u{2069}".into(),
+        "mark\u{200F}".into(),
+    ];
+    let mut refused = 0;
+    // Through the wire: the only way to send a NUL (argv cannot hold one), and the most
+    // direct for the rest.
+    let mut conn = sb.raw();
+    conn.handshake();
+    for (i, name) in bad.iter().enumerate() {
+        let id = 10 + 2 * i as u64;
+        let (_, answer) = conn.call(
+            id,
+            "create",
+            serde_json::json!({"project": p, "provider": "shell", "name": name}),
+        );
+        let err: sessiond_proto::envelope::ErrorFrame = sessiond_proto::frame::decode(&answer)
+            .unwrap_or_else(|e| panic!("{name:?} accepted ({e})"));
+        assert_eq!(
+            err.code,
+            sessiond_proto::ErrorCode::INVALID_ARGUMENT,
+            "{name:?}"
+        );
+        assert!(
+            err.message.contains("control characters"),
+            "{name:?}: {}",
+            err.message
+        );
+        let (_, answer) = conn.call(
+            id + 1,
+            "rename",
+            serde_json::json!({"session": known.as_str(), "name": name}),
+        );
+        let err: sessiond_proto::envelope::ErrorFrame = sessiond_proto::frame::decode(&answer)
+            .unwrap_or_else(|e| panic!("rename to {name:?} accepted ({e})"));
+        assert_eq!(
+            err.code,
+            sessiond_proto::ErrorCode::INVALID_ARGUMENT,
+            "{name:?}"
+        );
+        refused += 2;
+        // And through sessionctl, where argv can carry it.
+        if !name.contains('\0') {
+            let flag = format!("--name={name}");
+            let out = sb.ctl(&["--json", "new", "--project", p, &flag]);
+            assert_eq!(out.code(), 1, "{name:?} accepted by new");
+            assert!(
+                out.json_error()["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("control characters"),
+                "{name:?}"
+            );
+            let out = sb.ctl(&["--json", "rename", &known, name]);
+            assert_eq!(out.code(), 1, "{name:?} accepted by rename");
+            refused += 2;
+        }
+    }
+    assert_eq!(sb.list_all(), before, "a refused name changed the registry");
+    Row::new(
+        "security",
+        "names_with_nul_newlines_or_control_characters_are_refused_and_change_nothing",
+    )
+    .done(format!(
+        "{} names holding NUL, LF, CR, TAB, BEL, ESC sequences, BS, DEL and C1 controls (NEL, \
+         CSI), sent to create and rename over the wire and (all but NUL) through sessionctl",
+        bad.len()
+    ))
+    .runs(refused)
+    .checked("error code and message for each; the registry afterwards")
+    .result(format!(
+        "{refused} of {refused} refused with invalid_argument naming control characters; \
+         registry unchanged"
+    ))
+    .record();
 }
 
 #[test]

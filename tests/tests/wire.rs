@@ -3,6 +3,7 @@
 use sessiond_proto::envelope::{Hello, Request, Response, Welcome};
 use sessiond_proto::methods::{Pong, SetLogLevelParams, StatusResult};
 use sessiond_proto::{frame, ErrorCode, ProtocolVersion, PROTOCOL_VERSION};
+use sessiond_tests::report::Row;
 use sessiond_tests::{as_json, kind, Sandbox};
 
 #[test]
@@ -27,21 +28,51 @@ fn welcome_names_protocol_version_pid_and_methods() {
 fn other_major_version_is_refused_naming_both_versions_and_the_fix() {
     let sb = Sandbox::new();
     let _daemon = sb.start_daemon();
-    let mut conn = sb.raw();
-    conn.send(&Hello::new(ProtocolVersion::new(2, 3), "future", None));
-    // A request pipelined behind the refused hello must not be answered.
-    conn.request(1, "ping", serde_json::json!({}));
-    let err = conn.read_error();
-    assert_eq!(err.code, ErrorCode::VERSION_MISMATCH);
-    assert_eq!(err.id, None);
-    assert!(err.message.contains("2.3"), "{}", err.message);
-    assert!(err.message.contains("1.0"), "{}", err.message);
-    assert!(
-        err.message.contains("sessionctl daemon restart"),
-        "{}",
-        err.message
-    );
-    conn.expect_closed();
+    // An older client (0.9) and a newer one (2.3) against this daemon (1.0).
+    let mut refused = 0;
+    for (major, minor) in [(0, 9), (2, 3)] {
+        let theirs = format!("{major}.{minor}");
+        let mut conn = sb.raw();
+        conn.send(&Hello::new(
+            ProtocolVersion::new(major, minor),
+            "other",
+            None,
+        ));
+        // A request pipelined behind the refused hello must not be answered.
+        conn.request(1, "ping", serde_json::json!({}));
+        let err = conn.read_error();
+        assert_eq!(err.code, ErrorCode::VERSION_MISMATCH, "{theirs}");
+        assert_eq!(err.id, None);
+        assert!(err.message.contains(&theirs), "{}", err.message);
+        assert!(
+            err.message.contains(&PROTOCOL_VERSION.to_string()),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.contains("sessionctl daemon restart"),
+            "{}",
+            err.message
+        );
+        // Closed at once: the harness's read timeout turns a hang into a failure.
+        conn.expect_closed();
+        refused += 1;
+    }
+    Row::new(
+        "fault",
+        "other_major_version_is_refused_naming_both_versions_and_the_fix",
+    )
+    .done(format!(
+        "clients speaking protocol 0.9 and 2.3 said hello to a {PROTOCOL_VERSION} daemon, \
+             each with a ping pipelined behind"
+    ))
+    .runs(refused)
+    .checked("the answer, the message, that the ping goes unanswered and the connection closes")
+    .result(format!(
+        "{refused} of 2 refused with version_mismatch naming both versions and `sessionctl \
+             daemon restart`, then closed; 0 pings answered"
+    ))
+    .record();
 }
 
 #[test]
@@ -67,6 +98,11 @@ fn first_frame_must_be_hello() {
     assert_eq!(err.code, ErrorCode::HANDSHAKE_REQUIRED);
     assert!(err.message.contains("hello"), "{}", err.message);
     conn.expect_closed();
+    Row::new("bad input", "first_frame_must_be_hello")
+        .done("a request sent before any hello")
+        .checked("the answer and the close")
+        .result(format!("{} naming hello, then closed", err.code))
+        .record();
 }
 
 #[test]
@@ -78,6 +114,14 @@ fn silent_client_gets_handshake_timeout_and_is_closed() {
     assert_eq!(err.code, ErrorCode::TIMEOUT);
     assert!(err.message.contains("hello"), "{}", err.message);
     conn.expect_closed();
+    Row::new(
+        "fault",
+        "silent_client_gets_handshake_timeout_and_is_closed",
+    )
+    .done("handshake_timeout_ms = 200: connected and sent nothing")
+    .checked("the answer and the close")
+    .result(format!("{} naming hello, then closed", err.code))
+    .record();
 }
 
 #[test]
@@ -130,6 +174,18 @@ fn unknown_method_is_refused_and_the_connection_stays_usable() {
     conn.request(8, "ping", serde_json::json!({}));
     let ok: Response<Pong> = frame::decode(&conn.read().unwrap()).unwrap();
     assert_eq!(ok.id, 8);
+    Row::new(
+        "bad input",
+        "unknown_method_is_refused_and_the_connection_stays_usable",
+    )
+    .done("a request for method `frobnicate`, then a ping on the same connection")
+    .runs(2)
+    .checked("the error, its id and message; the next request")
+    .result(
+        "unknown_method for id 7 naming the method and listing the known ones; ping id 8 \
+                 answered",
+    )
+    .record();
 }
 
 #[test]
@@ -148,6 +204,18 @@ fn params_of_the_wrong_type_are_invalid_argument_naming_the_method() {
     let err = conn.read_error();
     assert_eq!(err.code, ErrorCode::INVALID_ARGUMENT);
     assert!(err.message.contains("level"), "{}", err.message);
+    Row::new(
+        "bad input",
+        "params_of_the_wrong_type_are_invalid_argument_naming_the_method",
+    )
+    .done("set_log_level with a number for `level`, then with no params")
+    .runs(2)
+    .checked("the error code and message")
+    .result(format!(
+        "2 of 2 refused with {} naming the method and the field",
+        err.code
+    ))
+    .record();
 }
 
 #[test]
@@ -187,6 +255,18 @@ fn frames_that_are_not_exactly_one_map_are_bad_frames() {
     let err = conn.read_error();
     assert_eq!(err.code, ErrorCode::BAD_FRAME);
     assert!(err.message.contains("exactly one value"), "{}", err.message);
+    Row::new(
+        "bad input",
+        "frames_that_are_not_exactly_one_map_are_bad_frames",
+    )
+    .done("a hello as a MessagePack array; a valid hello with a stray byte after it")
+    .runs(2)
+    .checked("the error code and message")
+    .result(format!(
+        "2 of 2 refused with {} (`exactly one value` for the trailing byte)",
+        err.code
+    ))
+    .record();
 }
 
 #[test]
@@ -200,6 +280,15 @@ fn request_with_a_malformed_method_fails_alone_when_it_has_an_id() {
     assert_eq!((err.code, err.id), (ErrorCode::BAD_FRAME, Some(12)));
     conn.request(13, "ping", serde_json::json!({}));
     assert_eq!(kind(&conn.read().unwrap()), "response");
+    Row::new(
+        "bad input",
+        "request_with_a_malformed_method_fails_alone_when_it_has_an_id",
+    )
+    .done("a request whose method is a number, then a ping on the same connection")
+    .runs(2)
+    .checked("the error and its id; the next request")
+    .result("bad_frame for id 12 only; ping id 13 answered on the same connection")
+    .record();
 }
 
 #[test]
@@ -262,7 +351,20 @@ fn a_second_hello_or_a_daemon_frame_type_is_bad_frame() {
     // Without an id: refused and closed.
     conn.hello();
     let err = conn.read_error();
-    assert_eq!((err.code, err.id), (ErrorCode::BAD_FRAME, None));
+    assert_eq!((&err.code, err.id), (&ErrorCode::BAD_FRAME, None));
     assert!(err.message.contains("already"), "{}", err.message);
     conn.expect_closed();
+    Row::new(
+        "bad input",
+        "a_second_hello_or_a_daemon_frame_type_is_bad_frame",
+    )
+    .done("a `response` frame sent by the client, then a second hello")
+    .runs(2)
+    .checked("the errors, their ids, whether the connection stays open")
+    .result(format!(
+        "response with id 9: bad_frame, connection kept (ping answered); second hello: {} \
+             without id, closed",
+        err.code
+    ))
+    .record();
 }
