@@ -61,8 +61,10 @@ impl EventBuffer {
         // Once a gap has begun, everything after it waits behind the `lagged` notice: an
         // event must not be delivered before the notice of a gap that came earlier.
         if state.missed > 0 || state.frames.len() >= EVENT_BUFFER {
-            state.missed += 1;
-            state.total_missed += 1;
+            // A dropped `lagged` notice carries the daemon's own count: keep it in ours.
+            let missed = exchange::events_in(&payload);
+            state.missed += missed;
+            state.total_missed += missed;
             state.last_missed_seq = exchange::event_seq(&payload).unwrap_or(0);
         } else {
             state.frames.push_back(payload);

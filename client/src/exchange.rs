@@ -68,6 +68,29 @@ pub(crate) fn event_seq(payload: &[u8]) -> Option<u64> {
     frame::decode::<Seq>(payload).ok().map(|s| s.seq)
 }
 
+/// How many events a frame stands for when it is dropped: the `missed` count of a `lagged`
+/// notice (the daemon's own gap), else one.
+pub(crate) fn events_in(payload: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        event: String,
+        #[serde(default)]
+        data: Option<Missed>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Missed {
+        #[serde(default)]
+        missed: u64,
+    }
+    match frame::decode::<Head>(payload) {
+        Ok(Head {
+            event,
+            data: Some(Missed { missed }),
+        }) if event == "lagged" => missed.max(1),
+        _ => 1,
+    }
+}
+
 /// A `lagged` event payload, as the daemon would send it, for a gap the client itself made.
 pub(crate) fn lagged(seq: u64, missed: u64) -> Vec<u8> {
     let event = Event {

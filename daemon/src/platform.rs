@@ -167,21 +167,43 @@ mod unix {
         Ok(())
     }
 
-    /// Closes every descriptor above 2 except those in `keep`. Descriptors in `own` are closed
-    /// by their owners' drop and skipped here.
-    fn close_inherited_fds(keep: &[RawFd], own: &[RawFd]) {
+    /// Marks every descriptor above 2 close-on-exec. A daemon started in the foreground keeps
+    /// what its parent left open (a detached one closes it), and must not pass it on to every
+    /// turn's worker: a pipe held open by a worker can keep the parent's reader waiting.
+    pub fn cloexec_inherited_fds() {
+        for fd in open_fds() {
+            if fd > 2 {
+                // SAFETY: fcntl on a descriptor number only sets a flag; one that closed since
+                // it was listed fails harmlessly with EBADF.
+                unsafe {
+                    let flags = nix::libc::fcntl(fd, nix::libc::F_GETFD);
+                    if flags >= 0 {
+                        nix::libc::fcntl(fd, nix::libc::F_SETFD, flags | nix::libc::FD_CLOEXEC);
+                    }
+                }
+            }
+        }
+    }
+
+    /// This process's open descriptors (the listing's own among them, closed by then).
+    fn open_fds() -> Vec<RawFd> {
         let dir = if Path::new("/proc/self/fd").is_dir() {
             "/proc/self/fd"
         } else {
             "/dev/fd"
         };
-        let fds: Vec<RawFd> = match std::fs::read_dir(dir) {
+        match std::fs::read_dir(dir) {
             Ok(entries) => entries
                 .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
                 .collect(),
-            Err(_) => return,
-        };
-        for fd in fds {
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Closes every descriptor above 2 except those in `keep`. Descriptors in `own` are closed
+    /// by their owners' drop and skipped here.
+    fn close_inherited_fds(keep: &[RawFd], own: &[RawFd]) {
+        for fd in open_fds() {
             if fd > 2 && !keep.contains(&fd) && !own.contains(&fd) {
                 // SAFETY: the descriptor was inherited and nothing in this process refers to
                 // it (the directory handle used to list it is already closed; closing it again
@@ -189,6 +211,51 @@ mod unix {
                 unsafe { nix::libc::close(fd) };
             }
         }
+    }
+
+    /// Processes (other than this one) that have `path` open: on Linux, found by looking at
+    /// every readable `/proc/PID/fd`. Start-up uses it to find a worker whose pid was never
+    /// recorded, because the daemon died between spawning it and saving its pid; the worker
+    /// inherited the session's lock, so it holds the lock file open. Elsewhere: none found.
+    pub fn processes_with_open(path: &Path) -> Vec<u32> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let Ok(target) = std::fs::metadata(path) else {
+                return Vec::new();
+            };
+            let me = std::process::id();
+            let Ok(procs) = std::fs::read_dir("/proc") else {
+                return Vec::new();
+            };
+            procs
+                .flatten()
+                .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|&pid| pid != me)
+                .filter(|pid| {
+                    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                        fds.flatten().any(|fd| {
+                            std::fs::metadata(fd.path()).is_ok_and(|meta| {
+                                meta.dev() == target.dev() && meta.ino() == target.ino()
+                            })
+                        })
+                    })
+                })
+                .collect()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = path;
+            Vec::new()
+        }
+    }
+
+    /// The process group `pid` belongs to.
+    pub fn process_group_of(pid: u32) -> Option<u32> {
+        let pid = i32::try_from(pid).ok()?;
+        nix::unistd::getpgid(Some(Pid::from_raw(pid)))
+            .ok()
+            .map(|pgid| pgid.as_raw() as u32)
     }
 
     /// Sends `signal` to the process group led by `pid` (workers lead their own group, so this

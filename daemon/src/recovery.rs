@@ -2,8 +2,10 @@
 //!
 //! A turn stored as `running` belonged to a daemon that died. Its worker may still be alive
 //! (workers lead their own process group, so the daemon's death does not take them along). The
-//! worker is found two ways: the pid stored with the turn, and the session's pid file (written
-//! when the worker started, in case the turn's row was not yet saved). A candidate counts only
+//! worker is found three ways: the pid stored with the turn, the session's pid file (written
+//! when the worker started, in case the turn's row was not yet saved), and — when the daemon
+//! died before either named it — the processes holding the session's lock file open, which
+//! the worker inherited. A candidate counts only
 //! if it is alive *and* its start time matches the one recorded (so a reused pid is never
 //! mistaken for it). Its process group is terminated — SIGTERM, then SIGKILL after the grace
 //! period — and while the session's lock is still held by that group, the daemon waits, so
@@ -17,7 +19,9 @@ use nix::sys::signal::Signal;
 use sessiond_proto::ownership::{OwnerStatus, SessionFiles};
 use tracing::{info, warn};
 
-use crate::platform::{process_alive, process_start_time, signal_group};
+use crate::platform::{
+    process_alive, process_group_of, process_start_time, processes_with_open, signal_group,
+};
 use crate::registry::Registry;
 
 /// Settles every turn found running. Blocks (briefly) while surviving workers exit.
@@ -37,12 +41,40 @@ pub fn settle_at_startup(registry: &mut Registry, files: &SessionFiles, grace: D
                 terminate(pid, grace);
             }
         }
+        // A worker whose pid was never recorded (the daemon died between spawning it and
+        // saving the pid) still holds the lock it inherited: find it by the open lock file.
+        let held = || matches!(files.inspect(&session), Some(OwnerStatus::Live { .. }));
+        let mut unrecorded = std::collections::BTreeSet::new();
+        if held() {
+            let own_group = process_group_of(std::process::id());
+            unrecorded.extend(
+                processes_with_open(&files.lock_path(&session))
+                    .into_iter()
+                    .filter_map(process_group_of)
+                    .filter(|group| Some(*group) != own_group),
+            );
+            for &group in &unrecorded {
+                warn!(
+                    turn = %turn.id,
+                    group,
+                    "an unrecorded worker of the previous daemon holds the session; ending it"
+                );
+                let _ = signal_group(group, Signal::SIGTERM);
+            }
+        }
         // Whatever of its group still holds the session's lock gets the grace period to go.
         let deadline = Instant::now() + grace;
-        while matches!(files.inspect(&session), Some(OwnerStatus::Live { .. }))
-            && Instant::now() < deadline
-        {
+        while held() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if held() && !unrecorded.is_empty() {
+            for &group in &unrecorded {
+                let _ = signal_group(group, Signal::SIGKILL);
+            }
+            let deadline = Instant::now() + grace;
+            while held() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         info!(turn = %turn.id, session = %turn.session, "settled as interrupted after a restart");
         registry.interrupted_at_startup(turn.id);

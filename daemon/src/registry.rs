@@ -42,8 +42,9 @@ pub const MIN_PREFIX: usize = 4;
 const MAX_CANDIDATES: usize = 10;
 /// Added to every context's generation when the daemon starts. A switch's generation is seen
 /// (in its event and by `current`) a moment before it is committed; after a crash the stored
-/// number may be lower than one a client saw. Starting each run far above the stored value
-/// keeps generations strictly increasing for every client across restarts.
+/// number may be lower than one a client saw, or a new context may have no row at all.
+/// Starting each run far above the stored value, and new contexts at `starts × step`, keeps
+/// generations strictly increasing for every client across restarts.
 pub const GENERATION_RESTART_STEP: u64 = 1 << 20;
 
 /// Largest prompt accepted, in bytes.
@@ -83,6 +84,8 @@ pub struct Registry {
     contexts: HashMap<String, ContextRow>,
     /// One shared string per project and provider.
     interned: HashMap<String, Arc<str>>,
+    /// Where a context first switched in this run starts counting (see `new`).
+    generation_floor: u64,
     /// The configured providers, for checking names and whether a prompt can reach them.
     providers: BTreeMap<String, ProviderConfig>,
     /// Sessions attached to a client's process: session → (connection, pid).
@@ -232,6 +235,7 @@ impl Registry {
             turns: HashMap::new(),
             queues: HashMap::new(),
             next_order: 1,
+            generation_floor: 0,
             store,
             events: EventBus::default(),
         };
@@ -293,20 +297,26 @@ impl Registry {
             registry.queues.entry(id).or_default().paused =
                 Some("paused before the daemon restarted".into());
         }
-        let bumped: Vec<Write> = registry
-            .contexts
-            .values_mut()
-            .map(|c| {
-                c.generation += GENERATION_RESTART_STEP;
-                Write::Context(c.clone())
-            })
-            .collect();
-        if !bumped.is_empty() {
-            match registry.store.write(bumped).blocking_recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => return Err("the store stopped during start-up".into()),
-            }
+        // This run's generations start above any the previous runs may have shown, saved or
+        // not: a stored context moves up by a step, and a context first switched in this run
+        // starts at a floor that grows with every start (a previous run's new context may
+        // have shown its first generations and died before saving its row).
+        // The first run on a fresh database starts at 0, so its first switch is generation 1.
+        registry.generation_floor = loaded.starts.saturating_mul(GENERATION_RESTART_STEP);
+        let starts = loaded.starts + 1;
+        let floor = registry.generation_floor;
+        let mut writes = vec![Write::Meta {
+            key: crate::store::META_STARTS,
+            value: starts,
+        }];
+        writes.extend(registry.contexts.values_mut().map(|c| {
+            c.generation = (c.generation + GENERATION_RESTART_STEP).max(floor);
+            Write::Context(c.clone())
+        }));
+        match registry.store.write(writes).blocking_recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("the store stopped during start-up".into()),
         }
         Ok(registry)
     }
@@ -708,7 +718,9 @@ impl Registry {
                 .and_then(|id| self.sessions.get(&id))
                 .map(Session::info),
             project: row.and_then(|c| c.project.clone()),
-            generation: row.map_or(0, |c| c.generation),
+            // A context never saved reports where it would start: above anything a crashed
+            // run may have shown for it, so a client takes "no session" as the newer answer.
+            generation: row.map_or(self.generation_floor, |c| c.generation),
         }
     }
 
@@ -746,7 +758,7 @@ impl Registry {
                 name: context.to_string(),
                 session: None,
                 project: None,
-                generation: 0,
+                generation: self.generation_floor,
             });
         row.session = Some(id);
         row.project = Some(project);

@@ -58,6 +58,8 @@ impl<E: std::fmt::Display> From<E> for Failure {
 }
 
 fn start(args: Args) -> Result<(), Failure> {
+    // Before anything of ours is opened: what the parent left open stays ours, not workers'.
+    platform::cloexec_inherited_fds();
     let paths = Paths::resolve(&PathOverrides {
         runtime_dir: args.runtime_dir.clone(),
         state_dir: args.state_dir.clone(),

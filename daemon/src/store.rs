@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use sessiond_proto::session::{Activity, Phase, SessionId};
 use tokio::sync::oneshot;
 
@@ -81,7 +81,15 @@ const MIGRATIONS: &[&str] = &[
         data BLOB NOT NULL,
         PRIMARY KEY (turn_id, chunk)
      );",
+    // 3: daemon-wide counters (`starts`: how many times a daemon has started on this file).
+    "CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+     );",
 ];
+
+/// The `meta` key counting daemon starts.
+pub const META_STARTS: &str = "starts";
 
 /// What went wrong inside the store: SQLite itself, or content it cannot accept.
 #[derive(Debug)]
@@ -178,6 +186,8 @@ pub enum Write {
     Context(ContextRow),
     /// Insert or replace a turn.
     Turn(Turn),
+    /// Set a daemon-wide counter in `meta`.
+    Meta { key: &'static str, value: u64 },
     /// Append one chunk of a turn's output.
     Output {
         turn: TurnId,
@@ -202,6 +212,8 @@ pub struct Loaded {
     pub contexts: Vec<ContextRow>,
     /// Turns not yet settled (queued, or running when the last daemon stopped), in queue order.
     pub unsettled: Vec<Turn>,
+    /// How many daemons started on this database before this one.
+    pub starts: u64,
 }
 
 /// A failed commit, shared by every write in the batch.
@@ -570,10 +582,18 @@ fn load(conn: &Connection) -> Result<Loaded, DbError> {
             stop: None,
         });
     }
+    let starts: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            params![META_STARTS],
+            |r| r.get(0),
+        )
+        .optional()?;
     Ok(Loaded {
         sessions,
         contexts,
         unsettled,
+        starts: starts.unwrap_or(0) as u64,
     })
 }
 
@@ -731,6 +751,8 @@ fn commit<'a>(
             "INSERT OR REPLACE INTO turn_output (turn_id, chunk, stream, data)
              VALUES (?1, ?2, ?3, ?4)",
         )?;
+        let mut set_meta =
+            tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
         let mut upsert_context = tx.prepare_cached(
             "INSERT OR REPLACE INTO contexts (name, session_id, project, generation)
              VALUES (?1, ?2, ?3, ?4)",
@@ -785,6 +807,9 @@ fn commit<'a>(
                     data,
                 } => {
                     add_output.execute(params![turn.to_string(), *chunk as i64, stream, data])?;
+                }
+                Write::Meta { key, value } => {
+                    set_meta.execute(params![key, *value as i64])?;
                 }
                 Write::Context(c) => {
                     upsert_context.execute(params![

@@ -302,7 +302,8 @@ impl SessionFiles {
         })
     }
 
-    fn lock_path(&self, id: &str) -> PathBuf {
+    /// The session's lock file (which may not exist).
+    pub fn lock_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.lock"))
     }
 

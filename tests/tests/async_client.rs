@@ -137,3 +137,72 @@ fn pending_calls_fail_cleanly_when_the_daemon_goes_away() {
     ))
     .record();
 }
+
+/// The client's own gap swallows frames, and one of them may be the daemon's `lagged` notice:
+/// the `lagged` the application finally gets must count the daemon's missed events too.
+#[test]
+fn a_lagged_notice_dropped_in_the_clients_own_gap_keeps_its_count() {
+    use sessiond_proto::frame;
+    let sb = Sandbox::new();
+    let listener = sb.fake_listener();
+    let daemon = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let _hello = frame::read_frame(&mut stream, 1 << 20).unwrap();
+        let welcome = serde_json::json!({
+            "type": "welcome", "protocol": [1, 0], "version": "test", "pid": 1,
+            "capabilities": ["ping"],
+        });
+        let mut out = frame::encode(&welcome).unwrap();
+        let event = |seq: u64| {
+            frame::encode(&serde_json::json!({
+                "type": "event", "seq": seq, "time": 1, "event": "session_created",
+                "subscription": 1, "data": {"session": "0b8e3c1a-6a0e-4b7e-9d51-3c2f1e4d5a6b"},
+            }))
+            .unwrap()
+        };
+        // More than the client buffers (4,096), then the daemon's own gap of 100, then one
+        // more event: the client drops the overflow event, the notice and the last event.
+        for seq in 1..=4097 {
+            out.extend(event(seq));
+        }
+        out.extend(
+            frame::encode(&serde_json::json!({
+                "type": "event", "seq": 4198, "time": 1, "event": "lagged",
+                "data": {"missed": 100},
+            }))
+            .unwrap(),
+        );
+        out.extend(event(4199));
+        std::io::Write::write_all(&mut stream, &out).unwrap();
+        // Hold the connection open until the client has read everything.
+        let _ = frame::read_frame(&mut stream, 1 << 20);
+    });
+    let (delivered, missed) = runtime().block_on(async {
+        let mut opts = sb.connect_options();
+        opts.autostart = false;
+        let client = Client::connect(&opts).await.unwrap();
+        let mut events = client.take_events().unwrap();
+        // Let every frame arrive before reading any.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let (mut delivered, mut missed) = (0u64, 0u64);
+        // Events 1..=4,097 and 4,199, plus the 100 the notice stands for.
+        while delivered + missed < 4098 + 100 {
+            let payload = tokio::time::timeout(WAIT, events.recv())
+                .await
+                .expect("events keep coming")
+                .expect("the stream stays open");
+            let value = sessiond_tests::as_json(&payload);
+            if value["event"] == "lagged" {
+                missed += value["data"]["missed"].as_u64().unwrap();
+            } else {
+                delivered += 1;
+            }
+        }
+        assert_eq!(client.events_dropped(), missed);
+        (delivered, missed)
+    });
+    drop(daemon);
+    // 4,096 delivered; event 4,097, the daemon's 100 and event 4,199 accounted as missed.
+    assert_eq!(delivered, 4096);
+    assert_eq!(missed, 102, "the daemon's 100 were lost from the count");
+}

@@ -831,3 +831,39 @@ fn a_cancel_before_the_worker_starts_still_stops_it() {
     let log = sb.ctl(&["--json", "log", "job"]).json();
     assert_eq!(log["turns"][0]["turn"]["status"], "cancelled");
 }
+
+/// A daemon started in the foreground inherits whatever its parent had open; none of it may
+/// reach a worker (a pipe kept open by a worker can hang the parent that waits for its end).
+#[test]
+fn a_worker_gets_no_descriptor_the_daemon_inherited() {
+    let sb = Sandbox::new();
+    let marker = sb.root.join("inherited-marker");
+    let file = std::fs::File::create(&marker).unwrap();
+    // Inheritable, as a careless parent would leave it.
+    nix::fcntl::fcntl(
+        &file,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    let _daemon = sb.start_daemon();
+    drop(file);
+    let project = sb.project("p");
+    sb.ctl(&["new", "--project", project.to_str().unwrap(), "--name", "s"])
+        .ok();
+    let out = sb.ctl(&[
+        "send",
+        "--follow",
+        "s",
+        "for fd in /proc/$$/fd/*; do readlink \"$fd\" || true; done",
+    ]);
+    assert_eq!(out.code(), 0, "{}", out.stderr());
+    let seen = out.stdout();
+    assert!(
+        !seen.contains("inherited-marker"),
+        "the worker holds a descriptor the daemon inherited:\n{seen}"
+    );
+    assert!(
+        seen.contains(".lock"),
+        "the worker should hold the session lock:\n{seen}"
+    );
+}
