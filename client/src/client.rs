@@ -63,8 +63,8 @@ impl EventBuffer {
         if state.missed > 0 || state.frames.len() >= EVENT_BUFFER {
             // A dropped `lagged` notice carries the daemon's own count: keep it in ours.
             let missed = exchange::events_in(&payload);
-            state.missed += missed;
-            state.total_missed += missed;
+            state.missed = state.missed.saturating_add(missed);
+            state.total_missed = state.total_missed.saturating_add(missed);
             state.last_missed_seq = exchange::event_seq(&payload).unwrap_or(0);
         } else {
             state.frames.push_back(payload);

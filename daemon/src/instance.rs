@@ -99,7 +99,13 @@ impl Instance {
             // names the daemon that runs.
             let deadline = Instant::now() + OWNER_GRACE;
             let pid = loop {
-                if let Some(pid) = read_pid(&paths.pid_file()) {
+                // A pid file left by a daemon that crashed names a dead process: wait for the
+                // winner's.
+                let live = read_pid(&paths.pid_file()).filter(|pid| {
+                    pid.parse::<u32>()
+                        .is_ok_and(sessiond_proto::process::process_alive)
+                });
+                if let Some(pid) = live {
                     break Some(pid);
                 }
                 if Instant::now() >= deadline {

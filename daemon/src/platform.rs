@@ -250,6 +250,22 @@ mod unix {
         }
     }
 
+    /// Whether process `pid`'s environment holds `name=value` (Linux: `/proc/PID/environ`;
+    /// elsewhere: never known, so false).
+    pub fn process_has_env(pid: u32, name: &str, value: &str) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            let wanted = format!("{name}={value}");
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == wanted.as_bytes()))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (pid, name, value);
+            false
+        }
+    }
+
     /// The process group `pid` belongs to.
     pub fn process_group_of(pid: u32) -> Option<u32> {
         let pid = i32::try_from(pid).ok()?;

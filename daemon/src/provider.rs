@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 /// Longest argv element `execve` accepts: Linux caps each at 32 pages (`MAX_ARG_STRLEN`),
-/// counting its terminating NUL. Other systems cap only the whole argv and environment, which
-/// a prompt within [`crate::registry::MAX_PROMPT_BYTES`] stays under.
+/// counting its terminating NUL. Other systems cap only argv and the environment together
+/// (`ARG_MAX`, about 1 MiB on macOS), which spawning reports if a prompt passes it.
 #[cfg(target_os = "linux")]
 pub const MAX_ARGV_ELEMENT_BYTES: usize = 32 * 4096 - 1;
 #[cfg(not(target_os = "linux"))]
@@ -239,46 +239,52 @@ impl ProviderConfig {
         Ok(())
     }
 
-    /// Why `prompt` can never reach this provider's process, if it cannot. On argv an element
-    /// is a C string, so a NUL byte would cut it short, and the kernel refuses an element over
+    /// Why `prompt` can never reach this provider's process, if it cannot. In an argv element
+    /// (through `{prompt}`, whatever `prompt` says about stdin) it is part of a C string, so a
+    /// NUL byte would cut it short, and Linux refuses an element over
     /// [`MAX_ARGV_ELEMENT_BYTES`]; refusing at submit says so before anything is queued,
     /// instead of failing the turn later. Standard input carries any bytes.
     pub fn refuse_prompt(&self, prompt: &str) -> Option<String> {
-        if self.prompt == PromptChannel::Stdin {
+        // Each element holding {prompt}: its literal text and how often the prompt appears.
+        // (Other placeholders in the same element are short, and spawning reports the
+        // kernel's refusal if they tip it over.)
+        let elements: Vec<(usize, usize)> = std::iter::once(&self.command)
+            .chain(&self.first_command)
+            .flatten()
+            .filter_map(|element| parse_element(element).ok())
+            .map(|pieces| {
+                pieces
+                    .iter()
+                    .fold((0, 0), |(text, times), piece| match piece {
+                        Piece::Text(t) => (text + t.len(), times),
+                        Piece::Var("prompt") => (text, times + 1),
+                        Piece::Var(_) => (text, times),
+                    })
+            })
+            .filter(|&(_, times)| times > 0)
+            .collect();
+        if elements.is_empty() {
             return None;
         }
         if prompt.contains('\0') {
             return Some(
                 "it contains a NUL byte, which a command-line argument cannot hold; remove it, \
-                 or use a provider with prompt = \"stdin\""
+                 or use a provider that reads the prompt on stdin (prompt = \"stdin\", without \
+                 {prompt} in its command)"
                     .into(),
             );
         }
-        // The longest literal text sharing an element with {prompt}: the element is that
-        // text plus the prompt (other placeholders in the same element are rare and short,
-        // and spawning reports the kernel's refusal if they tip it over).
-        let around = std::iter::once(&self.command)
-            .chain(&self.first_command)
-            .flatten()
-            .filter_map(|element| parse_element(element).ok())
-            .filter(|pieces| pieces.contains(&Piece::Var("prompt")))
-            .map(|pieces| {
-                pieces
-                    .iter()
-                    .map(|piece| match piece {
-                        Piece::Text(text) => text.len(),
-                        Piece::Var(_) => 0,
-                    })
-                    .sum::<usize>()
-            })
+        let longest = elements
+            .iter()
+            .map(|&(text, times)| text.saturating_add(times.saturating_mul(prompt.len())))
             .max()
             .unwrap_or(0);
-        let limit = MAX_ARGV_ELEMENT_BYTES.saturating_sub(around);
-        (prompt.len() > limit).then(|| {
+        (longest > MAX_ARGV_ELEMENT_BYTES).then(|| {
             format!(
-                "it is {} bytes, and this provider passes the prompt as one command-line \
-                 argument, which the system limits to {limit} bytes; shorten it (put long \
-                 material in a file and refer to it), or use a provider with prompt = \"stdin\"",
+                "it is {} bytes, and this provider passes the prompt in a command-line argument \
+                 of {longest} bytes, over the system's limit of {MAX_ARGV_ELEMENT_BYTES}; \
+                 shorten it (put long material in a file and refer to it), or use a provider \
+                 that reads the prompt on stdin (prompt = \"stdin\")",
                 prompt.len()
             )
         })
@@ -600,12 +606,25 @@ mod tests {
             ..shell.clone()
         };
         assert!(prefixed.refuse_prompt(&at_limit).is_some());
+        let twice = ProviderConfig {
+            command: argv(&["tool", "{prompt}{prompt}"]),
+            ..shell.clone()
+        };
+        let half = "x".repeat(MAX_ARGV_ELEMENT_BYTES / 2 + 1);
+        assert!(twice.refuse_prompt(&half).is_some());
         let stdin = ProviderConfig {
             command: argv(&["cat"]),
             prompt: PromptChannel::Stdin,
             ..shell.clone()
         };
         assert!(stdin.refuse_prompt(&format!("{over}\0")).is_none());
+        // Reading stdin does not help a prompt that is also put in an argument.
+        let both = ProviderConfig {
+            command: argv(&["tool", "--title={prompt}"]),
+            prompt: PromptChannel::Stdin,
+            ..shell.clone()
+        };
+        assert!(both.refuse_prompt("a\0b").is_some());
     }
 
     #[test]

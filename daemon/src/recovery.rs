@@ -4,8 +4,8 @@
 //! (workers lead their own process group, so the daemon's death does not take them along). The
 //! worker is found three ways: the pid stored with the turn, the session's pid file (written
 //! when the worker started, in case the turn's row was not yet saved), and — when the daemon
-//! died before either named it — the processes holding the session's lock file open, which
-//! the worker inherited. A candidate counts only
+//! died before either named it — the processes holding the session's lock file open (the
+//! worker inherited it) whose environment names the turn. A candidate counts only
 //! if it is alive *and* its start time matches the one recorded (so a reused pid is never
 //! mistaken for it). Its process group is terminated — SIGTERM, then SIGKILL after the grace
 //! period — and while the session's lock is still held by that group, the daemon waits, so
@@ -20,7 +20,8 @@ use sessiond_proto::ownership::{OwnerStatus, SessionFiles};
 use tracing::{info, warn};
 
 use crate::platform::{
-    process_alive, process_group_of, process_start_time, processes_with_open, signal_group,
+    process_alive, process_group_of, process_has_env, process_start_time, processes_with_open,
+    signal_group,
 };
 use crate::registry::Registry;
 
@@ -42,25 +43,27 @@ pub fn settle_at_startup(registry: &mut Registry, files: &SessionFiles, grace: D
             }
         }
         // A worker whose pid was never recorded (the daemon died between spawning it and
-        // saving the pid) still holds the lock it inherited: find it by the open lock file.
+        // saving the pid) still holds the lock it inherited: find it among the processes with
+        // the lock file open — only those carrying this turn's id in their environment, so a
+        // process that merely reads the file is never touched — with their start times, so a
+        // pid reused during the grace period is never signalled.
         let held = || matches!(files.inspect(&session), Some(OwnerStatus::Live { .. }));
-        let mut unrecorded = std::collections::BTreeSet::new();
+        let turn_id = turn.id.to_string();
+        let mut unrecorded: Vec<(u32, Option<u64>)> = Vec::new();
         if held() {
-            let own_group = process_group_of(std::process::id());
-            unrecorded.extend(
-                processes_with_open(&files.lock_path(&session))
-                    .into_iter()
-                    .filter_map(process_group_of)
-                    .filter(|group| Some(*group) != own_group),
-            );
-            for &group in &unrecorded {
+            unrecorded = processes_with_open(&files.lock_path(&session))
+                .into_iter()
+                .filter(|&pid| process_has_env(pid, "SESSIOND_TURN_ID", &turn_id))
+                .map(|pid| (pid, process_start_time(pid)))
+                .collect();
+            for &(pid, _) in &unrecorded {
                 warn!(
                     turn = %turn.id,
-                    group,
+                    pid,
                     "an unrecorded worker of the previous daemon holds the session; ending it"
                 );
-                let _ = signal_group(group, Signal::SIGTERM);
             }
+            signal_unrecorded(&unrecorded, Signal::SIGTERM);
         }
         // Whatever of its group still holds the session's lock gets the grace period to go.
         let deadline = Instant::now() + grace;
@@ -68,9 +71,7 @@ pub fn settle_at_startup(registry: &mut Registry, files: &SessionFiles, grace: D
             std::thread::sleep(Duration::from_millis(20));
         }
         if held() && !unrecorded.is_empty() {
-            for &group in &unrecorded {
-                let _ = signal_group(group, Signal::SIGKILL);
-            }
+            signal_unrecorded(&unrecorded, Signal::SIGKILL);
             let deadline = Instant::now() + grace;
             while held() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -78,6 +79,21 @@ pub fn settle_at_startup(registry: &mut Registry, files: &SessionFiles, grace: D
         }
         info!(turn = %turn.id, session = %turn.session, "settled as interrupted after a restart");
         registry.interrupted_at_startup(turn.id);
+    }
+}
+
+/// Signals each process still the one found (same start time): its whole group when it leads
+/// one (a worker does), else itself alone.
+fn signal_unrecorded(found: &[(u32, Option<u64>)], signal: Signal) {
+    for &(pid, started) in found {
+        if started.is_none() || process_start_time(pid) != started {
+            continue;
+        }
+        if process_group_of(pid) == Some(pid) {
+            let _ = signal_group(pid, signal);
+        } else if let Ok(raw) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), signal);
+        }
     }
 }
 

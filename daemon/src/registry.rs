@@ -156,8 +156,8 @@ fn check_name(name: &str) -> Result<(), RequestError> {
     if let Some(c) = name.chars().find(|&c| unprintable_in_names(c)) {
         return Err(invalid(format!(
             "a session name cannot contain control characters (newlines, tabs, NUL), line or \
-             paragraph separators, or text-direction controls (found U+{:04X}); they would \
-             break a listing or disguise the name",
+             paragraph separators, text-direction controls or invisible characters (found \
+             U+{:04X}); they would break a listing or disguise the name",
             c as u32
         )));
     }
@@ -165,8 +165,9 @@ fn check_name(name: &str) -> Result<(), RequestError> {
 }
 
 /// Characters a name may not hold: controls (newline, tab, NUL, C1), Unicode line and
-/// paragraph separators, and the bidirectional overrides, embeddings and isolates that can make
-/// a name display as something else in a terminal.
+/// paragraph separators, the bidirectional overrides, embeddings and isolates that can make
+/// a name display as something else in a terminal, and invisible characters (zero-width
+/// space and joiners, word joiner, BOM, soft hyphen) that make two names look alike.
 fn unprintable_in_names(c: char) -> bool {
     c.is_control()
         || matches!(
@@ -175,6 +176,7 @@ fn unprintable_in_names(c: char) -> bool {
                 | '\u{200E}' | '\u{200F}' | '\u{061C}' // direction marks
                 | '\u{202A}'..='\u{202E}' // embeddings and overrides
                 | '\u{2066}'..='\u{2069}' // isolates
+                | '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}' | '\u{00AD}' // invisible
         )
 }
 
@@ -605,7 +607,9 @@ impl Registry {
         id: SessionId,
         provider_session_id: &str,
     ) -> Result<Option<Commit>, RequestError> {
-        self.writable()?;
+        // No `writable` check: this is what a running provider said, not a client's change.
+        // While the database cannot be written it joins the held writes and is saved with
+        // them; refusing it would lose the provider's session for good.
         let session = self
             .sessions
             .get_mut(&id)

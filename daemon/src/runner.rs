@@ -83,6 +83,17 @@ pub async fn run(ctx: Arc<Daemon>, mut orders: mpsc::UnboundedReceiver<Order>, l
             // its queue, which is paused until someone resumes it.
             if !matches!(saved.await, Ok(Ok(()))) {
                 drop(slot);
+                // A cancel or steer that came while the save failed still counts: settle
+                // maps it to its status (a steer then runs next, or waits, like this one).
+                if ctx.registry().stop_requested(turn) {
+                    let next = ctx
+                        .registry()
+                        .settle(turn, TurnStatus::Cancelled, None, None);
+                    if let Some(next) = next {
+                        ctx.start_turn(next);
+                    }
+                    return;
+                }
                 ctx.registry().requeue_blocked(
                     turn,
                     "the database could not be written, so the turn was not started; free \

@@ -82,10 +82,15 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (turn_id, chunk)
      );",
     // 3: daemon-wide counters (`starts`: how many times a daemon has started on this file).
+    // A database an earlier version used counts as started once: that daemon's new contexts
+    // may have shown generations it never saved.
     "CREATE TABLE meta (
         key TEXT PRIMARY KEY,
         value INTEGER NOT NULL
-     );",
+     );
+     INSERT INTO meta (key, value)
+        SELECT 'starts', 1
+        WHERE EXISTS (SELECT 1 FROM sessions) OR EXISTS (SELECT 1 FROM contexts);",
 ];
 
 /// The `meta` key counting daemon starts.
@@ -613,8 +618,9 @@ struct Backlog {
 /// When a commit fails (disk full, I/O error), its writes are kept in a backlog, the failure is
 /// published (the registry then refuses changes and `status` reports it), and every later write
 /// joins the backlog and is answered with the failure, since it is not durable. Every
-/// [`RETRY_INTERVAL`] the backlog is tried again; when it commits, the failure is cleared.
-/// Reads go on throughout, seeing what is saved.
+/// [`RETRY_INTERVAL`] — on a fixed schedule, whatever reads come meanwhile — the backlog is
+/// tried again; when it commits, the failure is cleared. Reads go on throughout, seeing what
+/// is saved.
 fn run(
     mut conn: Connection,
     queue: mpsc::Receiver<Job>,
@@ -627,11 +633,31 @@ fn run(
     let mut held_read = None;
     let mut backlog: Option<Backlog> = None;
     loop {
+        // A retry that is due comes first, so neither reads nor a quiet queue put it off.
+        if let Some(held) = &mut backlog {
+            if held.last_attempt.elapsed() >= RETRY_INTERVAL {
+                held.last_attempt = Instant::now();
+                match commit(&mut conn, held.writes.iter()) {
+                    Ok(()) => {
+                        tracing::info!(
+                            database = %path.display(),
+                            "saved {} held changes; accepting changes again",
+                            held.writes.len()
+                        );
+                        backlog = None;
+                        set_failure(None);
+                    }
+                    Err(e) => set_failure(Some(e.to_string())),
+                }
+            }
+        }
         // A read waits for the writes queued before it, so it starts the next round.
-        let next = match held_read.take() {
-            Some(read) => Ok(read),
-            None if backlog.is_some() => queue.recv_timeout(RETRY_INTERVAL),
-            None => queue
+        let next = match (held_read.take(), &backlog) {
+            (Some(read), _) => Ok(read),
+            (None, Some(held)) => {
+                queue.recv_timeout(RETRY_INTERVAL.saturating_sub(held.last_attempt.elapsed()))
+            }
+            (None, None) => queue
                 .recv()
                 .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
         };
@@ -640,8 +666,8 @@ fn run(
                 query(&conn);
                 continue;
             }
-            Ok(write) => Some(write),
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Ok(write) => write,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if let Some(held) = backlog.take() {
                     // Stopping: one last try, so nothing held is lost if space came back.
@@ -656,8 +682,8 @@ fn run(
                 break;
             }
         };
-        let mut batch: Vec<Job> = first.into_iter().collect();
-        while !batch.is_empty() && batch.len() < MAX_BATCH {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
             match queue.try_recv() {
                 Ok(read @ Job::Read(_)) => {
                     held_read = Some(read);
@@ -667,55 +693,52 @@ fn run(
                 Err(_) => break,
             }
         }
-        let batch_writes = batch.iter().flat_map(|job| match job {
-            Job::Write { writes, .. } => writes.as_slice(),
-            Job::Read(_) => &[],
-        });
-        let result = match &mut backlog {
-            None => commit(&mut conn, batch_writes).map_err(|e| e.to_string()),
-            Some(held) if held.last_attempt.elapsed() >= RETRY_INTERVAL => {
-                held.last_attempt = Instant::now();
-                let outcome = commit(&mut conn, held.writes.iter().chain(batch_writes))
-                    .map_err(|e| e.to_string());
-                if outcome.is_ok() {
-                    tracing::info!(
-                        database = %path.display(),
-                        "saved {} held changes; accepting changes again",
-                        held.writes.len()
-                    );
-                    backlog = None;
-                    set_failure(None);
-                }
-                outcome
-            }
-            Some(_) => Err(failure
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-                .unwrap_or_default()),
+        let writes = |batch: &[Job]| -> Vec<Write> {
+            batch
+                .iter()
+                .flat_map(|job| match job {
+                    Job::Write { writes, .. } => writes.clone(),
+                    Job::Read(_) => Vec::new(),
+                })
+                .collect()
         };
-        let result = result.map_err(|message| {
-            let held = backlog.get_or_insert_with(|| {
+        let result = match &mut backlog {
+            // Nothing held: commit as usual.
+            None => commit(
+                &mut conn,
+                batch.iter().flat_map(|job| match job {
+                    Job::Write { writes, .. } => writes.as_slice(),
+                    Job::Read(_) => &[],
+                }),
+            )
+            .map_err(|e| {
+                let message = e.to_string();
                 tracing::error!(
                     database = %path.display(),
                     "commit failed: {message}; holding changes in memory, refusing new ones, \
                      and retrying every {} s",
                     RETRY_INTERVAL.as_secs()
                 );
-                Backlog {
-                    writes: Vec::new(),
+                backlog = Some(Backlog {
+                    writes: writes(&batch),
                     last_attempt: Instant::now(),
-                }
-            });
-            held.writes.extend(batch.iter().flat_map(|job| match job {
-                Job::Write { writes, .. } => writes.clone(),
-                Job::Read(_) => Vec::new(),
-            }));
-            set_failure(Some(message.clone()));
-            StoreError {
-                path: path.clone(),
-                message,
+                });
+                set_failure(Some(message.clone()));
+                message
+            }),
+            // Held writes go first; these join them, not durable until the next retry.
+            Some(held) => {
+                held.writes.extend(writes(&batch));
+                Err(failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .unwrap_or_default())
             }
+        };
+        let result = result.map_err(|message| StoreError {
+            path: path.clone(),
+            message,
         });
         for job in batch {
             if let Job::Write { done, .. } = job {

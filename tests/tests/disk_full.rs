@@ -179,7 +179,9 @@ fn a_full_disk_refuses_changes_keeps_reads_and_recovers_when_space_returns() {
     // Space returns: changes are accepted again without a restart, and the held turn runs
     // once resumed.
     std::fs::remove_file(&filler).unwrap();
+    // A client reading the transcript all the while must not put the retry off.
     eventually("the daemon to recover once space returned", || {
+        sb.ctl(&["log", "streamer"]).ok();
         storage_error(&sb).is_none()
     });
     sb.ctl(&["resume", "streamer"]).ok();

@@ -1219,6 +1219,8 @@ fn names_with_nul_newlines_or_control_characters_are_refused_and_change_nothing(
         "evil\u{202E}txt.exe".into(),
         "isolate\u{2066}x\u{2069}".into(),
         "mark\u{200F}".into(),
+        "zero\u{200B}width".into(),
+        "soft\u{AD}hyphen".into(),
     ];
     let mut refused = 0;
     // Through the wire: the only way to send a NUL (argv cannot hold one), and the most
