@@ -1,0 +1,215 @@
+//! A sessiond under measurement: its own temp directories, started in the foreground,
+//! populated through the async client, stopped with SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sessiond_client::{Client, ConnectOptions};
+use sessiond_proto::methods::{Create, CreateParams, Pause, SessionParams, Submit, SubmitParams};
+use sessiond_proto::paths::{PathOverrides, Paths};
+
+use crate::binaries::Binaries;
+
+pub struct Subject {
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub project: PathBuf,
+    paths: Paths,
+    sessiond: PathBuf,
+    child: Option<Child>,
+}
+
+/// Connections populating spreads its requests over, so group commit has writes to batch.
+const POPULATE_CONNECTIONS: usize = 16;
+
+impl Subject {
+    pub fn new(bins: &Binaries) -> Result<Subject, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("sdbench")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let root = dir.path().to_path_buf();
+        let project = root.join("project");
+        std::fs::create_dir_all(&project).map_err(|e| e.to_string())?;
+        let project = project.canonicalize().map_err(|e| e.to_string())?;
+        std::fs::write(root.join("config.toml"), "").map_err(|e| e.to_string())?;
+        let paths = Paths::resolve(&PathOverrides {
+            runtime_dir: Some(root.join("run")),
+            state_dir: Some(root.join("state")),
+            config: Some(root.join("config.toml")),
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(Subject {
+            _dir: dir,
+            root,
+            project,
+            paths,
+            sessiond: bins.sessiond.clone(),
+            child: None,
+        })
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.paths.socket()
+    }
+
+    /// Environment pointing a `sessionctl` at this daemon, with autostart off.
+    pub fn ctl(&self, sessionctl: &Path) -> Command {
+        let mut cmd = Command::new(sessionctl);
+        cmd.env("SESSIOND_RUNTIME_DIR", &self.paths.runtime_dir)
+            .env("SESSIOND_STATE_DIR", &self.paths.state_dir)
+            .env("SESSIOND_CONFIG", self.root.join("config.toml"))
+            .env("SESSIOND_NO_AUTOSTART", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    }
+
+    pub fn options(&self) -> ConnectOptions {
+        let mut opts = ConnectOptions::new(self.paths.clone());
+        opts.autostart = false;
+        opts.timeout = Duration::from_secs(120);
+        opts
+    }
+
+    /// Starts the daemon; returns the time from spawning to the first answered `ping`.
+    pub fn start(&mut self) -> Result<Duration, String> {
+        let started = Instant::now();
+        let child = Command::new(&self.sessiond)
+            .arg("--runtime-dir")
+            .arg(&self.paths.runtime_dir)
+            .arg("--state-dir")
+            .arg(&self.paths.state_dir)
+            .arg("--config")
+            .arg(self.root.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start sessiond: {e}"))?;
+        self.child = Some(child);
+        let deadline = started + Duration::from_secs(120);
+        let opts = self.options();
+        loop {
+            let pinged = sessiond_client::BlockingClient::connect(&opts)
+                .and_then(|mut c| c.call::<sessiond_proto::methods::Ping>(Default::default()));
+            if pinged.is_ok() {
+                return Ok(started.elapsed());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Err(format!("sessiond exited with {status} during start-up"));
+            }
+            if Instant::now() > deadline {
+                return Err("sessiond did not answer within 120 s".into());
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// SIGTERM, and wait for the exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The daemon's resident memory, in bytes.
+    pub fn rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    }
+
+    /// Adds `n` sessions (all requests in flight at once); returns their ids in order.
+    pub fn add_sessions(&self, rt: &tokio::runtime::Runtime, n: usize) -> Vec<String> {
+        let opts = self.options();
+        let project = self.project.display().to_string();
+        rt.block_on(async move {
+            let mut clients = Vec::new();
+            for _ in 0..POPULATE_CONNECTIONS {
+                clients.push(Arc::new(Client::connect(&opts).await.expect("connect")));
+            }
+            let tasks: Vec<_> = (0..n)
+                .map(|i| {
+                    let client = clients[i % POPULATE_CONNECTIONS].clone();
+                    let params = CreateParams {
+                        project: project.clone(),
+                        provider: "shell".into(),
+                        name: None,
+                        cwd: None,
+                    };
+                    tokio::spawn(async move { client.call::<Create>(params).await })
+                })
+                .collect();
+            let mut ids = Vec::with_capacity(n);
+            for task in tasks {
+                ids.push(task.await.expect("task").expect("create").id.to_string());
+            }
+            ids
+        })
+    }
+
+    /// Pauses `session` and queues `n` turns in it (stored, never run).
+    pub fn queue_turns(&self, rt: &tokio::runtime::Runtime, session: &str, n: usize) {
+        let opts = self.options();
+        let session = session.to_string();
+        rt.block_on(async move {
+            let client = Arc::new(Client::connect(&opts).await.expect("connect"));
+            client
+                .call::<Pause>(SessionParams {
+                    session: Some(session.clone()),
+                    project: None,
+                    context: None,
+                })
+                .await
+                .expect("pause");
+            let tasks: Vec<_> = (0..n)
+                .map(|i| {
+                    let client = client.clone();
+                    let params = SubmitParams {
+                        session: Some(session.clone()),
+                        project: None,
+                        context: None,
+                        prompt: format!("echo queued {i}"),
+                        no_queue: false,
+                    };
+                    tokio::spawn(async move { client.call::<Submit>(params).await })
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("task").expect("submit");
+            }
+        });
+    }
+}
+
+impl Drop for Subject {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
