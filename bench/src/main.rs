@@ -15,6 +15,7 @@ mod inproc;
 mod peers;
 mod stats;
 mod subject;
+mod throughput;
 
 use std::process::Command;
 use std::time::Instant;
@@ -36,6 +37,32 @@ struct Row {
     note: Option<String>,
 }
 
+/// A figure that is one number (a rate, a size), not a set of timings.
+#[derive(Debug, Serialize)]
+struct Scalar {
+    figure: String,
+    sessions: Option<u64>,
+    value: f64,
+    unit: String,
+    note: Option<String>,
+}
+
+fn scalar(
+    figure: &str,
+    sessions: Option<usize>,
+    value: f64,
+    unit: &str,
+    note: Option<String>,
+) -> Scalar {
+    Scalar {
+        figure: figure.to_string(),
+        sessions: sessions.map(|s| s as u64),
+        value,
+        unit: unit.to_string(),
+        note,
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct Comparison {
     against: String,
@@ -51,6 +78,11 @@ struct Plan {
     /// Largest tmux server started (each session is a process).
     tmux_max: usize,
     startup_sizes: Vec<usize>,
+    /// Seconds each requests-per-second figure runs.
+    rps_secs: f64,
+    submits_each: usize,
+    event_switches: u64,
+    idle_secs: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -83,6 +115,10 @@ fn main() -> std::process::ExitCode {
             warmup: 3,
             tmux_max: 1000,
             startup_sizes: vec![1000, 10_000],
+            rps_secs: 0.5,
+            submits_each: 100,
+            event_switches: 200,
+            idle_secs: 3,
         }
     } else {
         Plan {
@@ -91,13 +127,36 @@ fn main() -> std::process::ExitCode {
             warmup: 5,
             tmux_max: 1000,
             startup_sizes: vec![1000, 10_000, 100_000],
+            rps_secs: 2.0,
+            submits_each: 300,
+            event_switches: 1000,
+            idle_secs: 10,
         }
     };
     match run(&plan) {
-        Ok((rows, notes)) => {
-            print_table(&rows, &notes);
+        Ok((rows, scalars, notes)) => {
+            print_table(&rows, &scalars, &notes);
+            // CI runs --quick as a smoke test: no timing is judged, but every figure must
+            // have been produced.
+            let missing: Vec<&str> = rows
+                .iter()
+                .filter(|r| r.sessiond.n == 0 || !r.sessiond.median_ms.is_finite())
+                .map(|r| r.figure.as_str())
+                .chain(
+                    scalars
+                        .iter()
+                        .filter(|s| !s.value.is_finite())
+                        .map(|s| s.figure.as_str()),
+                )
+                .collect();
+            if !missing.is_empty() {
+                eprintln!("sessiond-bench: no figure for: {}", missing.join(", "));
+                return std::process::ExitCode::FAILURE;
+            }
             if let Some(file) = json {
-                let doc = serde_json::json!({"rows": rows, "notes": notes, "quick": quick});
+                let doc = serde_json::json!({
+                    "rows": rows, "scalars": scalars, "notes": notes, "quick": quick,
+                });
                 if let Err(e) = std::fs::write(&file, serde_json::to_vec_pretty(&doc).unwrap()) {
                     eprintln!("cannot write {file}: {e}");
                     return std::process::ExitCode::FAILURE;
@@ -151,7 +210,9 @@ fn compare(against: &str, ours: &Summary, theirs: Summary) -> Comparison {
     }
 }
 
-fn run(plan: &Plan) -> Result<(Vec<Row>, Vec<String>), String> {
+type Report = (Vec<Row>, Vec<Scalar>, Vec<String>);
+
+fn run(plan: &Plan) -> Result<Report, String> {
     let bins = Binaries::locate()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -159,6 +220,7 @@ fn run(plan: &Plan) -> Result<(Vec<Row>, Vec<String>), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
+    let mut scalars = Vec::new();
     let mut notes = Vec::new();
     let mut tmux = match peers::Tmux::start() {
         Ok(t) => Some(t),
@@ -242,6 +304,32 @@ fn run(plan: &Plan) -> Result<(Vec<Row>, Vec<String>), String> {
             &samples,
             &["floor", "tmux has-session -t"],
         ));
+
+        // Requests per second through the library, by method and connection count.
+        for kind in [
+            throughput::Kind::List,
+            throughput::Kind::Get,
+            throughput::Kind::Switch,
+        ] {
+            for conns in [1, 8, 64] {
+                let rps = throughput::requests_per_second(
+                    &rt,
+                    &subject.options(),
+                    &ids,
+                    kind,
+                    conns,
+                    plan.rps_secs,
+                )?;
+                scalars.push(scalar(
+                    &format!("{} requests/s, {conns} connections", kind.name()),
+                    Some(size),
+                    rps,
+                    "req/s",
+                    (matches!(kind, throughput::Kind::List))
+                        .then(|| "each list returns every session".to_string()),
+                ));
+            }
+        }
     }
 
     // send, into a paused session (acknowledged and stored, not run), with 0 and 2,000 turns
@@ -277,9 +365,63 @@ fn run(plan: &Plan) -> Result<(Vec<Row>, Vec<String>), String> {
         &subject.options(),
         plan.runs * 50,
     )?);
+
+    // Durable submits with 32 clients, into paused sessions.
+    let paused = subject.add_sessions(&rt, 32);
+    for session in &paused {
+        subject.queue_turns(&rt, session, 0);
+    }
+    let rate =
+        throughput::durable_submits(&rt, &subject.options(), &paused, 32, plan.submits_each)?;
+    scalars.push(scalar(
+        "durable submits/s, 32 clients",
+        Some(ids.len() + 34),
+        rate,
+        "submits/s",
+        Some(format!(
+            "{} submits, each acknowledged after its commit",
+            32 * plan.submits_each
+        )),
+    ));
+
+    // Event delivery to 100 subscribers, then beside one that never reads.
+    for stalled in [false, true] {
+        let samples = throughput::event_delivery(
+            &rt,
+            &subject.options(),
+            &socket,
+            &ids[0],
+            100,
+            plan.event_switches,
+            stalled,
+        )?;
+        let s = samples.summary();
+        rows.push(Row {
+            figure: format!(
+                "event delivery to 100 subscribers{}",
+                if stalled { ", one stalled" } else { "" }
+            ),
+            sessions: Some(ids.len() as u64),
+            sessiond: s,
+            compared: Vec::new(),
+            note: Some(format!("p99 {:.3} ms over {} deliveries", s.p99_ms, s.n)),
+        });
+    }
+
+    // CPU used while idle.
+    if let Some(cpu) = idle_cpu(&subject, plan.idle_secs) {
+        scalars.push(scalar(
+            "idle CPU",
+            Some(ids.len() + 36),
+            cpu,
+            "ms of CPU per second",
+            Some(format!("over {} s with no clients", plan.idle_secs)),
+        ));
+    }
     subject.stop();
 
     // Start-up to the first answered ping, and RSS, by size.
+    let mut rss_by_size = Vec::new();
     for &size in &plan.startup_sizes {
         let mut fresh = Subject::new(&bins)?;
         fresh.start()?;
@@ -292,6 +434,7 @@ fn run(plan: &Plan) -> Result<(Vec<Row>, Vec<String>), String> {
             rss = fresh.rss().unwrap_or(0);
             fresh.stop();
         }
+        rss_by_size.push((size, rss));
         rows.push(Row {
             figure: "daemon start-up to first ping".into(),
             sessions: Some(size as u64),
@@ -300,7 +443,49 @@ fn run(plan: &Plan) -> Result<(Vec<Row>, Vec<String>), String> {
             note: Some(format!("RSS after start-up: {:.1} MB", rss as f64 / 1e6)),
         });
     }
-    Ok((rows, notes))
+    if let (Some(&(small, a)), Some(&(large, b))) = (rss_by_size.first(), rss_by_size.last()) {
+        if large > small {
+            scalars.push(scalar(
+                "RSS per idle session",
+                None,
+                (b as f64 - a as f64) / (large - small) as f64,
+                "bytes",
+                Some(format!(
+                    "RSS after start-up at {large} minus at {small}, per session"
+                )),
+            ));
+        }
+        for (size, rss) in rss_by_size {
+            scalars.push(scalar(
+                "daemon RSS after start-up",
+                Some(size),
+                rss as f64 / 1e6,
+                "MB",
+                None,
+            ));
+        }
+    }
+    Ok((rows, scalars, notes))
+}
+
+/// The daemon's CPU time per second of wall time while nobody talks to it.
+fn idle_cpu(subject: &Subject, secs: u64) -> Option<f64> {
+    let pid = subject.pid()?;
+    let ticks = || -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = stat.rsplit(')').next()?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime: fields 14 and 15 of stat, 12 and 13 after the command.
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let before = ticks()?;
+    std::thread::sleep(std::time::Duration::from_secs(secs));
+    let after = ticks()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()??
+        .max(1) as f64;
+    Some((after - before) as f64 * 1000.0 / hz / secs as f64)
 }
 
 /// A row from interleaved samples: the first is sessiond, the others what it is compared
@@ -320,7 +505,7 @@ fn row(figure: &str, size: usize, samples: &[Samples], names: &[&str]) -> Row {
     }
 }
 
-fn print_table(rows: &[Row], notes: &[String]) {
+fn print_table(rows: &[Row], scalars: &[Scalar], notes: &[String]) {
     println!(
         "| figure | sessions | sessiond median (min–max) ms | compared with | its median ms | ratio |"
     );
@@ -350,7 +535,20 @@ fn print_table(rows: &[Row], notes: &[String]) {
             );
         }
     }
+    println!("\n| figure | sessions | value | unit | note |");
+    println!("|---|---:|---:|---|---|");
+    for s in scalars {
+        println!(
+            "| {} | {} | {:.1} | {} | {} |",
+            s.figure,
+            s.sessions.map_or(String::new(), |n| n.to_string()),
+            s.value,
+            s.unit,
+            s.note.clone().unwrap_or_default()
+        );
+    }
+    println!();
     for note in notes {
-        println!("\n- {note}");
+        println!("- {note}");
     }
 }
