@@ -77,6 +77,8 @@ struct Plan {
     warmup: usize,
     /// Largest tmux server started (each session is a process).
     tmux_max: usize,
+    /// Most tasks pueue is given for `status` (each is added by a process).
+    pueue_max: usize,
     startup_sizes: Vec<usize>,
     /// Seconds each requests-per-second figure runs.
     rps_secs: f64,
@@ -114,6 +116,7 @@ fn main() -> std::process::ExitCode {
             runs: 11,
             warmup: 3,
             tmux_max: 1000,
+            pueue_max: 1000,
             startup_sizes: vec![1000, 10_000],
             rps_secs: 0.5,
             submits_each: 100,
@@ -126,6 +129,7 @@ fn main() -> std::process::ExitCode {
             runs: 41,
             warmup: 5,
             tmux_max: 1000,
+            pueue_max: 1000,
             startup_sizes: vec![1000, 10_000, 100_000],
             rps_secs: 2.0,
             submits_each: 300,
@@ -229,9 +233,13 @@ fn run(plan: &Plan) -> Result<Report, String> {
             None
         }
     };
-    if let Some(why) = peers::pueue_missing() {
-        notes.push(format!("pueue skipped: {why}"));
-    }
+    let mut pueue = match peers::Pueue::start() {
+        Ok(p) => Some(p),
+        Err(why) => {
+            notes.push(format!("pueue skipped: {why}"));
+            None
+        }
+    };
 
     let mut subject = Subject::new(&bins)?;
     subject.start()?;
@@ -248,62 +256,64 @@ fn run(plan: &Plan) -> Result<Report, String> {
         };
         eprintln!("measuring at {size} sessions…");
 
-        // list
-        let mut list = || {
-            let mut c = subject.ctl(&bins.sessionctl);
-            c.args(["--json", "list"]);
-            c
+        let pueue_ok = match pueue.as_mut().filter(|_| size <= plan.pueue_max) {
+            Some(p) => p.grow_to(size).map(|()| true).unwrap_or_else(|e| {
+                notes.push(format!("pueue at {size}: {e}"));
+                false
+            }),
+            None => false,
         };
-        let mut floor = || {
+        let floor = || {
             let mut c = Command::new(&bins.floor);
             c.arg(&socket);
             c
         };
         let tmux_ref = tmux.as_ref().filter(|_| tmux_ok);
-        let mut tmux_ls = || tmux_ref.expect("tmux").command(&["ls"]);
-        let samples = if tmux_ok {
-            interleave(
-                &mut [&mut list, &mut floor, &mut tmux_ls],
-                plan.warmup,
-                plan.runs,
-            )
-        } else {
-            interleave(&mut [&mut list, &mut floor], plan.warmup, plan.runs)
-        };
-        rows.push(row(
-            "sessionctl list --json",
-            size,
-            &samples,
-            &["floor", "tmux ls"],
-        ));
+        let pueue_ref = pueue.as_ref().filter(|_| pueue_ok);
+
+        // list
+        let mut contenders: Contenders = vec![
+            (
+                "sessionctl",
+                Box::new(|| {
+                    let mut c = subject.ctl(&bins.sessionctl);
+                    c.args(["--json", "list"]);
+                    c
+                }),
+            ),
+            ("floor", Box::new(floor)),
+        ];
+        if let Some(t) = tmux_ref {
+            contenders.push(("tmux ls", Box::new(|| t.command(&["ls"]))));
+        }
+        if let Some(p) = pueue_ref {
+            contenders.push((
+                "pueue status --json",
+                Box::new(|| p.command(&["status", "--json"])),
+            ));
+        }
+        rows.push(measure("sessionctl list --json", size, contenders, plan));
 
         // switch
         let target = ids[0].clone();
-        let mut switch = || {
-            let mut c = subject.ctl(&bins.sessionctl);
-            c.args(["switch", &target]);
-            c
-        };
-        let mut has = || {
-            tmux_ref
-                .expect("tmux")
-                .command(&["has-session", "-t", "s0"])
-        };
-        let samples = if tmux_ok {
-            interleave(
-                &mut [&mut switch, &mut floor, &mut has],
-                plan.warmup,
-                plan.runs,
-            )
-        } else {
-            interleave(&mut [&mut switch, &mut floor], plan.warmup, plan.runs)
-        };
-        rows.push(row(
-            "sessionctl switch",
-            size,
-            &samples,
-            &["floor", "tmux has-session -t"],
-        ));
+        let mut contenders: Contenders = vec![
+            (
+                "sessionctl",
+                Box::new(|| {
+                    let mut c = subject.ctl(&bins.sessionctl);
+                    c.args(["switch", &target]);
+                    c
+                }),
+            ),
+            ("floor", Box::new(floor)),
+        ];
+        if let Some(t) = tmux_ref {
+            contenders.push((
+                "tmux has-session -t",
+                Box::new(|| t.command(&["has-session", "-t", "s0"])),
+            ));
+        }
+        rows.push(measure("sessionctl switch", size, contenders, plan));
 
         // Requests per second through the library, by method and connection count.
         for kind in [
@@ -333,28 +343,46 @@ fn run(plan: &Plan) -> Result<Report, String> {
     }
 
     // send, into a paused session (acknowledged and stored, not run), with 0 and 2,000 turns
-    // already queued.
+    // already queued; against `pueue add` into a paused group with as many tasks.
     let empty = subject.add_sessions(&rt, 2);
     subject.queue_turns(&rt, &empty[0], 0);
     subject.queue_turns(&rt, &empty[1], 2000);
-    for (session, queued) in [(&empty[0], 0u64), (&empty[1], 2000)] {
-        let mut send = || {
-            let mut c = subject.ctl(&bins.sessionctl);
-            c.args(["send", session, "true"]);
-            c
-        };
-        let mut floor = || {
-            let mut c = Command::new(&bins.floor);
-            c.arg(&socket);
-            c
-        };
-        let samples = interleave(&mut [&mut send, &mut floor], plan.warmup, plan.runs);
-        let mut r = row(
+    // A second pueue, empty, for `add` (why one is missing was noted already).
+    let mut adds = peers::Pueue::start().ok();
+    for (session, queued) in [(&empty[0], 0usize), (&empty[1], 2000)] {
+        if let Some(p) = adds.as_mut() {
+            p.grow_to(queued)?;
+        }
+        let mut contenders: Contenders = vec![
+            (
+                "sessionctl",
+                Box::new(|| {
+                    let mut c = subject.ctl(&bins.sessionctl);
+                    c.args(["send", session, "true"]);
+                    c
+                }),
+            ),
+            (
+                "floor",
+                Box::new(|| {
+                    let mut c = Command::new(&bins.floor);
+                    c.arg(&socket);
+                    c
+                }),
+            ),
+        ];
+        if let Some(p) = adds.as_ref() {
+            contenders.push(("pueue add", Box::new(|| p.command(&["add", "--", "true"]))));
+        }
+        let mut r = measure(
             &format!("sessionctl send ({queued} turns queued)"),
             ids.len() + 2,
-            &samples,
-            &["floor"],
+            contenders,
+            plan,
         );
+        if let Some(p) = adds.as_mut() {
+            p.added(plan.warmup + plan.runs);
+        }
         r.note = Some("into a paused session: durable acknowledgement, nothing spawned".into());
         rows.push(r);
     }
@@ -486,6 +514,20 @@ fn idle_cpu(subject: &Subject, secs: u64) -> Option<f64> {
         .ok()??
         .max(1) as f64;
     Some((after - before) as f64 * 1000.0 / hz / secs as f64)
+}
+
+/// Named commands measured side by side; the first is sessiond's.
+type Contenders<'a> = Vec<(&'a str, Box<dyn FnMut() -> Command + 'a>)>;
+
+/// Interleaves the contenders and makes the row: sessiond's figure and each other's ratio.
+fn measure(figure: &str, size: usize, mut contenders: Contenders, plan: &Plan) -> Row {
+    let names: Vec<&str> = contenders.iter().skip(1).map(|(name, _)| *name).collect();
+    let mut makers: Vec<&mut dyn FnMut() -> Command> = contenders
+        .iter_mut()
+        .map(|(_, make)| make.as_mut() as &mut dyn FnMut() -> Command)
+        .collect();
+    let samples = interleave(&mut makers, plan.warmup, plan.runs);
+    row(figure, size, &samples, &names)
 }
 
 /// A row from interleaved samples: the first is sessiond, the others what it is compared
