@@ -347,44 +347,56 @@ fn run(plan: &Plan) -> Result<Report, String> {
     let empty = subject.add_sessions(&rt, 2);
     subject.queue_turns(&rt, &empty[0], 0);
     subject.queue_turns(&rt, &empty[1], 2000);
-    // A second pueue, empty, for `add` (why one is missing was noted already).
-    let mut adds = peers::Pueue::start().ok();
-    for (session, queued) in [(&empty[0], 0usize), (&empty[1], 2000)] {
-        if let Some(p) = adds.as_mut() {
-            p.grow_to(queued)?;
+    let send = |session: &str| {
+        let mut c = subject.ctl(&bins.sessionctl);
+        c.args(["send", session, "true"]);
+        c
+    };
+    // The queue's length must not matter: both sessions and the floor, interleaved, with no
+    // peer in the rounds (a peer's own work after answering would land on the next run).
+    let contenders: Contenders = vec![
+        ("sessionctl", Box::new(|| send(&empty[1]))),
+        (
+            "sessionctl send (0 turns queued)",
+            Box::new(|| send(&empty[0])),
+        ),
+        (
+            "floor",
+            Box::new(|| {
+                let mut c = Command::new(&bins.floor);
+                c.arg(&socket);
+                c
+            }),
+        ),
+    ];
+    let mut r = measure(
+        "sessionctl send (2000 turns queued)",
+        ids.len() + 2,
+        contenders,
+        plan,
+    );
+    r.note = Some("into a paused session: durable acknowledgement, nothing spawned".into());
+    rows.push(r);
+    // Against `pueue add` into a paused group holding as many tasks (a second pueue, empty
+    // to begin with; why one is missing was noted already).
+    if let Ok(mut adds) = peers::Pueue::start() {
+        for (session, queued) in [(&empty[0], 0usize), (&empty[1], 2000)] {
+            adds.grow_to(queued)?;
+            let contenders: Contenders = vec![
+                ("sessionctl", Box::new(|| send(session))),
+                (
+                    "pueue add",
+                    Box::new(|| adds.command(&["add", "--", "true"])),
+                ),
+            ];
+            rows.push(measure(
+                &format!("sessionctl send ({queued} turns queued)"),
+                ids.len() + 2,
+                contenders,
+                plan,
+            ));
+            adds.added(plan.warmup + plan.runs);
         }
-        let mut contenders: Contenders = vec![
-            (
-                "sessionctl",
-                Box::new(|| {
-                    let mut c = subject.ctl(&bins.sessionctl);
-                    c.args(["send", session, "true"]);
-                    c
-                }),
-            ),
-            (
-                "floor",
-                Box::new(|| {
-                    let mut c = Command::new(&bins.floor);
-                    c.arg(&socket);
-                    c
-                }),
-            ),
-        ];
-        if let Some(p) = adds.as_ref() {
-            contenders.push(("pueue add", Box::new(|| p.command(&["add", "--", "true"]))));
-        }
-        let mut r = measure(
-            &format!("sessionctl send ({queued} turns queued)"),
-            ids.len() + 2,
-            contenders,
-            plan,
-        );
-        if let Some(p) = adds.as_mut() {
-            p.added(plan.warmup + plan.runs);
-        }
-        r.note = Some("into a paused session: durable acknowledgement, nothing spawned".into());
-        rows.push(r);
     }
 
     // In-process round trips through the library against a raw socket echo.
