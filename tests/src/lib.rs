@@ -617,3 +617,99 @@ pub fn pid_written_to(path: &Path) -> i32 {
     eventually(&format!("a pid in {}", path.display()), || read().is_some());
     read().expect("the pid was just read")
 }
+
+// ---- Starting a batch of processes at one instant ---------------------------------------------
+
+/// A process held at the starting line: a `sh` that says `ready` on stderr, then waits for a
+/// line on stdin before it `exec`s the real program (keeping its pid). Spawning takes a few
+/// milliseconds per process; the gate makes a batch start within microseconds of each other.
+pub struct Gated {
+    pub child: Child,
+    /// The program's standard error, after the gate's own `ready` line.
+    pub stderr: std::io::BufReader<std::process::ChildStderr>,
+}
+
+/// Holds `cmd` (program, arguments, environment, working directory) at the gate; its standard
+/// output goes to `stdout`.
+pub fn gated(cmd: &Command, stdout: Stdio) -> Gated {
+    use std::io::BufRead;
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(r#"echo ready >&2; read _ ; exec "$0" "$@""#)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => sh.env(key, value),
+            None => sh.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        sh.current_dir(dir);
+    }
+    sh.stdin(Stdio::piped())
+        .stdout(stdout)
+        .stderr(Stdio::piped());
+    let mut child = sh.spawn().expect("spawn the gate");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("the gate reports");
+    assert_eq!(line, "ready\n", "the gate failed to start");
+    Gated { child, stderr }
+}
+
+/// A gated process that has exited.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Gated {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_some()
+    }
+
+    /// Waits for the process to exit (panicking, after killing it, past `deadline`); returns
+    /// its status and output (stdout only if it was piped).
+    pub fn finish(mut self, deadline: Instant) -> Finished {
+        while !self.exited() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("a gated process did not finish in time");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let status = self.child.wait().unwrap();
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            out.read_to_string(&mut stdout).unwrap();
+        }
+        let mut stderr = String::new();
+        self.stderr.read_to_string(&mut stderr).unwrap();
+        Finished {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+/// Lets every gated process go at once.
+pub fn release(gates: &mut [Gated]) {
+    for gate in gates.iter_mut() {
+        let mut stdin = gate.child.stdin.take().expect("gate not yet released");
+        stdin.write_all(b"go\n").expect("release the gate");
+    }
+}
+
+impl Drop for Gated {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

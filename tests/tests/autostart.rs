@@ -1,50 +1,12 @@
 //! sessionctl brings the daemon up by itself, once, however many clients ask at once.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStderr, Command, Stdio};
+use std::io::Read;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sessiond_tests::report::Row;
-use sessiond_tests::{run_bounded, Sandbox};
-
-/// A process held at the starting line: a `sh` that says `ready` on stderr, then waits for a
-/// line on stdin before it `exec`s the real program (keeping its pid). Spawning takes a few
-/// milliseconds per process; the gate makes a batch start within microseconds of each other.
-struct Gated {
-    child: Child,
-    stderr: BufReader<ChildStderr>,
-}
-
-fn gated(cmd: &Command) -> Gated {
-    let mut sh = Command::new("sh");
-    sh.arg("-c")
-        .arg(r#"echo ready >&2; read _ ; exec "$0" "$@""#)
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (key, value) in cmd.get_envs() {
-        match value {
-            Some(value) => sh.env(key, value),
-            None => sh.env_remove(key),
-        };
-    }
-    sh.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = sh.spawn().expect("spawn the gate");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).expect("the gate reports");
-    assert_eq!(line, "ready\n", "the gate failed to start");
-    Gated { child, stderr }
-}
-
-impl Drop for Gated {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use sessiond_tests::{gated, release, run_bounded, Gated, Sandbox};
 
 /// The live (not zombie) sessiond processes serving `sb`'s runtime directory, found in /proc
 /// by their command line: an autostarted daemon is no child of ours.
@@ -83,13 +45,10 @@ fn ten_concurrent_clients_start_exactly_one_daemon() {
             .map(|_| {
                 let mut cmd = sb.sessionctl();
                 cmd.args(["--json", "ping"]);
-                gated(&cmd)
+                gated(&cmd, Stdio::piped())
             })
             .collect();
-        for gate in &mut gates {
-            let mut stdin = gate.child.stdin.take().unwrap();
-            stdin.write_all(b"go\n").unwrap();
-        }
+        release(&mut gates);
         let mut pids = BTreeSet::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         for gate in &mut gates {

@@ -1,13 +1,13 @@
 //! One daemon per runtime directory, stale files after a crash, clean shutdown, safe dirs.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
 use nix::sys::signal::Signal;
 use sessiond_proto::ErrorCode;
 use sessiond_tests::report::Row;
-use sessiond_tests::{eventually, kind, run_bounded, Sandbox};
+use sessiond_tests::{eventually, gated, kind, release, run_bounded, Gated, Sandbox};
 
 #[test]
 fn second_daemon_is_refused_while_first_runs() {
@@ -117,44 +117,6 @@ fn socket_left_by_a_killed_daemon_is_replaced() {
         .record();
 }
 
-/// A process held at the starting line: a `sh` that says `ready` on stderr, then waits for a
-/// line on stdin before it `exec`s the real program (keeping its pid). Spawning takes a few
-/// milliseconds per process; the gate makes a batch start within microseconds of each other.
-struct Gated {
-    child: std::process::Child,
-    stderr: BufReader<std::process::ChildStderr>,
-}
-
-fn gated(cmd: &Command) -> Gated {
-    let mut sh = Command::new("sh");
-    sh.arg("-c")
-        .arg(r#"echo ready >&2; read _ ; exec "$0" "$@""#)
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (key, value) in cmd.get_envs() {
-        match value {
-            Some(value) => sh.env(key, value),
-            None => sh.env_remove(key),
-        };
-    }
-    sh.stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = sh.spawn().expect("spawn the gate");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).expect("the gate reports");
-    assert_eq!(line, "ready\n", "the gate failed to start");
-    Gated { child, stderr }
-}
-
-impl Drop for Gated {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `n` daemons on one runtime directory at the same instant, `rounds` times (a fresh
 /// sandbox each); checks that exactly one serves and that every other one exits 3 with the
 /// documented message naming the winner. Records the row as `scenario`.
@@ -162,11 +124,10 @@ fn daemons_started_at_once(n: usize, rounds: usize, scenario: &str) {
     let mut losers_seen = 0;
     for round in 0..rounds {
         let sb = Sandbox::new();
-        let mut gates: Vec<Gated> = (0..n).map(|_| gated(&sb.sessiond())).collect();
-        for gate in &mut gates {
-            let mut stdin = gate.child.stdin.take().unwrap();
-            stdin.write_all(b"go\n").unwrap();
-        }
+        let mut gates: Vec<Gated> = (0..n)
+            .map(|_| gated(&sb.sessiond(), Stdio::null()))
+            .collect();
+        release(&mut gates);
         eventually("one daemon to serve", || {
             std::os::unix::net::UnixStream::connect(sb.socket()).is_ok()
         });

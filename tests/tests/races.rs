@@ -2,106 +2,16 @@
 //! turns sent with `sessionctl send`, all let go at the same instant. A session has exactly one
 //! owner at any moment; every loser either waited its turn or was refused saying how to wait.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sessiond_tests::report::Row;
-use sessiond_tests::Sandbox;
+use sessiond_tests::{gated, release, Finished, Sandbox};
 
 /// Bound for a whole race to finish: every contender runs one after the other, on a machine
 /// busy with the rest of the suite, so this is far above the few seconds it takes.
 const RACE_BOUND: Duration = Duration::from_secs(90);
-
-/// A process held at the starting line: a `sh` that says `ready` on stderr, then waits for a
-/// line on stdin before it `exec`s the real program (keeping its pid). Spawning takes a few
-/// milliseconds per process; the gate makes a batch start within microseconds of each other.
-struct Gated {
-    child: Child,
-    stderr: BufReader<ChildStderr>,
-}
-
-fn gated(cmd: &Command) -> Gated {
-    let mut sh = Command::new("sh");
-    sh.arg("-c")
-        .arg(r#"echo ready >&2; read _ ; exec "$0" "$@""#)
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (key, value) in cmd.get_envs() {
-        match value {
-            Some(value) => sh.env(key, value),
-            None => sh.env_remove(key),
-        };
-    }
-    if let Some(dir) = cmd.get_current_dir() {
-        sh.current_dir(dir);
-    }
-    sh.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = sh.spawn().expect("spawn the gate");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).expect("the gate reports");
-    assert_eq!(line, "ready\n", "the gate failed to start");
-    Gated { child, stderr }
-}
-
-/// Lets every gated process go at once.
-fn release(gates: &mut [Gated]) {
-    for gate in gates.iter_mut() {
-        let mut stdin = gate.child.stdin.take().expect("gate not yet released");
-        stdin.write_all(b"go\n").expect("release the gate");
-    }
-}
-
-/// A finished contender.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Gated {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn exited(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_some()
-    }
-
-    /// Waits (bounded) for the process to exit; returns its status and output.
-    fn finish(mut self, deadline: Instant) -> Finished {
-        while !self.exited() {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("a contender did not finish within {RACE_BOUND:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let status = self.child.wait().unwrap();
-        let mut stdout = String::new();
-        if let Some(mut out) = self.child.stdout.take() {
-            out.read_to_string(&mut stdout).unwrap();
-        }
-        let mut stderr = String::new();
-        self.stderr.read_to_string(&mut stderr).unwrap();
-        Finished {
-            status,
-            stdout,
-            stderr,
-        }
-    }
-}
-
-impl Drop for Gated {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Polls `f` until it holds or `bound` passes.
 fn wait_until(what: &str, bound: Duration, mut f: impl FnMut() -> bool) {
@@ -168,19 +78,19 @@ fn runs_and_turns_racing_for_one_session_never_own_it_together() {
         let mut cmd = sb.sessionctl();
         cmd.args(["--json", "run", "race", "--wait", "--", "sh", "-c"])
             .arg(owner_script(&format!("run-wait-{i}"), &lock));
-        waiting.push(gated(&cmd));
+        waiting.push(gated(&cmd, Stdio::piped()));
     }
     for i in 0..PLAIN_RUNS {
         let mut cmd = sb.sessionctl();
         cmd.args(["--json", "run", "race", "--", "sh", "-c"])
             .arg(owner_script(&format!("run-plain-{i}"), &lock));
-        plain.push(gated(&cmd));
+        plain.push(gated(&cmd, Stdio::piped()));
     }
     for i in 0..TURNS {
         let mut cmd = sb.sessionctl();
         cmd.args(["--json", "send", "race"])
             .arg(owner_script(&format!("turn-{i}"), &lock));
-        turns.push(gated(&cmd));
+        turns.push(gated(&cmd, Stdio::piped()));
     }
     release(&mut waiting);
     release(&mut plain);
@@ -325,7 +235,7 @@ fn contenders_released_at_once_leave_exactly_one_owner() {
             let mut cmd = sb.sessionctl();
             cmd.args(["--json", "run", "race", "--", "sh", "-c"])
                 .arg(hold(&tag));
-            gates.push(gated(&cmd));
+            gates.push(gated(&cmd, Stdio::piped()));
             tags.push(tag);
         }
         // A turn competes too: with --no-queue it runs now or is refused, never queued.
@@ -333,7 +243,7 @@ fn contenders_released_at_once_leave_exactly_one_owner() {
         let mut cmd = sb.sessionctl();
         cmd.args(["--json", "send", "--no-queue", "race"])
             .arg(hold(&tag));
-        gates.push(gated(&cmd));
+        gates.push(gated(&cmd, Stdio::piped()));
         tags.push(tag);
         release(&mut gates);
 
