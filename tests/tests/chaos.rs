@@ -2687,6 +2687,28 @@ fn chaos_kill_during_settlement_interrupts_each_turn_once() {
 }
 
 // ---- Targeted kills at two narrow windows ------------------------------------------------------
+
+/// Creates one `shell` session named `name` in `project`; returns its id.
+fn create_named(
+    rt: &tokio::runtime::Runtime,
+    opts: &ConnectOptions,
+    project: String,
+    name: &str,
+) -> SessionId {
+    rt.block_on(async {
+        let client = Client::connect(opts).await.expect("connect");
+        client
+            .call::<Create>(CreateParams {
+                project,
+                provider: "shell".into(),
+                name: Some(name.into()),
+                cwd: None,
+            })
+            .await
+            .expect("create")
+            .id
+    })
+}
 //
 // The random rounds above reach these windows only rarely; these two tests aim at them. Both
 // fail against the daemon as it is (see the messages), so they are ignored until it is fixed:
@@ -2709,19 +2731,7 @@ fn chaos_kill_after_a_first_switch_is_seen_reuses_no_generation() {
     let rt = sessiond_tests::tokio_runtime();
     let opts = options(&sb);
     let mut daemon = start_daemon(&sb, &log, &tag);
-    let session = rt.block_on(async {
-        let client = Client::connect(&opts).await.expect("connect");
-        client
-            .call::<Create>(CreateParams {
-                project,
-                provider: "shell".into(),
-                name: Some("s".into()),
-                cwd: None,
-            })
-            .await
-            .expect("create")
-            .id
-    });
+    let session = create_named(&rt, &opts, project, "s");
     let attempts = 20;
     let mut reused = Vec::new();
     for i in 0..attempts {
@@ -2817,19 +2827,7 @@ fn chaos_kill_between_spawn_and_pid_record_leaves_no_orphan() {
     let rt = sessiond_tests::tokio_runtime();
     let opts = options(&sb);
     let mut daemon = start_daemon(&sb, &log, &tag);
-    let session = rt.block_on(async {
-        let client = Client::connect(&opts).await.expect("connect");
-        client
-            .call::<Create>(CreateParams {
-                project,
-                provider: "shell".into(),
-                name: Some("s".into()),
-                cwd: None,
-            })
-            .await
-            .expect("create")
-            .id
-    });
+    let session = create_named(&rt, &opts, project, "s");
     let pid_file = sb.state.join("sessions").join(format!("{session}.pid"));
     let attempts: usize = 12;
     let mut orphans = Vec::new();
