@@ -90,6 +90,7 @@ struct Plan {
 fn main() -> std::process::ExitCode {
     let mut quick = false;
     let mut json = None;
+    let mut serve = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -98,17 +99,33 @@ fn main() -> std::process::ExitCode {
                 Some(file) => json = Some(file),
                 None => return usage("--json needs a file"),
             },
+            "--serve" => match args.next().and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) => serve = Some(n),
+                None => return usage("--serve needs a number of sessions"),
+            },
             "-h" | "--help" => {
                 println!(
-                    "sessiond-bench [--quick] [--json FILE]\n\n\
+                    "sessiond-bench [--quick] [--json FILE] | --serve N\n\n\
                      Measures sessionctl and sessiond against a floor program and tmux (and \
                      pueue when installed),\nin temp dirs, and prints a table. --quick is a \
-                     subset that finishes in under 2 minutes.\nSee docs/performance.md."
+                     subset that finishes in under 2 minutes.\n--serve N starts a daemon \
+                     with N sessions, prints the environment that points sessionctl at it,\n\
+                     and keeps it until stdin closes (for profiling by hand).\n\
+                     See docs/performance.md."
                 );
                 return std::process::ExitCode::SUCCESS;
             }
             other => return usage(&format!("unknown argument {other:?}")),
         }
+    }
+    if let Some(n) = serve {
+        return match serve_populated(n) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sessiond-bench: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     let plan = if quick {
         Plan {
@@ -176,8 +193,31 @@ fn main() -> std::process::ExitCode {
 }
 
 fn usage(why: &str) -> std::process::ExitCode {
-    eprintln!("sessiond-bench: {why}\nusage: sessiond-bench [--quick] [--json FILE]");
+    eprintln!("sessiond-bench: {why}\nusage: sessiond-bench [--quick] [--json FILE] | --serve N");
     std::process::ExitCode::from(2)
+}
+
+/// `--serve N`: a populated daemon to profile by hand. Prints `export` lines for a shell and
+/// the daemon's pid, then waits for stdin to close; the temp dirs go with it.
+fn serve_populated(n: usize) -> Result<(), String> {
+    let bins = Binaries::locate()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut subject = Subject::new(&bins)?;
+    subject.start()?;
+    subject.add_sessions(&rt, n);
+    for (key, value) in subject.environment() {
+        println!("export {key}={}", value.display());
+    }
+    println!("# sessiond pid {}", subject.pid().unwrap_or(0));
+    println!("# sessionctl: {}", bins.sessionctl.display());
+    eprintln!("serving {n} sessions; close stdin (Ctrl-D) to stop");
+    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+    subject.stop();
+    Ok(())
 }
 
 /// Runs each contender `runs` times, interleaved, after `warmup` unrecorded rounds.

@@ -55,13 +55,20 @@ impl Subject {
         self.paths.socket()
     }
 
-    /// Environment pointing a `sessionctl` at this daemon, with autostart off.
+    /// The variables pointing a `sessionctl` at this daemon, with autostart off.
+    pub fn environment(&self) -> [(&'static str, PathBuf); 4] {
+        [
+            ("SESSIOND_RUNTIME_DIR", self.paths.runtime_dir.clone()),
+            ("SESSIOND_STATE_DIR", self.paths.state_dir.clone()),
+            ("SESSIOND_CONFIG", self.root.join("config.toml")),
+            ("SESSIOND_NO_AUTOSTART", PathBuf::from("1")),
+        ]
+    }
+
+    /// A `sessionctl` command pointed at this daemon, with autostart off.
     pub fn ctl(&self, sessionctl: &Path) -> Command {
         let mut cmd = Command::new(sessionctl);
-        cmd.env("SESSIOND_RUNTIME_DIR", &self.paths.runtime_dir)
-            .env("SESSIOND_STATE_DIR", &self.paths.state_dir)
-            .env("SESSIOND_CONFIG", self.root.join("config.toml"))
-            .env("SESSIOND_NO_AUTOSTART", "1")
+        cmd.envs(self.environment())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, BufReader, Write};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use interprocess::local_socket::traits::Stream as _;
@@ -18,6 +19,7 @@ use crate::autostart::ensure_daemon;
 use crate::error::ClientError;
 use crate::exchange;
 use crate::options::ConnectOptions;
+use crate::raw::RawResult;
 use crate::transport::{absent_error, try_connect_sync, Attempt};
 
 /// A blocking connection to the daemon.
@@ -100,6 +102,29 @@ impl BlockingClient {
 
     /// Calls method `M` and waits for its answer.
     pub fn call<M: Method>(&mut self, params: M::Params) -> Result<M::Result, ClientError> {
+        let (payload, _) = self.response_payload::<M>(params)?;
+        exchange::response::<M>(&payload)
+    }
+
+    /// Calls method `M` and returns its result still encoded, for a caller that passes it on
+    /// unchanged (`sessionctl list --json` prints it as JSON) instead of building the typed
+    /// value: for a listing of thousands of sessions that is most of the client's time.
+    pub fn call_raw<M: Method>(&mut self, params: M::Params) -> Result<RawResult, ClientError> {
+        match self.response_payload::<M>(params)? {
+            (payload, Some(result)) => Ok(RawResult::new(payload, result)),
+            (_, None) => Err(ClientError::Protocol(format!(
+                "malformed result for {}: the response has no \"result\"",
+                M::NAME
+            ))),
+        }
+    }
+
+    /// Sends a request for `M` and reads frames until its answer. Returns a response's
+    /// payload and where its `result` is; an error answer becomes the error.
+    fn response_payload<M: Method>(
+        &mut self,
+        params: M::Params,
+    ) -> Result<(Vec<u8>, Option<Range<usize>>), ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let bytes = exchange::request::<M>(id, &params)?;
@@ -107,11 +132,11 @@ impl BlockingClient {
         self.welcome()?;
         loop {
             let payload = self.read_payload()?;
-            let head = exchange::head(&payload)?;
+            // One walk of the frame gives both the head and the result's place.
+            let (head, result) = exchange::head_and_result(&payload)?;
             match (head.kind.as_str(), head.id) {
-                ("response" | "error", Some(got)) if got == id => {
-                    return exchange::answer::<M>(&payload)
-                }
+                ("response", Some(got)) if got == id => return Ok((payload, result)),
+                ("error", Some(got)) if got == id => return Err(exchange::error(&payload)),
                 ("error", None) => return Err(exchange::error(&payload)),
                 ("event", _) => self.events.push_back(payload),
                 // An answer to an earlier call that timed out on our side: drop it.

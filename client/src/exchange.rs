@@ -7,6 +7,8 @@ use sessiond_proto::envelope::{
 use sessiond_proto::methods::Method;
 use sessiond_proto::{frame, version_mismatch_message, PROTOCOL_VERSION};
 
+use std::ops::Range;
+
 use crate::error::ClientError;
 
 /// The encoded hello this client opens with.
@@ -105,12 +107,25 @@ pub(crate) fn lagged(seq: u64, missed: u64) -> Vec<u8> {
     frame::encode(&event).expect("lagged encodes")[frame::HEADER_LEN..].to_vec()
 }
 
+/// Peeks at a frame's head, and finds where its `result` sits if it has one.
+pub(crate) fn head_and_result(
+    payload: &[u8],
+) -> Result<(FrameHead, Option<Range<usize>>), ClientError> {
+    FrameHead::decode_locating(payload, b"result")
+        .map_err(|e| ClientError::Protocol(format!("undecodable frame: {e}")))
+}
+
+/// Decodes a frame known to be a response to a request for method `M`.
+pub(crate) fn response<M: Method>(payload: &[u8]) -> Result<M::Result, ClientError> {
+    frame::decode::<Response<M::Result>>(payload)
+        .map(|r| r.result)
+        .map_err(|e| ClientError::Protocol(format!("malformed result for {}: {e}", M::NAME)))
+}
+
 /// Decodes the answer (response or error) to a request for method `M`.
 pub(crate) fn answer<M: Method>(payload: &[u8]) -> Result<M::Result, ClientError> {
     match head(payload)?.kind.as_str() {
-        "response" => frame::decode::<Response<M::Result>>(payload)
-            .map(|r| r.result)
-            .map_err(|e| ClientError::Protocol(format!("malformed result for {}: {e}", M::NAME))),
+        "response" => response::<M>(payload),
         "error" => Err(error(payload)),
         other => Err(ClientError::Protocol(format!(
             "expected an answer to {}, got a {other:?} frame",

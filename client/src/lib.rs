@@ -24,7 +24,8 @@
 //!
 //! How the modules meet: [`options`] says where and how to connect; `transport` reaches the
 //! socket (refusing an unsafe runtime directory); [`autostart`] starts a daemon under a lock
-//! when none answers; `exchange` interprets the daemon's frames for both clients; [`error`]
+//! when none answers; `exchange` interprets the daemon's frames for both clients, and
+//! [`RawResult`] holds a result left encoded for callers that only pass it on; [`error`]
 //! gives every failure a message, a stable code and an exit status.
 
 pub mod autostart;
@@ -33,11 +34,13 @@ mod client;
 pub mod error;
 mod exchange;
 pub mod options;
+mod raw;
 mod transport;
 
 pub use blocking::BlockingClient;
 pub use client::{Client, EventStream};
 pub use error::{exit, ClientError};
 pub use options::ConnectOptions;
+pub use raw::RawResult;
 pub use sessiond_proto as proto;
 pub use transport::{running_daemon, RunningDaemon};

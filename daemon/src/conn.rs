@@ -455,6 +455,23 @@ async fn handle_frame(
     }
 }
 
+/// Answers smaller than this are coalesced with their neighbours into one write.
+const COALESCE_UNDER: usize = 64 * 1024;
+/// A coalesced write stops growing past this.
+const BATCH_LIMIT: usize = 256 * 1024;
+
+/// `answer`, preceded by the events published before it was produced: a subscribed client
+/// sees a change's events before the answer to the change.
+fn after_events(events: &EventQueue, answer: Vec<u8>) -> Vec<u8> {
+    let mut frames = events.take();
+    if frames.is_empty() {
+        answer
+    } else {
+        frames.push(answer);
+        frames.concat()
+    }
+}
+
 /// Writes answers and events until the answer queue closes (Ok) or the client stops
 /// accepting bytes.
 async fn write_loop(
@@ -464,49 +481,53 @@ async fn write_loop(
     events: &EventQueue,
 ) -> Result<(), &'static str> {
     let mut w = stream;
-    let mut batch = Vec::new();
+    // An answer taken from the queue while coalescing but too large to copy into the batch;
+    // it is written next, on its own.
+    let mut carried: Option<Vec<u8>> = None;
     loop {
-        let first = tokio::select! {
-            biased;
-            answer = queue.recv() => match answer {
-                // Events published before this answer was produced go first: a subscribed
-                // client sees a change's events before the answer to the change.
-                Some(first) => {
-                    let mut frames = events.take();
+        let first = match carried.take() {
+            Some(answer) => after_events(events, answer),
+            None => tokio::select! {
+                biased;
+                answer = queue.recv() => match answer {
+                    Some(answer) => after_events(events, answer),
+                    None => break,
+                },
+                _ = events.ready.notified() => {
+                    let frames = events.take();
                     if frames.is_empty() {
-                        first
-                    } else {
-                        frames.push(first);
-                        frames.concat()
+                        continue;
                     }
+                    frames.concat()
                 }
-                None => break,
             },
-            _ = events.ready.notified() => {
-                let frames = events.take();
-                if frames.is_empty() {
-                    continue;
-                }
-                frames.concat()
-            }
         };
-        // Coalesce answers already queued into one write; a large frame goes out alone rather
-        // than being copied.
-        let bytes = match queue.try_recv() {
-            Err(_) => first,
-            Ok(second) => {
-                batch.clear();
-                batch.extend_from_slice(&first);
-                batch.extend_from_slice(&second);
-                while batch.len() < 256 * 1024 {
-                    match queue.try_recv() {
-                        Ok(more) => batch.extend_from_slice(&more),
-                        Err(_) => break,
+        // Coalesce small answers already queued into one write. A large answer (a listing of
+        // thousands of sessions) is never copied into a batch: it goes out alone.
+        let mut bytes = first;
+        if bytes.len() < COALESCE_UNDER {
+            let mut batch: Option<Vec<u8>> = None;
+            while batch.as_ref().map_or(bytes.len(), Vec::len) < BATCH_LIMIT {
+                match queue.try_recv() {
+                    Ok(more) if more.len() < COALESCE_UNDER => {
+                        let batch = batch.get_or_insert_with(|| {
+                            let mut b = Vec::with_capacity(2 * (bytes.len() + more.len()));
+                            b.extend_from_slice(&bytes);
+                            b
+                        });
+                        batch.extend_from_slice(&more);
                     }
+                    Ok(large) => {
+                        carried = Some(large);
+                        break;
+                    }
+                    Err(_) => break,
                 }
-                std::mem::take(&mut batch)
             }
-        };
+            if let Some(batch) = batch {
+                bytes = batch;
+            }
+        }
         match tokio::time::timeout(ctx.config.write_timeout(), w.write_all(&bytes)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err("client went away"),

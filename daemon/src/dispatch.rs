@@ -56,6 +56,10 @@ pub enum Reply<T> {
     Now(T),
     /// Answer once this commit is durable (or fail the request if it is not).
     AfterCommit(T, Commit),
+    /// Answer now with this frame, which the handler encoded (with [`response_frame`]) from
+    /// a view borrowing the registry, because copying the records out first would cost more
+    /// than encoding them. It must decode as a response carrying `T`.
+    Frame(Vec<u8>),
     /// Answer when this resolves (a read the store thread runs after earlier writes).
     Deferred(Pin<Box<dyn Future<Output = HandlerResult<T>> + Send>>),
 }
@@ -206,6 +210,7 @@ fn answer<R: serde::Serialize + Send + 'static>(
 ) -> Answer {
     match outcome {
         Ok(Reply::Now(result)) => Answer::Now(response_frame(id, &result)),
+        Ok(Reply::Frame(frame)) => Answer::Now(frame),
         Ok(Reply::AfterCommit(result, commit)) => {
             let frame = response_frame(id, &result);
             Answer::Later(Box::pin(async move {
@@ -223,16 +228,26 @@ fn answer<R: serde::Serialize + Send + 'static>(
 }
 
 fn response_frame<R: serde::Serialize>(id: u64, result: &R) -> Vec<u8> {
-    frame::encode(&Response::new(id, result)).unwrap_or_else(|e| {
-        tracing::error!("cannot encode the answer to request {id}: {e}");
-        error_frame(
-            id,
-            RequestError::new(
-                ErrorCode::INTERNAL,
-                format!("the daemon could not encode its answer: {e}"),
-            ),
-        )
-    })
+    response_frame_sized(id, result, 64)
+}
+
+/// [`response_frame`] into a buffer of `capacity` bytes, so a large answer is not copied
+/// each time its buffer doubles.
+pub fn response_frame_sized<R: serde::Serialize>(id: u64, result: &R, capacity: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(capacity);
+    match frame::encode_into(&mut buf, &Response::new(id, result)) {
+        Ok(()) => buf,
+        Err(e) => {
+            tracing::error!("cannot encode the answer to request {id}: {e}");
+            error_frame(
+                id,
+                RequestError::new(
+                    ErrorCode::INTERNAL,
+                    format!("the daemon could not encode its answer: {e}"),
+                ),
+            )
+        }
+    }
 }
 
 fn error_frame(id: u64, e: RequestError) -> Vec<u8> {

@@ -17,6 +17,8 @@
 //! no buffering through a dynamic value, and lets the async client hand a response's raw bytes
 //! to whichever caller is waiting for that `id`.
 
+use std::ops::Range;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorCode;
@@ -85,7 +87,7 @@ frame_tag!(
 );
 
 /// The part of any frame a receiver reads first, to decide what to decode it as.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct FrameHead {
     #[serde(rename = "type")]
     pub kind: String,
@@ -100,18 +102,42 @@ impl FrameHead {
     /// MessagePack map, nothing after it, with a string `type`. The rest of the map is skipped
     /// without being kept.
     pub fn decode(payload: &[u8]) -> Result<FrameHead, FrameError> {
-        let is_map = matches!(payload.first(), Some(0x80..=0x8f | 0xde | 0xdf));
-        if !is_map {
-            return Err(FrameError::Shape("the payload is not a map"));
+        Self::decode_locating(payload, b"").map(|(head, _)| head)
+    }
+
+    /// [`Self::decode`], also giving the byte range of the value under `key` (a response's
+    /// `result`, say) from the same walk, for a reader that passes that value on undecoded.
+    pub fn decode_locating(
+        payload: &[u8],
+        key: &[u8],
+    ) -> Result<(FrameHead, Option<Range<usize>>), FrameError> {
+        // The other values are stepped over, not decoded: a response can be megabytes.
+        let mut kind = None;
+        let mut id = None;
+        let mut method = None;
+        let mut located = None;
+        for (name, range) in crate::scan::map_entries(payload)? {
+            if name == key && !key.is_empty() {
+                located = Some(range.clone());
+            }
+            let value = &payload[range];
+            match name {
+                b"type" => set_once(&mut kind, rmp_serde::from_slice::<String>(value)?, "type")?,
+                b"id" => set_once(&mut id, rmp_serde::from_slice::<Option<u64>>(value)?, "id")?,
+                b"method" => set_once(
+                    &mut method,
+                    rmp_serde::from_slice::<Option<String>>(value)?,
+                    "method",
+                )?,
+                _ => {}
+            }
         }
-        let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(payload));
-        let head = FrameHead::deserialize(&mut de)?;
-        if de.position() != payload.len() as u64 {
-            return Err(FrameError::Shape(
-                "bytes follow the message; a frame holds exactly one value",
-            ));
-        }
-        Ok(head)
+        let head = FrameHead {
+            kind: kind.ok_or(FrameError::Shape("the map has no \"type\""))?,
+            id: id.flatten(),
+            method: method.flatten(),
+        };
+        Ok((head, located))
     }
 
     /// The integer `id` of a frame whose head is otherwise unusable (a `method` that is not a
@@ -127,6 +153,19 @@ impl FrameHead {
         }
         crate::frame::decode::<IdOnly>(payload).ok()?.id
     }
+}
+
+/// Fills a head field, refusing a key that occurs twice (which value would count is not
+/// something peers could agree on).
+fn set_once<T>(slot: &mut Option<T>, value: T, key: &'static str) -> Result<(), FrameError> {
+    if slot.replace(value).is_some() {
+        return Err(FrameError::Shape(match key {
+            "type" => "the key \"type\" occurs twice",
+            "id" => "the key \"id\" occurs twice",
+            _ => "the key \"method\" occurs twice",
+        }));
+    }
+    Ok(())
 }
 
 /// The client's first frame. The client may pipeline requests right behind it without waiting

@@ -12,6 +12,8 @@
 //!   and enforces the size limit before buffering.
 //! - [`envelope`] defines the six frame types (`hello`, `welcome`, `request`, `response`,
 //!   `error`, `event`) and [`envelope::FrameHead`], read first to route a frame.
+//! - [`scan`] walks MessagePack without decoding it, so a frame's head is read without
+//!   touching a megabyte result, and a result can be passed through untouched.
 //! - [`methods`] defines each method as a type with its params and result.
 //! - [`error`] holds the stable error codes; [`version`] the protocol version rule.
 //! - [`paths`] says where the socket and the daemon's files live, and checks that their
@@ -37,6 +39,7 @@ pub mod ownership;
 pub mod paths;
 #[cfg(unix)]
 pub mod process;
+pub mod scan;
 pub mod session;
 pub mod version;
 

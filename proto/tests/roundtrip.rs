@@ -208,3 +208,53 @@ proptest! {
         }
     }
 }
+
+/// The head as a plain serde decode reads it: the reference the walking decoder must agree
+/// with on every map of string keys.
+fn head_by_serde(payload: &[u8]) -> Option<FrameHead> {
+    let mut de = rmp_serde::Deserializer::new(io::Cursor::new(payload));
+    let head = <FrameHead as serde::Deserialize>::deserialize(&mut de).ok()?;
+    (de.position() == payload.len() as u64).then_some(head)
+}
+
+/// A value for a map entry: of the right type for a head field, or not.
+fn any_value() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::{json, Value};
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        "[a-z ]{0,40}".prop_map(Value::from),
+        Just(json!("response")),
+        Just(json!("request")),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            proptest::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #[test]
+    fn walking_head_decoder_agrees_with_serde(
+        entries in proptest::collection::vec(
+            (prop_oneof![Just("type".to_string()), Just("id".to_string()),
+                         Just("method".to_string()), "[a-z]{1,8}"], any_value()),
+            0..6,
+        ),
+    ) {
+        // Written by hand so keys may repeat and come in any order.
+        let mut payload = Vec::new();
+        payload.push(0x80 | entries.len() as u8);
+        for (k, v) in &entries {
+            payload.extend(rmp_serde::to_vec(k).unwrap());
+            payload.extend(rmp_serde::to_vec_named(v).unwrap());
+        }
+        let walked = FrameHead::decode(&payload).ok();
+        prop_assert_eq!(walked, head_by_serde(&payload));
+    }
+}

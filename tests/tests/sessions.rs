@@ -410,6 +410,67 @@ fn switch_sets_session_and_project_and_bumps_generation() {
     assert_eq!(ids(&list)[0], a);
 }
 
+/// `list --json` passes the daemon's result through without decoding it into typed records;
+/// the document must still be exactly the typed result, field for field, with every optional
+/// field a session can carry.
+#[test]
+fn list_json_is_the_protocol_result_field_for_field() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = sb.project("p ünï \"q\"");
+    // A name needing JSON escapes and multi-byte UTF-8.
+    let odd = sb.new_session(&project, &["--name", "say \"hi\" \\ ünï ✓"]);
+    sb.ctl(&["switch", &odd]).ok();
+    // A child (parent_id), the context's current session.
+    sb.ctl(&["regenerate", &odd]).ok();
+    // A queue held with two turns waiting (queue_length).
+    let queued = sb.new_session(&project, &["--name", "queued"]);
+    sb.ctl(&["pause", "queued"]).ok();
+    sb.ctl(&["send", "queued", "true"]).ok();
+    sb.ctl(&["send", "queued", "true"]).ok();
+    // An archived one, listed only with --all.
+    let closed = sb.new_session(&project, &["--name", "closed"]);
+    sb.ctl(&["close", "closed"]).ok();
+
+    let mut client =
+        sessiond_client::BlockingClient::connect(&sb.connect_options()).expect("connect");
+    for all in [false, true] {
+        let typed = client
+            .call::<sessiond_proto::methods::List>(sessiond_proto::methods::ListParams {
+                all,
+                ..Default::default()
+            })
+            .expect("list");
+        let args: &[&str] = if all {
+            &["--json", "list", "--all"]
+        } else {
+            &["--json", "list"]
+        };
+        let printed = sb.ctl(args);
+        assert_eq!(
+            printed.json(),
+            serde_json::to_value(&typed).unwrap(),
+            "list --json (all: {all}) differs from the typed result"
+        );
+        // Pretty-printed, one field per line, like every other --json document.
+        assert!(
+            printed.stdout().lines().count() > 10 * typed.sessions.len(),
+            "{}",
+            printed.stdout()
+        );
+        let ids: Vec<String> = typed.sessions.iter().map(|s| s.id.to_string()).collect();
+        assert_eq!(
+            ids.contains(&closed),
+            all,
+            "archived listed only with --all"
+        );
+        assert!(ids.contains(&odd) && ids.contains(&queued));
+        assert!(typed.sessions.iter().any(|s| s.parent_id.is_some()));
+        assert!(typed.sessions.iter().any(|s| s.queue_length == 2));
+        assert!(typed.current.is_some());
+    }
+}
+
 #[test]
 fn regenerate_creates_a_child_and_makes_it_current() {
     let sb = Sandbox::new();

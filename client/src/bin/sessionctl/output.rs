@@ -30,11 +30,34 @@ impl Out {
         } else {
             human(&mut lock)
         };
-        match result.and_then(|()| lock.flush()) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-            Err(e) => Err(ClientError::Local(format!("cannot write output: {e}"))),
-        }
+        finish(result.and_then(|()| lock.flush()))
+    }
+}
+
+impl Out {
+    /// Prints a result the daemon sent as MessagePack as JSON, without decoding it into
+    /// typed values first (see `RawResult`): `--json` output is the result exactly as
+    /// PROTOCOL.md describes it, so the two forms carry the same fields.
+    pub fn emit_msgpack(&self, msgpack: &[u8]) -> Result<(), ClientError> {
+        let mut lock = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
+        let mut from = rmp_serde::Deserializer::from_read_ref(msgpack);
+        let mut to = serde_json::Serializer::pretty(&mut lock);
+        let result = serde_transcode::transcode(&mut from, &mut to)
+            .map_err(|e| match e.io_error_kind() {
+                Some(kind) => io::Error::new(kind, e),
+                None => io::Error::other(e),
+            })
+            .and_then(|()| writeln!(lock))
+            .and_then(|()| lock.flush());
+        finish(result)
+    }
+}
+
+fn finish(result: io::Result<()>) -> Result<(), ClientError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(ClientError::Local(format!("cannot write output: {e}"))),
     }
 }
 

@@ -48,14 +48,20 @@ pub fn run(
             state,
             all,
         } => {
-            let result = client.call::<List>(ListParams {
+            let params = ListParams {
                 project: project.as_deref().map(absolute).transpose()?,
                 provider: provider.clone(),
                 state: state.clone(),
                 name: None,
                 all: *all,
                 context: context.clone(),
-            })?;
+            };
+            if out.json {
+                // Passed through, not decoded: most of a long listing's cost is building
+                // typed records only to serialize them again.
+                return out.emit_msgpack(client.call_raw::<List>(params)?.msgpack());
+            }
+            let result = client.call::<List>(params)?;
             out.emit(&result, |w| {
                 print_table(w, &result.sessions, result.current.map(|c| c.to_string()))
             })
