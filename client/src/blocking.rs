@@ -102,7 +102,7 @@ impl BlockingClient {
 
     /// Calls method `M` and waits for its answer.
     pub fn call<M: Method>(&mut self, params: M::Params) -> Result<M::Result, ClientError> {
-        let (payload, _) = self.response_payload::<M>(params)?;
+        let (payload, _) = self.response_payload::<M>(params, false)?;
         exchange::response::<M>(&payload)
     }
 
@@ -110,7 +110,7 @@ impl BlockingClient {
     /// unchanged (`sessionctl list --json` prints it as JSON) instead of building the typed
     /// value: for a listing of thousands of sessions that is most of the client's time.
     pub fn call_raw<M: Method>(&mut self, params: M::Params) -> Result<RawResult, ClientError> {
-        match self.response_payload::<M>(params)? {
+        match self.response_payload::<M>(params, true)? {
             (payload, Some(result)) => Ok(RawResult::new(payload, result)),
             (_, None) => Err(ClientError::Protocol(format!(
                 "malformed result for {}: the response has no \"result\"",
@@ -120,10 +120,14 @@ impl BlockingClient {
     }
 
     /// Sends a request for `M` and reads frames until its answer. Returns a response's
-    /// payload and where its `result` is; an error answer becomes the error.
+    /// payload and, with `locate`, where its `result` is; an error answer becomes the error.
+    /// A located result that ends the frame is not walked (its reader checks where it ends);
+    /// otherwise the whole frame is checked here, as the typed decode does not refuse bytes
+    /// after the value.
     fn response_payload<M: Method>(
         &mut self,
         params: M::Params,
+        locate: bool,
     ) -> Result<(Vec<u8>, Option<Range<usize>>), ClientError> {
         let id = self.next_id;
         self.next_id += 1;
@@ -132,8 +136,11 @@ impl BlockingClient {
         self.welcome()?;
         loop {
             let payload = self.read_payload()?;
-            // One walk of the frame gives both the head and the result's place.
-            let (head, result) = exchange::head_and_result(&payload)?;
+            let (head, result) = if locate {
+                exchange::head_and_result(&payload)?
+            } else {
+                (exchange::head(&payload)?, None)
+            };
             match (head.kind.as_str(), head.id) {
                 ("response", Some(got)) if got == id => return Ok((payload, result)),
                 ("error", Some(got)) if got == id => return Err(exchange::error(&payload)),

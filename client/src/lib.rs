@@ -25,7 +25,8 @@
 //! How the modules meet: [`options`] says where and how to connect; `transport` reaches the
 //! socket (refusing an unsafe runtime directory); [`autostart`] starts a daemon under a lock
 //! when none answers; `exchange` interprets the daemon's frames for both clients, and
-//! [`RawResult`] holds a result left encoded for callers that only pass it on; [`error`]
+//! [`RawResult`] holds a result left encoded for callers that only pass it on (`json` prints
+//! it as JSON without decoding it); [`error`]
 //! gives every failure a message, a stable code and an exit status.
 
 pub mod autostart;
@@ -33,6 +34,7 @@ mod blocking;
 mod client;
 pub mod error;
 mod exchange;
+mod json;
 pub mod options;
 mod raw;
 mod transport;

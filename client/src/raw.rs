@@ -32,7 +32,20 @@ impl RawResult {
     /// Decodes the result into a typed value (the method's result type, or any type that
     /// reads the fields it needs).
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
-        rmp_serde::from_slice(self.msgpack())
-            .map_err(|e| ClientError::Protocol(format!("malformed result: {e}")))
+        let malformed = |e: String| ClientError::Protocol(format!("malformed result: {e}"));
+        // The result was located without being walked; check it is exactly one value.
+        match sessiond_proto::scan::skip(self.msgpack(), 0) {
+            Ok(end) if end == self.result.len() => {}
+            Ok(_) => return Err(malformed("bytes follow the result".into())),
+            Err(e) => return Err(malformed(e.to_string())),
+        }
+        rmp_serde::from_slice(self.msgpack()).map_err(|e| malformed(e.to_string()))
+    }
+
+    /// Writes the result to `out` as pretty-printed JSON, straight from the MessagePack (the
+    /// layout of `serde_json::to_writer_pretty`). Fails with `InvalidData` if the result is
+    /// not exactly one value JSON can hold.
+    pub fn write_json(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        crate::json::write_pretty(self.msgpack(), out)
     }
 }

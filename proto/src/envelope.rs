@@ -102,23 +102,34 @@ impl FrameHead {
     /// MessagePack map, nothing after it, with a string `type`. The rest of the map is skipped
     /// without being kept.
     pub fn decode(payload: &[u8]) -> Result<FrameHead, FrameError> {
-        Self::decode_locating(payload, b"").map(|(head, _)| head)
+        Self::decode_with(payload, None).map(|(head, _)| head)
     }
 
     /// [`Self::decode`], also giving the byte range of the value under `key` (a response's
-    /// `result`, say) from the same walk, for a reader that passes that value on undecoded.
+    /// `result`, say) from the same walk, for a reader that passes that value on. When `key`
+    /// is the map's last entry, as `result` is in every response sessiond writes, its value
+    /// is not walked (see [`crate::scan::map_entries_until`]): the caller decoding it must
+    /// check that it ends exactly at the end of the payload.
     pub fn decode_locating(
         payload: &[u8],
         key: &[u8],
+    ) -> Result<(FrameHead, Option<Range<usize>>), FrameError> {
+        Self::decode_with(payload, Some(key))
+    }
+
+    fn decode_with(
+        payload: &[u8],
+        locate: Option<&[u8]>,
     ) -> Result<(FrameHead, Option<Range<usize>>), FrameError> {
         // The other values are stepped over, not decoded: a response can be megabytes.
         let mut kind = None;
         let mut id = None;
         let mut method = None;
         let mut located = None;
-        for (name, range) in crate::scan::map_entries(payload)? {
-            if name == key && !key.is_empty() {
+        for (name, range) in crate::scan::map_entries_until(payload, locate)? {
+            if Some(name) == locate {
                 located = Some(range.clone());
+                continue;
             }
             let value = &payload[range];
             match name {

@@ -133,6 +133,17 @@ pub type Entry<'a> = (&'a [u8], Range<usize>);
 /// its value, in the order written. Fails if `buf` is not one map, if a key is not a string,
 /// or if bytes follow the map.
 pub fn map_entries(buf: &[u8]) -> Result<Vec<Entry<'_>>, FrameError> {
+    map_entries_until(buf, None)
+}
+
+/// [`map_entries`], except that when the map's last key is `last`, its value is taken to run
+/// to the end of `buf` without being walked. Whoever decodes that value must check that it
+/// ends exactly there. A response's `result` comes last and can be megabytes; a reader that
+/// passes it on decodes it anyway, so walking it first would only double the work.
+pub fn map_entries_until<'a>(
+    buf: &'a [u8],
+    last: Option<&[u8]>,
+) -> Result<Vec<Entry<'a>>, FrameError> {
     let (count, mut pos) = match head(buf, 0)? {
         Head::Container { header, values } if matches!(buf[0], 0x80..=0x8f | 0xde | 0xdf) => {
             (values / 2, header)
@@ -143,10 +154,14 @@ pub fn map_entries(buf: &[u8]) -> Result<Vec<Entry<'_>>, FrameError> {
         return Err(truncated());
     }
     let mut entries = Vec::with_capacity(count);
-    for _ in 0..count {
+    for i in 0..count {
         let (key, value_start) =
             str_at(buf, pos)?.ok_or(FrameError::Shape("a map key is not a string"))?;
-        let value_end = skip(buf, value_start)?;
+        let value_end = if i + 1 == count && Some(key) == last && value_start < buf.len() {
+            buf.len()
+        } else {
+            skip(buf, value_start)?
+        };
         entries.push((key, value_start..value_end));
         pos = value_end;
     }
@@ -242,6 +257,26 @@ mod tests {
         let result = &entries[1].1;
         let value: serde_json::Value = rmp_serde::from_slice(&bytes[result.clone()]).unwrap();
         assert_eq!(value, json!({"a": [1, 2]}));
+    }
+
+    #[test]
+    fn a_trusted_last_value_runs_to_the_end_unwalked() {
+        let mut bytes = encode(&json!({"id": 9, "result": [1, 2]}));
+        let end = bytes.len();
+        let entries = map_entries_until(&bytes, Some(b"result")).unwrap();
+        assert_eq!(entries[1].1.end, end);
+        // Not walked: trailing bytes become part of the value, for its decoder to refuse;
+        // the full walk refuses them itself.
+        bytes.push(0xc0);
+        let entries = map_entries_until(&bytes, Some(b"result")).unwrap();
+        assert_eq!(entries[1].1.end, end + 1);
+        assert!(map_entries(&bytes).is_err());
+        // Only the last entry is trusted; an earlier one is still walked.
+        let bytes = encode(&json!({"a": [1], "b": 2}));
+        let entries = map_entries_until(&bytes, Some(b"a")).unwrap();
+        assert_eq!(entries[0].1, 3..5);
+        // A last key with no value at all still fails.
+        assert!(map_entries_until(&[0x81, 0xa1, b'a'], Some(b"a")).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::io::{self, Write};
 
 use serde::Serialize;
-use sessiond_client::ClientError;
+use sessiond_client::{ClientError, RawResult};
 
 /// Where and how a command prints.
 pub struct Out {
@@ -35,21 +35,17 @@ impl Out {
 }
 
 impl Out {
-    /// Prints a result the daemon sent as MessagePack as JSON, without decoding it into
-    /// typed values first (see `RawResult`): `--json` output is the result exactly as
+    /// Prints a result as JSON straight from the daemon's MessagePack, without decoding it
+    /// into typed values first (see `RawResult`): `--json` output is the result exactly as
     /// PROTOCOL.md describes it, so the two forms carry the same fields.
-    pub fn emit_msgpack(&self, msgpack: &[u8]) -> Result<(), ClientError> {
-        let mut lock = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
-        let mut from = rmp_serde::Deserializer::from_read_ref(msgpack);
-        let mut to = serde_json::Serializer::pretty(&mut lock);
-        let result = serde_transcode::transcode(&mut from, &mut to)
-            .map_err(|e| match e.io_error_kind() {
-                Some(kind) => io::Error::new(kind, e),
-                None => io::Error::other(e),
-            })
-            .and_then(|()| writeln!(lock))
-            .and_then(|()| lock.flush());
-        finish(result)
+    pub fn emit_raw(&self, raw: &RawResult) -> Result<(), ClientError> {
+        let mut lock = io::stdout().lock();
+        match raw.write_json(&mut lock).and_then(|()| writeln!(lock)) {
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                Err(ClientError::Protocol(e.to_string()))
+            }
+            result => finish(result.and_then(|()| lock.flush())),
+        }
     }
 }
 
