@@ -369,6 +369,9 @@ fn make_private(path: &Path) -> Result<(), String> {
     }
 }
 
+/// SQLite's page cache, in KiB given as a negative count (SQLite's convention for a size).
+const PAGE_CACHE_KIB: i64 = -256;
+
 fn open_connection(path: &Path) -> Result<Connection, String> {
     make_private(path)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -381,6 +384,9 @@ fn open_connection(path: &Path) -> Result<Connection, String> {
         // is on disk before it is acknowledged (group commit pays for the fsync).
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // The whole database is read once, at start-up; after that a commit touches a few
+        // pages. SQLite's default 2 MB page cache would only keep start-up's pages resident.
+        conn.pragma_update(None, "cache_size", PAGE_CACHE_KIB)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // SQLite silently opens a write-protected file read-only; every change would then
         // fail after the daemon had started. Find out now, with a real write transaction.
