@@ -1,7 +1,10 @@
 //! In-process figures through `sessiond_client`: the library's `ping` round trip against the
-//! floor of a raw tokio Unix socket echo of the same number of bytes, in the same runtime,
-//! alternating in blocks so both see the same machine.
+//! floor of a raw tokio Unix socket echo of the same number of bytes, alternating in blocks
+//! so all see the same machine. The floor echo runs in its own process on a single-threaded
+//! runtime, as sessiond does, so both pay the same wake-ups across processes; an echo served
+//! inside this process, which never leaves it, is reported beside it.
 
+use std::path::Path;
 use std::time::Instant;
 
 use sessiond_client::{Client, ConnectOptions};
@@ -19,18 +22,29 @@ const BLOCK: usize = 100;
 pub fn ping_vs_echo(
     rt: &tokio::runtime::Runtime,
     opts: &ConnectOptions,
+    floor_bin: &Path,
     n: usize,
 ) -> Result<Vec<Row>, String> {
     let opts = opts.clone();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    // The floor: an echo in its own process, on a single-threaded runtime as sessiond is.
+    let remote_path = dir.path().join("remote-echo.sock");
+    let mut remote = EchoProcess(
+        std::process::Command::new(floor_bin)
+            .arg("--echo")
+            .arg(&remote_path)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", floor_bin.display()))?,
+    );
     rt.block_on(async move {
         let client = Client::connect(&opts).await.map_err(|e| e.to_string())?;
-        // The echo moves as many bytes each way as a ping request does.
+        // Each echo moves as many bytes each way as a ping request does.
         let size = frame::encode(&Request::new(1u64, "ping", serde_json::json!({})))
             .map_err(|e| e.to_string())?
             .len();
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let path = dir.path().join("echo.sock");
-        let listener = UnixListener::bind(&path).map_err(|e| e.to_string())?;
+        let local_path = dir.path().join("local-echo.sock");
+        let listener = UnixListener::bind(&local_path).map_err(|e| e.to_string())?;
         tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.expect("accept");
             let mut buf = vec![0u8; size];
@@ -40,55 +54,91 @@ pub fn ping_vs_echo(
                 }
             }
         });
-        let mut echo = UnixStream::connect(&path)
+        let mut local = UnixStream::connect(&local_path)
             .await
             .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let mut remote_conn = loop {
+            match UnixStream::connect(&remote_path).await {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    if let Ok(Some(status)) = remote.0.try_wait() {
+                        return Err(format!("the echo process exited with {status}"));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                Err(e) => return Err(format!("the echo process never listened: {e}")),
+            }
+        };
         let out = vec![7u8; size];
         let mut back = vec![0u8; size];
-        let (mut ping, mut floor) = (Samples::default(), Samples::default());
-        // Warm both paths.
-        for _ in 0..BLOCK {
-            client
-                .call::<Ping>(Default::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            echo.write_all(&out).await.map_err(|e| e.to_string())?;
-            echo.read_exact(&mut back)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        let mut done = 0;
-        while done < n {
+        let (mut ping, mut remote_floor, mut local_floor) =
+            (Samples::default(), Samples::default(), Samples::default());
+        for round in 0.. {
+            // The first block of each warms its path and is not recorded.
+            let record = round > 0;
+            if record && ping.len() >= n {
+                break;
+            }
             for _ in 0..BLOCK {
                 let t = Instant::now();
                 client
                     .call::<Ping>(Default::default())
                     .await
                     .map_err(|e| e.to_string())?;
-                ping.push(t.elapsed());
+                if record {
+                    ping.push(t.elapsed());
+                }
             }
-            for _ in 0..BLOCK {
-                let t = Instant::now();
-                echo.write_all(&out).await.map_err(|e| e.to_string())?;
-                echo.read_exact(&mut back)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                floor.push(t.elapsed());
+            for (echo, samples) in [
+                (&mut remote_conn, &mut remote_floor),
+                (&mut local, &mut local_floor),
+            ] {
+                for _ in 0..BLOCK {
+                    let t = Instant::now();
+                    echo.write_all(&out).await.map_err(|e| e.to_string())?;
+                    echo.read_exact(&mut back)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if record {
+                        samples.push(t.elapsed());
+                    }
+                }
             }
-            done += BLOCK;
         }
         let ours = ping.summary();
         Ok::<_, String>(vec![Row {
             figure: "in-process ping round trip (p50; p99 in note)".into(),
             sessions: None,
             sessiond: ours,
-            compared: vec![compare("raw socket echo", &ours, floor.summary())],
+            compared: vec![
+                compare(
+                    "raw socket echo, own process",
+                    &ours,
+                    remote_floor.summary(),
+                ),
+                compare(
+                    "raw socket echo, same process",
+                    &ours,
+                    local_floor.summary(),
+                ),
+            ],
             note: Some(format!(
-                "p99 {:.3} ms vs echo p99 {:.3} ms, {} round trips each",
+                "p99 {:.3} ms vs echo p99 {:.3} ms (own process), {} round trips each",
                 ours.p99_ms,
-                floor.summary().p99_ms,
-                n
+                remote_floor.summary().p99_ms,
+                ping.len()
             )),
         }])
     })
+}
+
+/// The echo process, killed when measuring ends however it ends.
+struct EchoProcess(std::process::Child);
+
+impl Drop for EchoProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -443,6 +443,7 @@ fn run(plan: &Plan) -> Result<Report, String> {
     rows.extend(inproc::ping_vs_echo(
         &rt,
         &subject.options(),
+        &bins.floor,
         plan.runs * 50,
     )?);
 

@@ -10,6 +10,10 @@ use serde::Serialize;
 pub struct Samples(Vec<Duration>);
 
 impl Samples {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     pub fn push(&mut self, d: Duration) {
         self.0.push(d);
     }

@@ -2,6 +2,10 @@
 //! connects to the socket given as its argument, writes `hello` and one `ping` in a single
 //! write, reads the `welcome` and the answer, and exits. Whole-process figures are reported
 //! as multiples of this program's time, so what remains is sessionctl's own cost.
+//!
+//! `sessiond-floor --echo SOCKET` is the floor for the in-process figures instead: a raw
+//! socket echo on a single-threaded tokio runtime in its own process, as sessiond is, so a
+//! round trip through it pays the same cross-process wake-ups a `ping` does and nothing else.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -11,9 +15,16 @@ use sessiond_proto::envelope::{Hello, Request};
 use sessiond_proto::{frame, PROTOCOL_VERSION};
 
 fn main() -> ExitCode {
-    let Some(socket) = std::env::args_os().nth(1) else {
-        eprintln!("usage: sessiond-floor SOCKET");
-        return ExitCode::from(2);
+    let mut args = std::env::args_os().skip(1);
+    let first = args.next();
+    if first.as_deref() == Some(std::ffi::OsStr::new("--echo")) {
+        return match args.next() {
+            Some(socket) => echo(std::path::Path::new(&socket)),
+            None => usage(),
+        };
+    }
+    let Some(socket) = first else {
+        return usage();
     };
     let mut stream = match UnixStream::connect(&socket) {
         Ok(stream) => stream,
@@ -34,4 +45,44 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+fn usage() -> ExitCode {
+    eprintln!("usage: sessiond-floor SOCKET | sessiond-floor --echo SOCKET");
+    ExitCode::from(2)
+}
+
+/// Serves an echo of every byte read on `socket` until killed.
+fn echo(socket: &std::path::Path) -> ExitCode {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sessiond-floor: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let listener = match tokio::net::UnixListener::bind(socket) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("sessiond-floor: bind {}: {e}", socket.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    if stream.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        ExitCode::FAILURE
+    })
 }
