@@ -2,8 +2,9 @@
 //!
 //! A reader task owns the receiving side and routes each frame by its head: an answer goes to
 //! the call waiting for that `id` (as raw bytes, decoded by the caller, who knows the result
-//! type), an event goes to the event stream. A writer task owns the sending side. Calls only
-//! touch a short-lived map of pending ids; no lock is held across any await.
+//! type), an event goes to the event stream. A call writes its own request when it can do so
+//! without waiting, and otherwise hands it to a writer task that keeps the order ([`Outbox`]).
+//! Calls only touch a short-lived map of pending ids; no lock is held across any await.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,9 +103,61 @@ impl EventStream {
     }
 }
 
+/// The sending side of a connection. A call writes its request itself, without waiting, when
+/// nothing is queued: no hop through another task, which on a multi-threaded runtime can
+/// cost a thread wake-up per call. Whatever cannot be written at once (the socket is full, or
+/// earlier requests are still queued) goes to the writer task, which keeps the order.
+struct Outbox {
+    stream: Arc<Stream>,
+    /// Requests handed to the writer task and not yet fully written. While any are, calls
+    /// queue behind them instead of writing.
+    queued: Mutex<usize>,
+    queue: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+impl Outbox {
+    /// Writes `bytes` now or queues them; never waits, so a call dropped at any point leaves
+    /// no half-written frame behind (the writer task finishes what was queued).
+    fn send(&self, mut bytes: Vec<u8>) -> Result<(), ClientError> {
+        let mut queued = lock(&self.queued);
+        if *queued == 0 {
+            let written = write_without_waiting(&self.stream, &bytes)
+                .map_err(|e| ClientError::Disconnected(format!("sending a request: {e}")))?;
+            if written == bytes.len() {
+                return Ok(());
+            }
+            bytes.drain(..written);
+        }
+        // Queued while the count is held, so the writer task sees frames in call order.
+        self.queue
+            .send(bytes)
+            .map_err(|_| ClientError::Disconnected("the connection is closed".into()))?;
+        *queued += 1;
+        Ok(())
+    }
+}
+
+/// Writes as much of `bytes` as the socket takes without blocking; returns how much that was.
+fn write_without_waiting(stream: &Stream, bytes: &[u8]) -> std::io::Result<usize> {
+    use std::task::{Context, Poll, Waker};
+    use tokio::io::AsyncWrite;
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut written = 0;
+    while written < bytes.len() {
+        match std::pin::Pin::new(&mut &*stream).poll_write(&mut cx, &bytes[written..]) {
+            Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => written += n,
+            Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => break,
+        }
+    }
+    Ok(written)
+}
+
 /// An async connection to the daemon.
 pub struct Client {
-    outbox: mpsc::Sender<Vec<u8>>,
+    outbox: Arc<Outbox>,
     pending: Pending,
     next_id: AtomicU64,
     welcome: Welcome,
@@ -157,10 +210,15 @@ impl Client {
         let welcome = exchange::welcome(&first)?;
 
         let pending: Pending = Arc::default();
-        let (outbox, queue) = mpsc::channel::<Vec<u8>>(256);
+        let (queue_tx, queue) = mpsc::unbounded_channel::<Vec<u8>>();
+        let outbox = Arc::new(Outbox {
+            stream,
+            queued: Mutex::new(0),
+            queue: queue_tx,
+        });
         let events = Arc::new(EventBuffer::default());
         let reader_task = tokio::spawn(read_loop(reader, pending.clone(), events.clone()));
-        let writer_task = tokio::spawn(write_loop(stream, queue, pending.clone()));
+        let writer_task = tokio::spawn(write_loop(outbox.clone(), queue, pending.clone()));
         Ok(Client {
             outbox,
             pending,
@@ -186,10 +244,7 @@ impl Client {
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, tx);
         let exchange = async {
-            self.outbox
-                .send(bytes)
-                .await
-                .map_err(|_| ClientError::Disconnected("the connection is closed".into()))?;
+            self.outbox.send(bytes)?;
             match rx.await {
                 Ok(Ok(payload)) => exchange::answer::<M>(&payload),
                 Ok(Err(e)) => Err(e),
@@ -275,8 +330,13 @@ async fn read_loop(mut reader: BufReader<OwnedRead>, pending: Pending, events: A
     events.close();
 }
 
-async fn write_loop(stream: Arc<Stream>, mut queue: mpsc::Receiver<Vec<u8>>, pending: Pending) {
-    let mut w = &*stream;
+/// Writes what calls could not write at once, in the order they queued it.
+async fn write_loop(
+    outbox: Arc<Outbox>,
+    mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
+    pending: Pending,
+) {
+    let mut w = &*outbox.stream;
     while let Some(bytes) = queue.recv().await {
         if let Err(e) = w.write_all(&bytes).await {
             fail_all(
@@ -285,6 +345,7 @@ async fn write_loop(stream: Arc<Stream>, mut queue: mpsc::Receiver<Vec<u8>>, pen
             );
             return;
         }
+        *lock(&outbox.queued) -= 1;
     }
 }
 
