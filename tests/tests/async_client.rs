@@ -206,3 +206,56 @@ fn a_lagged_notice_dropped_in_the_clients_own_gap_keeps_its_count() {
     assert_eq!(delivered, 4096);
     assert_eq!(missed, 102, "the daemon's 100 were lost from the count");
 }
+
+/// Requests larger together than the socket's buffer: a call writes what the socket takes
+/// and the rest is queued behind it, so later calls must wait their turn instead of writing
+/// into the middle of an earlier frame. Every request must arrive whole and be answered (a
+/// frame cut by another would be refused and close the connection).
+#[test]
+fn requests_overflowing_the_socket_arrive_whole_and_in_order() {
+    use sessiond_proto::methods::{Queue, SessionParams, Submit, SubmitParams};
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = sb.project("big");
+    let session = sb.new_session(&project, &[]);
+    sb.ctl(&["pause", &session]).ok();
+    runtime().block_on(async {
+        let client = Arc::new(Client::connect(&sb.connect_options()).await.unwrap());
+        const CALLS: usize = 32;
+        // 32 × 100 KiB is many times a Unix socket's buffer.
+        let prompt = |i: usize| format!("#{i:03}{}", "x".repeat(100 * 1024));
+        let tasks: Vec<_> = (0..CALLS)
+            .map(|i| {
+                let client = client.clone();
+                let session = session.clone();
+                tokio::spawn(async move {
+                    client
+                        .call::<Submit>(SubmitParams {
+                            session: Some(session),
+                            prompt: prompt(i),
+                            ..Default::default()
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for (i, task) in tasks.into_iter().enumerate() {
+            let turn = task.await.unwrap().unwrap_or_else(|e| panic!("call {i}: {e}"));
+            assert_eq!(turn.turn.prompt, prompt(i), "call {i} came back with another prompt");
+        }
+        let queue = client
+            .call::<Queue>(SessionParams {
+                session: Some(session.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        // Concurrent calls have no order among themselves; each prompt must be there, whole.
+        let mut queued: Vec<&str> = queue.queued.iter().map(|t| t.prompt.as_str()).collect();
+        queued.sort_unstable();
+        let sent: Vec<String> = (0..CALLS).map(prompt).collect();
+        assert!(queued == sent, "a queued prompt differs from every prompt sent");
+        // The connection is still in step after all that.
+        client.call::<Ping>(PingParams {}).await.unwrap();
+    });
+}
