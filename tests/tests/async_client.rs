@@ -240,8 +240,15 @@ fn requests_overflowing_the_socket_arrive_whole_and_in_order() {
             })
             .collect();
         for (i, task) in tasks.into_iter().enumerate() {
-            let turn = task.await.unwrap().unwrap_or_else(|e| panic!("call {i}: {e}"));
-            assert_eq!(turn.turn.prompt, prompt(i), "call {i} came back with another prompt");
+            let turn = task
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("call {i}: {e}"));
+            assert_eq!(
+                turn.turn.prompt,
+                prompt(i),
+                "call {i} came back with another prompt"
+            );
         }
         let queue = client
             .call::<Queue>(SessionParams {
@@ -254,7 +261,10 @@ fn requests_overflowing_the_socket_arrive_whole_and_in_order() {
         let mut queued: Vec<&str> = queue.queued.iter().map(|t| t.prompt.as_str()).collect();
         queued.sort_unstable();
         let sent: Vec<String> = (0..CALLS).map(prompt).collect();
-        assert!(queued == sent, "a queued prompt differs from every prompt sent");
+        assert!(
+            queued == sent,
+            "a queued prompt differs from every prompt sent"
+        );
         // The connection is still in step after all that.
         client.call::<Ping>(PingParams {}).await.unwrap();
     });
