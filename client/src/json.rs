@@ -319,16 +319,15 @@ impl<'a, W: Write> Transcoder<'a, W> {
 
     fn bytes(&mut self, n: usize) -> io::Result<()> {
         let bytes = self.take(n)?;
-        let mut text = Vec::with_capacity(2 + 4 * bytes.len());
-        text.push(b'[');
+        self.buf.push(b'[');
         for (i, b) in bytes.iter().enumerate() {
             if i > 0 {
-                text.push(b',');
+                self.buf.push(b',');
             }
-            text.extend_from_slice(itoa::Buffer::new().format(*b).as_bytes());
+            self.buf
+                .extend_from_slice(itoa::Buffer::new().format(*b).as_bytes());
         }
-        text.push(b']');
-        self.buf.extend_from_slice(&text);
+        self.buf.push(b']');
         Ok(())
     }
 }

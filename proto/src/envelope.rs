@@ -109,7 +109,8 @@ impl FrameHead {
     /// `result`, say) from the same walk, for a reader that passes that value on. When `key`
     /// is the map's last entry, as `result` is in every response sessiond writes, its value
     /// is not walked (see [`crate::scan::map_entries_until`]): the caller decoding it must
-    /// check that it ends exactly at the end of the payload.
+    /// check that it ends exactly at the end of the payload. `key` names a payload field
+    /// (`result`, `data`), not one of the head's own (`type`, `id`, `method`).
     pub fn decode_locating(
         payload: &[u8],
         key: &[u8],
