@@ -1,9 +1,16 @@
 //! sessionctl's command line. The help text is the manual: every command says what it does,
 //! what it prints, and how it fails.
+//!
+//! The derived [`Cli`] is the one definition. [`Cli::from_env`] parses with it, but first
+//! tries a tree holding only the subcommand the arguments name: building clap's whole tree
+//! costs about a quarter of a millisecond per run (some 400 KB of heap, most of it the global
+//! options copied into every subcommand), a fifth of what a `switch` costs end to end. Help,
+//! version and every error come from the whole tree, so they read exactly as before.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, FromArgMatches, Parser, Subcommand};
 
 const AFTER_HELP: &str = "\
 AUTOSTART:
@@ -106,6 +113,76 @@ pub struct Target {
     pub project: Option<PathBuf>,
 }
 
+impl Cli {
+    /// Parses the process's arguments: through the one-subcommand tree when that succeeds,
+    /// else through the whole tree, which also renders help, version and errors.
+    pub fn from_env() -> Result<Cli, clap::Error> {
+        let args: Vec<OsString> = std::env::args_os().collect();
+        match lean_parse(&args) {
+            Some(cli) => Ok(cli),
+            None => Cli::try_parse_from(args),
+        }
+    }
+}
+
+/// Parses `args` against a tree of the root and the one subcommand they name, or returns
+/// `None` when that tree does not accept them. It gives the whole tree's answer whenever it
+/// gives one: its root and subcommand are the whole tree's (a unit test compares them), and a
+/// parse that ends without error took the same path through either tree. The subcommand is
+/// the first argument that names one; when that was really an option's value, the lean tree
+/// fails and the whole tree decides.
+fn lean_parse(args: &[OsString]) -> Option<Cli> {
+    let &(name, augment) = args
+        .iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .find_map(|a| SUBCOMMANDS.iter().find(|(name, _)| a == name))?;
+    let root = Global::augment_args(lean_root()).subcommand(augment(clap::Command::new(name)));
+    let mut matches = root.try_get_matches_from(args).ok()?;
+    Cli::from_arg_matches_mut(&mut matches).ok()
+}
+
+/// The root command as `#[command]` on [`Cli`] and the derive make it, less what only help
+/// and version read.
+fn lean_root() -> clap::Command {
+    clap::Command::new("sessionctl")
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+}
+
+/// How to add each top-level subcommand's arguments (and, for `daemon`, its subcommands) as
+/// the derived [`Command`] does. A unit test holds this table to the derive.
+type Augment = fn(clap::Command) -> clap::Command;
+const SUBCOMMANDS: &[(&str, Augment)] = &[
+    ("ping", |c| c),
+    ("version", |c| c),
+    ("new", NewArgs::augment_args),
+    ("list", ListArgs::augment_args),
+    ("show", Target::augment_args),
+    ("switch", SwitchArgs::augment_args),
+    ("current", |c| c),
+    ("rename", RenameArgs::augment_args),
+    ("close", Target::augment_args),
+    ("reopen", Target::augment_args),
+    ("regenerate", Target::augment_args),
+    ("watch", WatchArgs::augment_args),
+    ("send", SendArgs::augment_args),
+    ("steer", SteerArgs::augment_args),
+    ("promote", PromoteArgs::augment_args),
+    ("log", LogArgs::augment_args),
+    ("export", Target::augment_args),
+    ("run", RunArgs::augment_args),
+    ("queue", Target::augment_args),
+    ("pause", Target::augment_args),
+    ("resume", Target::augment_args),
+    ("cancel", CancelArgs::augment_args),
+    ("daemon", |c| {
+        DaemonCommand::augment_subcommands(c)
+            .subcommand_required(true)
+            .arg_required_else_help(true)
+    }),
+];
+
 fn parse_timeout(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(secs) if secs > 0.0 && secs <= 86_400.0 => Ok(secs),
@@ -124,64 +201,22 @@ pub enum Command {
     Version,
 
     /// Create a session (visible at once, as provisional) and print its id
-    New {
-        /// Project root [default: the enclosing git repository of the current directory, else
-        /// the current directory]
-        #[arg(long, value_name = "DIR")]
-        project: Option<PathBuf>,
-        /// Provider: shell, claude, codex, gemini, or one configured in config.toml
-        #[arg(long, value_name = "NAME", default_value = "shell")]
-        provider: String,
-        /// A name, unique within the project (at most 100 characters)
-        #[arg(long)]
-        name: Option<String>,
-        /// Working directory [default: the project root]
-        #[arg(long, value_name = "DIR")]
-        cwd: Option<PathBuf>,
-    },
+    New(NewArgs),
 
     /// List sessions, most recently active first; `*` marks the context's current one
-    List {
-        /// Only this project's sessions
-        #[arg(long, value_name = "DIR")]
-        project: Option<PathBuf>,
-        /// Only this provider's sessions
-        #[arg(long, value_name = "NAME")]
-        provider: Option<String>,
-        /// Only sessions in this phase (provisional, bound, archived, failed) or activity
-        /// (idle, running, waiting_input, paused, attached, …)
-        #[arg(long, value_name = "STATE")]
-        state: Option<String>,
-        /// Include archived (closed) sessions
-        #[arg(long)]
-        all: bool,
-    },
+    List(ListArgs),
 
     /// Show one session in full, with the process that owns it, if any
     Show(Target),
 
     /// Make a session the context's current one (reopening it if closed)
-    Switch {
-        /// The session: id, name, provider id or id prefix
-        session: String,
-        /// Look names up in this project only
-        #[arg(long, value_name = "DIR")]
-        project: Option<PathBuf>,
-    },
+    Switch(SwitchArgs),
 
     /// Print the context's current session
     Current,
 
     /// Rename a session
-    Rename {
-        /// The session: id, name, provider id or id prefix
-        session: String,
-        /// The new name, unique within the project
-        name: String,
-        /// Look names up in this project only
-        #[arg(long, value_name = "DIR")]
-        project: Option<PathBuf>,
-    },
+    Rename(RenameArgs),
 
     /// Close (archive) a session: hidden from `list` unless --all; `switch` or `reopen` bring
     /// it back
@@ -195,85 +230,23 @@ pub enum Command {
     Regenerate(Target),
 
     /// Print events as JSON Lines until interrupted (Ctrl-C)
-    Watch {
-        /// Only events about these sessions (repeatable)
-        #[arg(long, value_name = "SESSION")]
-        session: Vec<String>,
-        /// Only events in these projects (repeatable)
-        #[arg(long, value_name = "DIR")]
-        project: Vec<PathBuf>,
-        /// Only events of these providers (repeatable)
-        #[arg(long, value_name = "NAME")]
-        provider: Vec<String>,
-        /// Only these kinds, e.g. session_created, session_switched (repeatable)
-        #[arg(long, value_name = "KIND")]
-        event: Vec<String>,
-    },
+    Watch(WatchArgs),
 
     /// Send a prompt to a session: it runs at once if the session is free, else it is
     /// queued. With one argument it goes to the context's current session. PROMPT `-` reads it
     /// from standard input. Prints the turn id (and its place in the queue, if queued).
-    Send {
-        /// [SESSION] PROMPT
-        #[arg(num_args = 1..=2, value_names = ["SESSION", "PROMPT"], required = true)]
-        args: Vec<String>,
-        /// Look names up in this project only
-        #[arg(long, value_name = "DIR")]
-        project: Option<PathBuf>,
-        /// Refuse (exit 1, code busy) instead of queueing when the session is busy
-        #[arg(long)]
-        no_queue: bool,
-        /// Wait for the turn to finish and exit with its status: 0 when it completed, the
-        /// provider's exit code when it failed with one, 1 otherwise
-        #[arg(long)]
-        wait: bool,
-        /// Print the turn's output as it comes (stdout to stdout, stderr to stderr); implies
-        /// --wait
-        #[arg(long, short = 'f')]
-        follow: bool,
-    },
+    Send(SendArgs),
 
     /// Send a prompt that runs next: it interrupts the running turn (SIGINT to its process
     /// group, then SIGTERM and SIGKILL), which settles `interrupted`; with --no-interrupt it
     /// only goes to the head of the queue. Takes the same options as `send`.
-    Steer {
-        /// [SESSION] PROMPT
-        #[arg(num_args = 1..=2, value_names = ["SESSION", "PROMPT"], required = true)]
-        args: Vec<String>,
-        /// Look names up in this project only
-        #[arg(long, value_name = "DIR")]
-        project: Option<PathBuf>,
-        /// Do not interrupt the running turn; just run next
-        #[arg(long)]
-        no_interrupt: bool,
-        /// Wait for the turn to finish and exit with its status
-        #[arg(long)]
-        wait: bool,
-        /// Print the turn's output as it comes; implies --wait
-        #[arg(long, short = 'f')]
-        follow: bool,
-    },
+    Steer(SteerArgs),
 
     /// Move a queued turn to the head of its queue (nothing is interrupted)
-    Promote {
-        /// The turn: its id or at least 4 hex digits of it
-        turn: String,
-    },
+    Promote(PromoteArgs),
 
     /// Print a session's transcript: each turn's prompt, status and output, oldest first
-    Log {
-        #[command(flatten)]
-        target: Target,
-        /// Only this turn (its id or a prefix)
-        #[arg(long, value_name = "TURN")]
-        turn: Option<String>,
-        /// Only the last N turns
-        #[arg(long, value_name = "N")]
-        last: Option<u32>,
-        /// Keep printing new turns and output as they come, until interrupted
-        #[arg(long, short = 'f')]
-        follow: bool,
-    },
+    Log(LogArgs),
 
     /// Write a session's transcript as JSON Lines: a {"type": "turn", …} line per turn, then
     /// a {"type": "output", …} line per chunk of its output
@@ -283,19 +256,7 @@ pub enum Command {
     /// session's owner: refused while a turn runs or another process owns it (--wait waits);
     /// the session shows `attached`, turns sent meanwhile are queued, and the command's exit
     /// status is passed through. Ownership ends when the command ends or sessionctl dies.
-    Run {
-        /// The session [default: the context's current session]
-        session: Option<String>,
-        /// Look names up in this project only
-        #[arg(long, value_name = "DIR")]
-        project: Option<PathBuf>,
-        /// Wait until the session is free instead of failing
-        #[arg(long)]
-        wait: bool,
-        /// The command and its arguments, after `--`
-        #[arg(last = true, required = true, value_name = "CMD")]
-        command: Vec<String>,
-    },
+    Run(RunArgs),
 
     /// Show a session's running turn and its queue
     Queue(Target),
@@ -309,14 +270,163 @@ pub enum Command {
 
     /// Remove a queued turn, or abort the running one (SIGINT to its process group, then
     /// SIGTERM, then SIGKILL); an aborted turn pauses its session's queue
-    Cancel {
-        /// The turn: its id or at least 4 hex digits of it (`sessionctl queue` lists them)
-        turn: String,
-    },
+    Cancel(CancelArgs),
 
     /// Manage the daemon itself: status, start, stop, restart, log level, paths
     #[command(subcommand)]
     Daemon(DaemonCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// Project root [default: the enclosing git repository of the current directory, else
+    /// the current directory]
+    #[arg(long, value_name = "DIR")]
+    pub project: Option<PathBuf>,
+    /// Provider: shell, claude, codex, gemini, or one configured in config.toml
+    #[arg(long, value_name = "NAME", default_value = "shell")]
+    pub provider: String,
+    /// A name, unique within the project (at most 100 characters)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Working directory [default: the project root]
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this project's sessions
+    #[arg(long, value_name = "DIR")]
+    pub project: Option<PathBuf>,
+    /// Only this provider's sessions
+    #[arg(long, value_name = "NAME")]
+    pub provider: Option<String>,
+    /// Only sessions in this phase (provisional, bound, archived, failed) or activity
+    /// (idle, running, waiting_input, paused, attached, …)
+    #[arg(long, value_name = "STATE")]
+    pub state: Option<String>,
+    /// Include archived (closed) sessions
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SwitchArgs {
+    /// The session: id, name, provider id or id prefix
+    pub session: String,
+    /// Look names up in this project only
+    #[arg(long, value_name = "DIR")]
+    pub project: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RenameArgs {
+    /// The session: id, name, provider id or id prefix
+    pub session: String,
+    /// The new name, unique within the project
+    pub name: String,
+    /// Look names up in this project only
+    #[arg(long, value_name = "DIR")]
+    pub project: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only events about these sessions (repeatable)
+    #[arg(long, value_name = "SESSION")]
+    pub session: Vec<String>,
+    /// Only events in these projects (repeatable)
+    #[arg(long, value_name = "DIR")]
+    pub project: Vec<PathBuf>,
+    /// Only events of these providers (repeatable)
+    #[arg(long, value_name = "NAME")]
+    pub provider: Vec<String>,
+    /// Only these kinds, e.g. session_created, session_switched (repeatable)
+    #[arg(long, value_name = "KIND")]
+    pub event: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// [SESSION] PROMPT
+    #[arg(num_args = 1..=2, value_names = ["SESSION", "PROMPT"], required = true)]
+    pub args: Vec<String>,
+    /// Look names up in this project only
+    #[arg(long, value_name = "DIR")]
+    pub project: Option<PathBuf>,
+    /// Refuse (exit 1, code busy) instead of queueing when the session is busy
+    #[arg(long)]
+    pub no_queue: bool,
+    /// Wait for the turn to finish and exit with its status: 0 when it completed, the
+    /// provider's exit code when it failed with one, 1 otherwise
+    #[arg(long)]
+    pub wait: bool,
+    /// Print the turn's output as it comes (stdout to stdout, stderr to stderr); implies
+    /// --wait
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SteerArgs {
+    /// [SESSION] PROMPT
+    #[arg(num_args = 1..=2, value_names = ["SESSION", "PROMPT"], required = true)]
+    pub args: Vec<String>,
+    /// Look names up in this project only
+    #[arg(long, value_name = "DIR")]
+    pub project: Option<PathBuf>,
+    /// Do not interrupt the running turn; just run next
+    #[arg(long)]
+    pub no_interrupt: bool,
+    /// Wait for the turn to finish and exit with its status
+    #[arg(long)]
+    pub wait: bool,
+    /// Print the turn's output as it comes; implies --wait
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The turn: its id or at least 4 hex digits of it
+    pub turn: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Only this turn (its id or a prefix)
+    #[arg(long, value_name = "TURN")]
+    pub turn: Option<String>,
+    /// Only the last N turns
+    #[arg(long, value_name = "N")]
+    pub last: Option<u32>,
+    /// Keep printing new turns and output as they come, until interrupted
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The session [default: the context's current session]
+    pub session: Option<String>,
+    /// Look names up in this project only
+    #[arg(long, value_name = "DIR")]
+    pub project: Option<PathBuf>,
+    /// Wait until the session is free instead of failing
+    #[arg(long)]
+    pub wait: bool,
+    /// The command and its arguments, after `--`
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The turn: its id or at least 4 hex digits of it (`sessionctl queue` lists them)
+    pub turn: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -344,4 +454,149 @@ pub enum DaemonCommand {
 
     /// Print where the daemon's files are, without contacting it
     Paths,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Everything parsing reads from a command: its arguments in full, its settings, and its
+    /// subcommands' shapes (the auto-generated `help` subcommand aside).
+    fn shape(c: &clap::Command) -> Vec<String> {
+        let mut lines: Vec<String> = c.get_arguments().map(|a| format!("{a:?}")).collect();
+        lines.sort();
+        lines.push(format!(
+            "subcommand_required={} arg_required_else_help={} trailing={} args_conflict={}",
+            c.is_subcommand_required_set(),
+            c.is_arg_required_else_help_set(),
+            c.is_allow_external_subcommands_set(),
+            c.is_args_conflicts_with_subcommands_set(),
+        ));
+        for sub in c.get_subcommands().filter(|s| s.get_name() != "help") {
+            lines.push(format!("subcommand {}", sub.get_name()));
+            lines.extend(shape(sub));
+        }
+        lines
+    }
+
+    /// `--version` and `--help` end a parse with an error (the lean tree has no version, and
+    /// its help flag knows no long help), so the whole tree answers both.
+    fn without_help_and_version(lines: Vec<String>) -> Vec<String> {
+        lines
+            .into_iter()
+            .filter(|l| !l.contains("id: \"version\"") && !l.contains("id: \"help\""))
+            .collect()
+    }
+
+    #[test]
+    fn each_subcommand_built_alone_has_the_whole_trees_shape() {
+        let mut whole = Cli::command();
+        whole.build();
+        let names: Vec<&str> = whole
+            .get_subcommands()
+            .map(|s| s.get_name())
+            .filter(|n| *n != "help")
+            .collect();
+        let table: Vec<&str> = SUBCOMMANDS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names, table,
+            "SUBCOMMANDS must list the derived subcommands, in order"
+        );
+
+        for &(name, augment) in SUBCOMMANDS {
+            let mut lean =
+                Global::augment_args(lean_root()).subcommand(augment(clap::Command::new(name)));
+            lean.build();
+            let lean_sub = lean.find_subcommand(name).expect("built");
+            let whole_sub = whole.find_subcommand(name).expect("derived");
+            assert_eq!(shape(lean_sub), shape(whole_sub), "subcommand {name}");
+            // The root differs only by its help and version flags and its subcommands.
+            let root = |c: &clap::Command| {
+                without_help_and_version(shape(c))
+                    .into_iter()
+                    .take_while(|l| !l.starts_with("subcommand "))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(root(&lean), root(&whole), "root beside {name}");
+        }
+    }
+
+    fn argv(line: &str) -> Vec<OsString> {
+        std::iter::once("sessionctl")
+            .chain(line.split(' ').filter(|w| !w.is_empty()))
+            .map(OsString::from)
+            .collect()
+    }
+
+    /// Whenever the lean parse answers, it answers as the whole tree does; and the commands
+    /// people run all day do take the lean path.
+    #[test]
+    fn the_lean_parse_agrees_with_the_whole_tree() {
+        let fast = [
+            "ping",
+            "--json list",
+            "list --json --all",
+            "switch abcd",
+            "switch abcd --json --context nvim",
+            "--context nvim switch abcd",
+            "--timeout 2.5 current",
+            "--timeout=3 list --state=running",
+            "--context list list",
+            "send abcd hello -f",
+            "send - --no-queue",
+            "steer abcd now --no-interrupt --wait",
+            "run abcd --wait -- claude --resume --json",
+            "log --last 3 -f",
+            "cancel 1a2b",
+            "daemon status --json",
+            "daemon log-level debug",
+            "new --provider claude --name fix-login --json",
+            "rename abcd new-name",
+            "watch --event session_switched --event session_created",
+            "show",
+        ];
+        let slow = [
+            "",
+            "--help",
+            "-h",
+            "-V",
+            "--version",
+            "help",
+            "help switch",
+            "switch --help",
+            "switch -h",
+            "daemon",
+            "daemon --help",
+            "swich abcd",
+            "switch",
+            "switch a b",
+            "switch --bogus abcd",
+            "--context ping switch abcd",
+            "--timeout 0 ping",
+            "--context",
+            "send",
+            "send a b c",
+            "run abcd",
+            "list --state",
+            "log --last x",
+            "-- switch abcd",
+        ];
+        for line in fast.iter().chain(&slow) {
+            let args = argv(line);
+            let whole = Cli::try_parse_from(&args);
+            let lean = lean_parse(&args);
+            if let Some(lean) = &lean {
+                let whole = whole
+                    .as_ref()
+                    .expect("the lean parse accepted what the tree refuses");
+                assert_eq!(format!("{lean:?}"), format!("{whole:?}"), "{line:?}");
+            }
+            assert_eq!(
+                lean.is_some(),
+                fast.contains(line),
+                "{line:?} took the wrong path"
+            );
+        }
+    }
 }

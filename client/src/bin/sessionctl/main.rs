@@ -8,17 +8,16 @@ mod output;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
 use sessiond_client::options::autostart_disabled_by_env;
 use sessiond_client::{exit, ClientError, ConnectOptions};
 use sessiond_proto::paths::{PathOverrides, Paths};
 
-use cli::{Cli, Command};
+use cli::{CancelArgs, Cli, Command, LogArgs, PromoteArgs, RunArgs, SendArgs, SteerArgs};
 use commands::turns::QueueAction;
 use output::{report, Out};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::from_env() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
@@ -30,13 +29,13 @@ fn main() -> ExitCode {
         Command::Ping => commands::ping::run(&opts, &out).map(|()| 0),
         Command::Version => commands::version::run(&opts, &out).map(|()| 0),
         Command::Daemon(cmd) => commands::daemon::run(cmd, &opts, &out).map(|()| 0),
-        Command::Send {
+        Command::Send(SendArgs {
             args,
             project,
             no_queue,
             wait,
             follow,
-        } => commands::turns::send(
+        }) => commands::turns::send(
             &opts,
             &out,
             context,
@@ -49,13 +48,13 @@ fn main() -> ExitCode {
                 steer: None,
             },
         ),
-        Command::Steer {
+        Command::Steer(SteerArgs {
             args,
             project,
             no_interrupt,
             wait,
             follow,
-        } => commands::turns::send(
+        }) => commands::turns::send(
             &opts,
             &out,
             context,
@@ -68,13 +67,15 @@ fn main() -> ExitCode {
                 steer: Some(*no_interrupt),
             },
         ),
-        Command::Promote { turn } => commands::turns::promote(&opts, &out, turn).map(|()| 0),
-        Command::Log {
+        Command::Promote(PromoteArgs { turn }) => {
+            commands::turns::promote(&opts, &out, turn).map(|()| 0)
+        }
+        Command::Log(LogArgs {
             target,
             turn,
             last,
             follow,
-        } => commands::turns::log(
+        }) => commands::turns::log(
             &opts,
             &out,
             context,
@@ -85,12 +86,12 @@ fn main() -> ExitCode {
         )
         .map(|()| 0),
         Command::Export(target) => commands::turns::export(&opts, context, target).map(|()| 0),
-        Command::Run {
+        Command::Run(RunArgs {
             session,
             project,
             wait,
             command,
-        } => project
+        }) => project
             .as_deref()
             .map(commands::sessions::absolute)
             .transpose()
@@ -115,7 +116,9 @@ fn main() -> ExitCode {
         Command::Resume(target) => {
             commands::turns::queue(&opts, &out, context, target, QueueAction::Resume).map(|()| 0)
         }
-        Command::Cancel { turn } => commands::turns::cancel(&opts, &out, turn).map(|()| 0),
+        Command::Cancel(CancelArgs { turn }) => {
+            commands::turns::cancel(&opts, &out, turn).map(|()| 0)
+        }
         other => commands::sessions::run(other, &opts, &out, context).map(|()| 0),
     });
     match result {

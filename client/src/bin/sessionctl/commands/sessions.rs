@@ -11,7 +11,7 @@ use sessiond_proto::methods::{
 };
 use sessiond_proto::session::{Activity, EventFilter, SessionInfo};
 
-use crate::cli::{Command, Target};
+use crate::cli::{Command, ListArgs, NewArgs, RenameArgs, SwitchArgs, Target, WatchArgs};
 use crate::output::{ago, Out};
 
 pub fn run(
@@ -24,12 +24,12 @@ pub fn run(
     let context = context.map(str::to_string);
     let target = |t: &Target| t.params(context.as_deref());
     match cmd {
-        Command::New {
+        Command::New(NewArgs {
             project,
             provider,
             name,
             cwd,
-        } => {
+        }) => {
             let project = match project {
                 Some(p) => absolute(p)?,
                 None => default_project()?,
@@ -42,12 +42,12 @@ pub fn run(
             })?;
             out.emit(&info, |w| writeln!(w, "{}", info.id))
         }
-        Command::List {
+        Command::List(ListArgs {
             project,
             provider,
             state,
             all,
-        } => {
+        }) => {
             let params = ListParams {
                 project: project.as_deref().map(absolute).transpose()?,
                 provider: provider.clone(),
@@ -70,7 +70,7 @@ pub fn run(
             let info = client.call::<Get>(target(t)?)?;
             out.emit(&info, |w| print_details(w, &info))
         }
-        Command::Switch { session, project } => {
+        Command::Switch(SwitchArgs { session, project }) => {
             let result = client.call::<Switch>(SessionParams {
                 session: Some(session.clone()),
                 project: project.as_deref().map(absolute).transpose()?,
@@ -84,11 +84,11 @@ pub fn run(
             })?;
             out.emit(&result, |w| print_pointer(w, &result, "current"))
         }
-        Command::Rename {
+        Command::Rename(RenameArgs {
             session,
             name,
             project,
-        } => {
+        }) => {
             let info = client.call::<Rename>(RenameParams {
                 session: Some(session.clone()),
                 project: project.as_deref().map(absolute).transpose()?,
@@ -111,25 +111,25 @@ pub fn run(
             let result = client.call::<Regenerate>(target(t)?)?;
             out.emit(&result, |w| print_pointer(w, &result, "regenerated"))
         }
-        Command::Watch {
+        Command::Watch(WatchArgs {
             session,
             project,
             provider,
             event,
-        } => watch(&mut client, session, project, provider, event, context),
+        }) => watch(&mut client, session, project, provider, event, context),
         Command::Ping
         | Command::Version
         | Command::Daemon(_)
-        | Command::Send { .. }
+        | Command::Send(_)
         | Command::Queue(_)
         | Command::Pause(_)
         | Command::Resume(_)
-        | Command::Cancel { .. }
-        | Command::Steer { .. }
-        | Command::Promote { .. }
-        | Command::Log { .. }
+        | Command::Cancel(_)
+        | Command::Steer(_)
+        | Command::Promote(_)
+        | Command::Log(_)
         | Command::Export(_)
-        | Command::Run { .. } => {
+        | Command::Run(_) => {
             unreachable!("handled by their own modules")
         }
     }
