@@ -18,7 +18,7 @@ mod subject;
 mod throughput;
 
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -220,16 +220,26 @@ fn serve_populated(n: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs each contender `runs` times, interleaved, after `warmup` unrecorded rounds.
+/// Quiet time before each process starts. A peer's server goes on working after its client
+/// exits (tmux's does), and on two cores that work landed on whichever contender ran next:
+/// `sessionctl switch` measured 1.71 × the floor right after `tmux has-session` and 1.43 ×
+/// with no tmux in the rounds. A user does not start commands microseconds apart either.
+const SETTLE: Duration = Duration::from_millis(2);
+
+/// Runs each contender `runs` times, interleaved, after `warmup` unrecorded rounds. Each
+/// round starts one contender later than the one before, so every contender follows every
+/// other equally often, and each process starts after [`SETTLE`].
 fn interleave(
     contenders: &mut [&mut dyn FnMut() -> Command],
     warmup: usize,
     runs: usize,
 ) -> Vec<Samples> {
-    let mut samples = vec![Samples::default(); contenders.len()];
+    let n = contenders.len();
+    let mut samples = vec![Samples::default(); n];
     for round in 0..warmup + runs {
-        for (i, make) in contenders.iter_mut().enumerate() {
-            let mut cmd = make();
+        for i in (0..n).map(|k| (round + k) % n) {
+            let mut cmd = contenders[i]();
+            std::thread::sleep(SETTLE);
             let started = Instant::now();
             let status = cmd.status();
             let took = started.elapsed();
@@ -287,6 +297,10 @@ fn run(plan: &Plan) -> Result<Report, String> {
     let mut ids: Vec<String> = Vec::new();
     for &size in &plan.sizes {
         ids.extend(subject.add_sessions(&rt, size - ids.len()));
+        if size == plan.sizes[0] {
+            let writes = subject.settle_storage(&rt, &ids[0]);
+            eprintln!("storage settled after {writes} switches");
+        }
         let tmux_ok = match tmux.as_mut().filter(|_| size <= plan.tmux_max) {
             Some(t) => t.grow_to(size).map(|()| true).unwrap_or_else(|e| {
                 notes.push(format!("tmux at {size}: {e}"));
@@ -346,6 +360,16 @@ fn run(plan: &Plan) -> Result<Report, String> {
                 }),
             ),
             ("floor", Box::new(floor)),
+            // The same switch from the floor program: what is left between it and sessionctl
+            // is sessionctl's; between it and the floor, the daemon's commit.
+            (
+                "floor's switch",
+                Box::new(|| {
+                    let mut c = Command::new(&bins.floor);
+                    c.args(["--switch", target.as_str()]).arg(&socket);
+                    c
+                }),
+            ),
         ];
         if let Some(t) = tmux_ref {
             contenders.push((
@@ -559,7 +583,7 @@ fn idle_cpu(subject: &Subject, secs: u64) -> Option<f64> {
         // utime and stime: fields 14 and 15 of stat, 12 and 13 after the command.
         Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
     };
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    std::thread::sleep(Duration::from_secs(1));
     let before = ticks()?;
     std::thread::sleep(std::time::Duration::from_secs(secs));
     let after = ticks()?;

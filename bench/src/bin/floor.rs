@@ -3,6 +3,11 @@
 //! write, reads the `welcome` and the answer, and exits. Whole-process figures are reported
 //! as multiples of this program's time, so what remains is sessionctl's own cost.
 //!
+//! `sessiond-floor --switch SESSION SOCKET` does the same with a `switch` of the default
+//! context in place of the `ping`: the least any client can pay for a durable switch. Beside
+//! `sessionctl switch` it shows how much of that figure is the daemon's commit and how much
+//! is sessionctl.
+//!
 //! `sessiond-floor --echo SOCKET` is the floor for the in-process figures instead: a raw
 //! socket echo on a single-threaded tokio runtime in its own process, as sessiond is, so a
 //! round trip through it pays the same cross-process wake-ups a `ping` does and nothing else.
@@ -11,7 +16,7 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 
-use sessiond_proto::envelope::{Hello, Request};
+use sessiond_proto::envelope::{FrameHead, Hello, Request};
 use sessiond_proto::{frame, PROTOCOL_VERSION};
 
 fn main() -> ExitCode {
@@ -23,8 +28,20 @@ fn main() -> ExitCode {
             None => usage(),
         };
     }
-    let Some(socket) = first else {
-        return usage();
+    let (request, socket) = if first.as_deref() == Some(std::ffi::OsStr::new("--switch")) {
+        let (Some(session), Some(socket)) = (args.next(), args.next()) else {
+            return usage();
+        };
+        let Some(session) = session.to_str().map(str::to_string) else {
+            return usage();
+        };
+        let params = serde_json::json!({ "session": session });
+        (Request::new(1, "switch", params), socket)
+    } else {
+        let Some(socket) = first else {
+            return usage();
+        };
+        (Request::new(1, "ping", serde_json::json!({})), socket)
     };
     let mut stream = match UnixStream::connect(&socket) {
         Ok(stream) => stream,
@@ -34,21 +51,33 @@ fn main() -> ExitCode {
         }
     };
     let mut out = frame::encode(&Hello::new(PROTOCOL_VERSION, "floor", None)).expect("encode");
-    frame::encode_into(&mut out, &Request::new(1, "ping", serde_json::json!({}))).expect("encode");
+    frame::encode_into(&mut out, &request).expect("encode");
     if stream.write_all(&out).is_err() {
         return ExitCode::FAILURE;
     }
+    // The welcome, then the answer, which must be a response: a refused switch would
+    // otherwise pass for a fast one.
+    let mut last = None;
     for _ in 0..2 {
         match frame::read_frame(&mut stream, 1 << 20) {
-            Ok(Some(_)) => {}
+            Ok(Some(payload)) => last = Some(payload),
             _ => return ExitCode::FAILURE,
         }
     }
-    ExitCode::SUCCESS
+    match last.as_deref().map(FrameHead::decode) {
+        Some(Ok(head)) if head.kind == "response" => ExitCode::SUCCESS,
+        _ => {
+            eprintln!("sessiond-floor: the daemon did not answer with a response");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: sessiond-floor SOCKET | sessiond-floor --echo SOCKET");
+    eprintln!(
+        "usage: sessiond-floor SOCKET | sessiond-floor --switch SESSION SOCKET \
+         | sessiond-floor --echo SOCKET"
+    );
     ExitCode::from(2)
 }
 
