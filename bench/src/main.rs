@@ -227,8 +227,8 @@ fn serve_populated(n: usize) -> Result<(), String> {
 const SETTLE: Duration = Duration::from_millis(2);
 
 /// Runs each contender `runs` times, interleaved, after `warmup` unrecorded rounds. Each
-/// round starts one contender later than the one before, so every contender follows every
-/// other equally often, and each process starts after [`SETTLE`].
+/// round runs them in a fresh order (a fixed-seed shuffle, so runs are repeatable), so none
+/// always follows the same one, and each process starts after [`SETTLE`].
 fn interleave(
     contenders: &mut [&mut dyn FnMut() -> Command],
     warmup: usize,
@@ -236,8 +236,13 @@ fn interleave(
 ) -> Vec<Samples> {
     let n = contenders.len();
     let mut samples = vec![Samples::default(); n];
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     for round in 0..warmup + runs {
-        for i in (0..n).map(|k| (round + k) % n) {
+        for k in (1..n).rev() {
+            order.swap(k, rng.below(k + 1));
+        }
+        for &i in &order {
             let mut cmd = contenders[i]();
             std::thread::sleep(SETTLE);
             let started = Instant::now();
@@ -254,6 +259,19 @@ fn interleave(
         }
     }
     samples
+}
+
+/// A small deterministic generator for shuffling the order of contenders (xorshift64).
+struct XorShift(u64);
+
+impl XorShift {
+    /// A number in `0..n`; the slight bias of a modulo is irrelevant for a handful of items.
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
 }
 
 fn compare(against: &str, ours: &Summary, theirs: Summary) -> Comparison {
@@ -298,8 +316,13 @@ fn run(plan: &Plan) -> Result<Report, String> {
     for &size in &plan.sizes {
         ids.extend(subject.add_sessions(&rt, size - ids.len()));
         if size == plan.sizes[0] {
-            let writes = subject.settle_storage(&rt, &ids[0]);
-            eprintln!("storage settled after {writes} switches");
+            match subject.settle_storage(&rt, &ids[0]) {
+                Ok(writes) => eprintln!("storage settled after {writes} switches"),
+                Err(writes) => notes.push(format!(
+                    "the store's log was still growing after {writes} switches; the smallest \
+                     sizes may be timed before it settled"
+                )),
+            }
         }
         let tmux_ok = match tmux.as_mut().filter(|_| size <= plan.tmux_max) {
             Some(t) => t.grow_to(size).map(|()| true).unwrap_or_else(|e| {

@@ -186,8 +186,13 @@ impl Subject {
     /// also commits the file system's journal: a switch measured 0.38–0.53 ms per commit
     /// then and 0.25–0.30 ms after. Without this the smallest sizes, measured first, would
     /// be timed in that transient and the largest after it. Switches `session` in a context
-    /// of its own until a batch leaves the log's length unchanged.
-    pub fn settle_storage(&self, rt: &tokio::runtime::Runtime, session: &str) -> usize {
+    /// of its own until a batch leaves the log's length unchanged; `Err` with the count if it
+    /// never did.
+    pub fn settle_storage(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        session: &str,
+    ) -> Result<usize, usize> {
         const BATCH: usize = 50;
         const MOST: usize = 4_000;
         let wal = self.paths.state_dir.join("sessiond.db-wal");
@@ -210,10 +215,10 @@ impl Subject {
                 }
                 written += BATCH;
                 if wal_len() == before {
-                    break;
+                    return Ok(written);
                 }
             }
-            written
+            Err(written)
         })
     }
 

@@ -11,23 +11,16 @@ use std::time::{Duration, Instant};
 
 use interprocess::local_socket::traits::Stream as _;
 use interprocess::local_socket::Stream;
-use sessiond_proto::envelope::{FrameHead, Welcome};
+use sessiond_proto::envelope::Welcome;
 use sessiond_proto::frame::{self, FrameError, CLIENT_MAX_FRAME};
 use sessiond_proto::methods::Method;
 
 use crate::autostart::ensure_daemon;
 use crate::error::ClientError;
 use crate::exchange;
-use crate::json;
 use crate::options::ConnectOptions;
 use crate::raw::RawResult;
 use crate::transport::{absent_error, try_connect_sync, Attempt};
-
-/// A response's payload and, when asked for, where its `result` sits in it.
-type Answer = (Vec<u8>, Option<Range<usize>>);
-
-/// How much of a large answer [`BlockingClient::call_json`] holds at a time.
-const STREAM_WINDOW: usize = 64 * 1024;
 
 /// A blocking connection to the daemon.
 pub struct BlockingClient {
@@ -135,7 +128,7 @@ impl BlockingClient {
         &mut self,
         params: M::Params,
         locate: bool,
-    ) -> Result<Answer, ClientError> {
+    ) -> Result<(Vec<u8>, Option<Range<usize>>), ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let bytes = exchange::request::<M>(id, &params)?;
@@ -143,122 +136,19 @@ impl BlockingClient {
         self.welcome()?;
         loop {
             let payload = self.read_payload()?;
-            if let Some(answer) = self.sort(payload, id, locate)? {
-                return Ok(answer);
-            }
-        }
-    }
-
-    /// Sorts a frame that arrived while waiting for the answer to request `id`: the response
-    /// (with where its `result` is, with `locate`), or an error answer as the error, or
-    /// `None` for an event (kept for [`Self::next_event`]) or a stale answer (dropped).
-    fn sort(
-        &mut self,
-        payload: Vec<u8>,
-        id: u64,
-        locate: bool,
-    ) -> Result<Option<Answer>, ClientError> {
-        let (head, result) = if locate {
-            exchange::head_and_result(&payload)?
-        } else {
-            (exchange::head(&payload)?, None)
-        };
-        match (head.kind.as_str(), head.id) {
-            ("response", Some(got)) if got == id => Ok(Some((payload, result))),
-            ("error", Some(got)) if got == id => Err(exchange::error(&payload)),
-            ("error", None) => Err(exchange::error(&payload)),
-            ("event", _) => {
-                self.events.push_back(payload);
-                Ok(None)
-            }
-            // An answer to an earlier call that timed out on our side: drop it.
-            _ => Ok(None),
-        }
-    }
-
-    /// Calls method `M` and writes its result to `out` as pretty JSON (the layout of
-    /// `serde_json::to_writer_pretty`) while it arrives, never holding a large answer whole:
-    /// `sessionctl list --json` passes 10,000 sessions (3 MB) through a 64 KiB window this
-    /// way. The outer error is the daemon's or the connection's (an answer JSON cannot hold
-    /// is a protocol error); the inner one is `out`'s, a closed pipe say, after which the
-    /// rest of the answer has been read and dropped, so the connection stays usable. Either
-    /// way part of the JSON may have been written.
-    pub fn call_json<M: Method>(
-        &mut self,
-        params: M::Params,
-        out: &mut impl Write,
-    ) -> Result<io::Result<()>, ClientError> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let bytes = exchange::request::<M>(id, &params)?;
-        self.send(&bytes, M::NAME)?;
-        self.welcome()?;
-        let no_result = || {
-            ClientError::Protocol(format!(
-                "malformed result for {}: the response has no \"result\"",
-                M::NAME
-            ))
-        };
-        loop {
-            let len = match frame::read_header(&mut self.reader, CLIENT_MAX_FRAME) {
-                Ok(Some(len)) => len,
-                Ok(None) => {
-                    return Err(ClientError::Disconnected(
-                        "the daemon closed the connection".into(),
-                    ))
-                }
-                Err(e) => return Err(self.read_failure(e)),
+            let (head, result) = if locate {
+                exchange::head_and_result(&payload)?
+            } else {
+                (exchange::head(&payload)?, None)
             };
-            let first = len.min(STREAM_WINDOW);
-            let mut window = vec![0; first];
-            self.read_exact(&mut window)?;
-            if len > first {
-                // A response whose result is its last entry, as sessiond writes them, is
-                // transcoded as it arrives; anything else this large is read whole.
-                if let Ok((head, Some(result))) = FrameHead::decode_locating(&window, b"result") {
-                    if head.kind == "response" && head.id == Some(id) && result.end == first {
-                        return self.stream_json(window, result.start, len - first, out);
-                    }
-                }
-                window.resize(len, 0);
-                self.read_exact(&mut window[first..])?;
+            match (head.kind.as_str(), head.id) {
+                ("response", Some(got)) if got == id => return Ok((payload, result)),
+                ("error", Some(got)) if got == id => return Err(exchange::error(&payload)),
+                ("error", None) => return Err(exchange::error(&payload)),
+                ("event", _) => self.events.push_back(payload),
+                // An answer to an earlier call that timed out on our side: drop it.
+                _ => {}
             }
-            match self.sort(window, id, true)? {
-                Some((payload, Some(result))) => {
-                    return match json::transcode(&mut json::Slice(&payload[result]), out) {
-                        Ok(()) => Ok(Ok(())),
-                        Err(json::Stop::Write(e)) => Ok(Err(e)),
-                        Err(json::Stop::Invalid(message)) => Err(ClientError::Protocol(message)),
-                        Err(json::Stop::Read(e)) => Err(self.read_failure(e.into())),
-                    }
-                }
-                Some((_, None)) => return Err(no_result()),
-                None => {}
-            }
-        }
-    }
-
-    /// Transcodes a result from `window[start..]` and the `unread` bytes of its frame still
-    /// in the socket.
-    fn stream_json(
-        &mut self,
-        window: Vec<u8>,
-        start: usize,
-        unread: usize,
-        out: &mut impl Write,
-    ) -> Result<io::Result<()>, ClientError> {
-        let mut src = json::Streamed::new(&mut self.reader, window, start, unread);
-        let stopped = match json::transcode(&mut src, out) {
-            Ok(()) => return Ok(Ok(())),
-            Err(json::Stop::Read(e)) => return Err(self.read_failure(e.into())),
-            Err(stop) => stop,
-        };
-        let drained = src.drain();
-        drained.map_err(|e| self.read_failure(e.into()))?;
-        match stopped {
-            json::Stop::Write(e) => Ok(Err(e)),
-            json::Stop::Invalid(message) => Err(ClientError::Protocol(message)),
-            json::Stop::Read(_) => unreachable!("returned above"),
         }
     }
 
@@ -299,32 +189,16 @@ impl BlockingClient {
             Ok(None) => Err(ClientError::Disconnected(
                 "the daemon closed the connection".into(),
             )),
-            Err(e) => Err(self.read_failure(e)),
-        }
-    }
-
-    /// Reads exactly `buf.len()` bytes of a frame whose header has been read.
-    fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ClientError> {
-        io::Read::read_exact(&mut self.reader, buf).map_err(|e| self.read_failure(e.into()))
-    }
-
-    /// What a failed read means for the caller: a timeout, a lost connection, or a frame
-    /// that breaks the protocol.
-    fn read_failure(&self, e: FrameError) -> ClientError {
-        match e {
-            FrameError::Io(e)
+            Err(FrameError::Io(e))
                 if matches!(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                ClientError::Timeout(self.timeout)
+                Err(ClientError::Timeout(self.timeout))
             }
-            FrameError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                ClientError::Disconnected(format!("the daemon closed the connection: {e}"))
-            }
-            FrameError::Io(e) => ClientError::Disconnected(e.to_string()),
-            e => ClientError::Protocol(e.to_string()),
+            Err(FrameError::Io(e)) => Err(ClientError::Disconnected(e.to_string())),
+            Err(e) => Err(ClientError::Protocol(e.to_string())),
         }
     }
 }

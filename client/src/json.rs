@@ -7,20 +7,12 @@
 //! own output. The layout is serde_json's pretty one (two-space indent, `"key": value`), so
 //! a passed-through document looks like every other `--json` document.
 //!
-//! The MessagePack comes from a [`Source`]: a slice ([`RawResult::write_json`]), or the rest
-//! of a frame still arriving on the connection ([`Streamed`], for
-//! [`BlockingClient::call_json`]), so a large answer is written as it is read and never held
-//! whole.
-//!
-//! [`RawResult::write_json`]: crate::RawResult::write_json
-//! [`BlockingClient::call_json`]: crate::BlockingClient::call_json
-//!
 //! What JSON cannot hold is refused with the byte offset: a map key that is not a string, an
 //! extension value, a string that is not UTF-8. Binary values (which protocol version 1 never
 //! sends) become arrays of numbers, as serde_json writes bytes. Nesting is tracked on a heap
 //! stack, so depth costs no call stack, and is limited to 1,024 levels.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 
 /// Deepest nesting written, as rmp-serde allows when decoding. Indentation makes pretty output
 /// grow with the square of the depth, so a limit keeps a corrupt answer from producing
@@ -39,213 +31,62 @@ struct Open {
     written: usize,
 }
 
-/// Why a transcoding stopped.
-#[derive(Debug)]
-pub(crate) enum Stop {
-    /// The MessagePack is not one value JSON can hold: says what, and at which byte.
-    Invalid(String),
-    /// Reading the MessagePack failed (the connection broke or timed out).
-    Read(io::Error),
-    /// Writing the JSON failed (a closed pipe, a full disk).
-    Write(io::Error),
-}
-
-/// Where the MessagePack comes from: all in memory ([`Slice`]), or read from the connection
-/// as it is needed ([`Streamed`]). Either way it holds exactly the one value's bytes.
-pub(crate) trait Source {
-    /// Bytes not yet taken.
-    fn left(&self) -> usize;
-    /// Takes the next `n` bytes; the caller has checked that `n <= self.left()`.
-    fn take(&mut self, n: usize) -> io::Result<&[u8]>;
-    /// The next byte, not taken; the caller has checked that `self.left() > 0`.
-    fn peek(&mut self) -> io::Result<u8>;
-}
-
-/// MessagePack already in memory.
-pub(crate) struct Slice<'a>(pub &'a [u8]);
-
-impl Source for Slice<'_> {
-    #[inline]
-    fn left(&self) -> usize {
-        self.0.len()
-    }
-
-    #[inline]
-    fn take(&mut self, n: usize) -> io::Result<&[u8]> {
-        let (taken, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(taken)
-    }
-
-    #[inline]
-    fn peek(&mut self) -> io::Result<u8> {
-        Ok(self.0[0])
-    }
-}
-
-/// The rest of a frame, read from `reader` as the transcoder needs it through a window that
-/// is reused (it grows only for a string longer than itself). A listing of 10,000 sessions
-/// is 3 MB; holding it all would cost some 750 freshly touched pages, most of a
-/// millisecond, for bytes looked at once.
-pub(crate) struct Streamed<'r, R: Read> {
-    reader: &'r mut R,
-    window: Vec<u8>,
-    /// `window[start..end]` is read and not yet taken.
-    start: usize,
-    end: usize,
-    /// Bytes of the frame still in `reader`.
-    unread: usize,
-}
-
-impl<'r, R: Read> Streamed<'r, R> {
-    /// `window[start..]` holds the frame's bytes already read; `unread` more follow in
-    /// `reader`.
-    pub(crate) fn new(reader: &'r mut R, window: Vec<u8>, start: usize, unread: usize) -> Self {
-        let end = window.len();
-        Self {
-            reader,
-            window,
-            start,
-            end,
-            unread,
-        }
-    }
-
-    /// Reads until at least `n` bytes are in the window.
-    #[cold]
-    fn fill(&mut self, n: usize) -> io::Result<()> {
-        while self.end - self.start < n {
-            if self.start > 0 {
-                self.window.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            if self.window.len() < n {
-                self.window.resize(n, 0);
-            }
-            let room = (self.window.len() - self.end).min(self.unread);
-            match self
-                .reader
-                .read(&mut self.window[self.end..self.end + room])
-            {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the daemon closed the connection in the middle of an answer",
-                    ))
-                }
-                Ok(got) => {
-                    self.end += got;
-                    self.unread -= got;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads and drops what is left of the frame, so the connection can carry the next one.
-    pub(crate) fn drain(&mut self) -> io::Result<()> {
-        self.start = self.end;
-        while self.unread > 0 {
-            self.start = 0;
-            self.end = 0;
-            self.fill(1)?;
-        }
-        Ok(())
-    }
-}
-
-impl<R: Read> Source for Streamed<'_, R> {
-    #[inline]
-    fn left(&self) -> usize {
-        self.end - self.start + self.unread
-    }
-
-    #[inline]
-    fn take(&mut self, n: usize) -> io::Result<&[u8]> {
-        if self.end - self.start < n {
-            self.fill(n)?;
-        }
-        let taken = &self.window[self.start..self.start + n];
-        self.start += n;
-        Ok(taken)
-    }
-
-    #[inline]
-    fn peek(&mut self) -> io::Result<u8> {
-        if self.end == self.start {
-            self.fill(1)?;
-        }
-        Ok(self.window[self.start])
-    }
-}
-
 /// Writes the one MessagePack value that makes up all of `msgpack` to `out` as pretty JSON.
 /// Fails (with nothing promised about what was written) if the bytes are not exactly one
-/// value JSON can represent, with `InvalidData`.
+/// value JSON can represent.
 pub fn write_pretty(msgpack: &[u8], out: &mut impl Write) -> io::Result<()> {
-    transcode(&mut Slice(msgpack), out).map_err(|stop| match stop {
-        Stop::Invalid(message) => io::Error::new(io::ErrorKind::InvalidData, message),
-        Stop::Read(e) | Stop::Write(e) => e,
-    })
-}
-
-/// Writes the one MessagePack value `src` holds to `out` as pretty JSON, in pieces of about
-/// [`CHUNK`] bytes as it goes.
-pub(crate) fn transcode(src: &mut impl Source, out: &mut impl Write) -> Result<(), Stop> {
     let mut w = Transcoder {
-        src,
+        input: msgpack,
         pos: 0,
         buf: Vec::with_capacity(CHUNK + 4096),
         out,
     };
     w.run()?;
-    if w.src.left() != 0 {
+    if w.pos != msgpack.len() {
         return Err(w.invalid("bytes follow the value"));
     }
     w.flush()
 }
 
-struct Transcoder<'a, S: Source, W: Write> {
-    src: &'a mut S,
-    /// Bytes taken so far, for saying where a problem is.
+struct Transcoder<'a, W: Write> {
+    input: &'a [u8],
     pos: usize,
     buf: Vec<u8>,
     out: &'a mut W,
 }
 
-/// Takes `n` bytes from `src`. A free function, so the bytes can be borrowed while the
-/// transcoder's output buffer is written.
-fn take<'s>(src: &'s mut impl Source, pos: &mut usize, n: usize) -> Result<&'s [u8], Stop> {
-    if n > src.left() {
-        return Err(invalid_at(*pos, "the value ends early"));
-    }
-    let bytes = src.take(n).map_err(Stop::Read)?;
-    *pos += n;
-    Ok(bytes)
-}
-
-fn invalid_at(pos: usize, what: &str) -> Stop {
-    Stop::Invalid(format!(
-        "the daemon's answer cannot be printed as JSON: {what} (at byte {pos})"
-    ))
-}
-
-impl<S: Source, W: Write> Transcoder<'_, S, W> {
-    fn invalid(&self, what: &str) -> Stop {
-        invalid_at(self.pos, what)
+impl<'a, W: Write> Transcoder<'a, W> {
+    fn invalid(&self, what: &str) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the daemon's answer cannot be printed as JSON: {what} (at byte {})",
+                self.pos
+            ),
+        )
     }
 
-    fn flush(&mut self) -> Result<(), Stop> {
-        self.out.write_all(&self.buf).map_err(Stop::Write)?;
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.write_all(&self.buf)?;
         self.buf.clear();
         Ok(())
     }
 
-    fn be(&mut self, n: usize) -> Result<u64, Stop> {
-        Ok(take(self.src, &mut self.pos, n)?
+    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|end| *end <= self.input.len())
+            .ok_or_else(|| self.invalid("the value ends early"))?;
+        let input: &'a [u8] = self.input;
+        let bytes = &input[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn be(&mut self, n: usize) -> io::Result<u64> {
+        Ok(self
+            .take(n)?
             .iter()
             .fold(0u64, |acc, b| (acc << 8) | *b as u64))
     }
@@ -266,7 +107,7 @@ impl<S: Source, W: Write> Transcoder<'_, S, W> {
         }
     }
 
-    fn run(&mut self) -> Result<(), Stop> {
+    fn run(&mut self) -> io::Result<()> {
         let mut stack: Vec<Open> = Vec::new();
         loop {
             // Punctuation before the next value, from the innermost open container.
@@ -318,11 +159,12 @@ impl<S: Source, W: Write> Transcoder<'_, S, W> {
     }
 
     /// A map key: JSON allows only strings.
-    fn key(&mut self) -> Result<(), Stop> {
-        if self.src.left() == 0 {
-            return Err(self.invalid("the value ends early"));
-        }
-        let marker = self.src.peek().map_err(Stop::Read)?;
+    fn key(&mut self) -> io::Result<()> {
+        let at = self.pos;
+        let marker = *self
+            .input
+            .get(at)
+            .ok_or_else(|| self.invalid("the value ends early"))?;
         if !matches!(marker, 0xa0..=0xbf | 0xd9..=0xdb) {
             return Err(self.invalid("a map key is not a string"));
         }
@@ -330,8 +172,8 @@ impl<S: Source, W: Write> Transcoder<'_, S, W> {
     }
 
     /// Writes one scalar, or the opening of a container (returned, to be filled).
-    fn value(&mut self) -> Result<Option<Open>, Stop> {
-        let marker = take(self.src, &mut self.pos, 1)?[0];
+    fn value(&mut self) -> io::Result<Option<Open>> {
+        let marker = self.take(1)?[0];
         match marker {
             0x00..=0x7f => self.uint(marker as u64),
             0xe0..=0xff => self.int(marker as i8 as i64),
@@ -415,22 +257,23 @@ impl<S: Source, W: Write> Transcoder<'_, S, W> {
                 return self.container(n, true);
             }
             0xc7..=0xc9 | 0xd4..=0xd8 => {
-                return Err(invalid_at(
-                    self.pos - 1,
-                    "an extension value has no JSON form",
-                ));
+                self.pos -= 1;
+                return Err(self.invalid("an extension value has no JSON form"));
             }
-            0xc1 => return Err(invalid_at(self.pos - 1, "the reserved byte 0xc1")),
+            0xc1 => {
+                self.pos -= 1;
+                return Err(self.invalid("the reserved byte 0xc1"));
+            }
         }
         Ok(None)
     }
 
     /// Opens an array or map of `n` elements (entries, for a map), or writes it whole when
     /// empty.
-    fn container(&mut self, n: usize, map: bool) -> Result<Option<Open>, Stop> {
+    fn container(&mut self, n: usize, map: bool) -> io::Result<Option<Open>> {
         let values = if map { n.saturating_mul(2) } else { n };
         // Each value takes at least a byte: a count beyond what is left is a lie.
-        if values > self.src.left() {
+        if values > self.input.len() - self.pos {
             return Err(self.invalid("a container claims more values than there are bytes"));
         }
         if values == 0 {
@@ -461,12 +304,12 @@ impl<S: Source, W: Write> Transcoder<'_, S, W> {
         serde_json::to_writer(&mut self.buf, &f).expect("a float always formats");
     }
 
-    fn string(&mut self, n: usize) -> Result<(), Stop> {
+    fn string(&mut self, n: usize) -> io::Result<()> {
         let start = self.pos;
-        let bytes = take(self.src, &mut self.pos, n)?;
-        // Nearly every string (ids, paths, states) is printable ASCII with nothing to escape,
-        // which is also valid UTF-8: one check settles both. Anything else takes the full
-        // check and the escaping loop.
+        let bytes = self.take(n)?;
+        // Nearly every string (ids, paths, states) is ASCII with nothing to escape, which is
+        // also valid UTF-8: one check settles both. Anything else takes the full check and
+        // the escaping loop.
         let plain = plain(bytes);
         self.buf.push(b'"');
         if plain {
@@ -474,14 +317,15 @@ impl<S: Source, W: Write> Transcoder<'_, S, W> {
         } else if std::str::from_utf8(bytes).is_ok() {
             escape_into(&mut self.buf, bytes);
         } else {
-            return Err(invalid_at(start, "a string is not UTF-8"));
+            self.pos = start;
+            return Err(self.invalid("a string is not UTF-8"));
         }
         self.buf.push(b'"');
         Ok(())
     }
 
-    fn bytes(&mut self, n: usize) -> Result<(), Stop> {
-        let bytes = take(self.src, &mut self.pos, n)?;
+    fn bytes(&mut self, n: usize) -> io::Result<()> {
+        let bytes = self.take(n)?;
         self.buf.push(b'[');
         for (i, b) in bytes.iter().enumerate() {
             if i > 0 {
@@ -496,8 +340,10 @@ impl<S: Source, W: Write> Transcoder<'_, S, W> {
 }
 
 /// Whether `bytes` can be copied into a JSON string as they are: ASCII (so valid UTF-8) with
-/// no control character, quote or backslash. Eight bytes at a time, as most strings here are
-/// short (keys, states) or ids and paths of a few dozen bytes.
+/// nothing JSON must escape (no byte below 0x20, no quote, no backslash; DEL passes, as
+/// serde_json leaves it too). Eight bytes at a time: the byte-at-a-time check it replaced was
+/// a fifth of transcoding a listing, most strings being keys, states, ids and paths of a few
+/// dozen bytes.
 fn plain(bytes: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
@@ -519,7 +365,8 @@ fn plain(bytes: &[u8]) -> bool {
         }
         at += 8;
     }
-    // The bytes left over, as a word overlapping the last one checked.
+    // The bytes left over, as a word overlapping the last one checked: copying them into a
+    // padded word instead stalled on the store forwarding.
     at == bytes.len() || word_plain(word(bytes.len() - 8))
 }
 
@@ -643,85 +490,6 @@ mod tests {
                     assert_eq!(plain(&bytes), by_byte(&bytes), "{bytes:?}");
                 }
             }
-        }
-    }
-
-    /// Hands out at most three bytes per read, then whatever follows the frame.
-    struct Dribble<'a>(&'a [u8]);
-
-    impl Read for Dribble<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = buf.len().min(self.0.len()).min(1 + self.0.len() % 3);
-            buf[..n].copy_from_slice(&self.0[..n]);
-            self.0 = &self.0[n..];
-            Ok(n)
-        }
-    }
-
-    /// Transcodes `msgpack` streamed from a reader that dribbles, starting from a window of
-    /// its first `first` bytes, with `after` following it in the reader; returns the outcome,
-    /// the output, and what the reader still holds after draining.
-    fn streamed(
-        msgpack: &[u8],
-        first: usize,
-        after: &[u8],
-    ) -> (Result<(), String>, String, Vec<u8>) {
-        let mut input = msgpack[first..].to_vec();
-        input.extend_from_slice(after);
-        let mut reader = Dribble(&input);
-        let mut src = Streamed::new(
-            &mut reader,
-            msgpack[..first].to_vec(),
-            0,
-            msgpack.len() - first,
-        );
-        let mut out = Vec::new();
-        let result = match transcode(&mut src, &mut out) {
-            Ok(()) => Ok(()),
-            Err(Stop::Invalid(m)) => Err(m),
-            Err(stop) => panic!("{stop:?}"),
-        };
-        src.drain().unwrap();
-        (result, String::from_utf8(out).unwrap(), reader.0.to_vec())
-    }
-
-    #[test]
-    fn a_value_read_in_pieces_is_written_as_from_memory() {
-        let listing = json!({
-            "sessions": (0..200).map(|i| json!({
-                "id": format!("{i:036}"),
-                "name": "ünï \"q\" ".repeat(i % 7),
-                "long": "x".repeat(i * 37),
-                "n": i,
-            })).collect::<Vec<_>>(),
-            "current": null,
-        });
-        let msgpack = rmp_serde::to_vec_named(&listing).unwrap();
-        for first in [1, 5, 64, 1000] {
-            let (result, text, rest) = streamed(&msgpack, first, b"next");
-            assert_eq!(result, Ok(()));
-            assert_eq!(text, serde_json::to_string_pretty(&listing).unwrap());
-            assert_eq!(rest, b"next", "read past the frame");
-        }
-    }
-
-    #[test]
-    fn a_streamed_value_is_refused_as_from_memory_and_the_frame_drained() {
-        let cases: [&[u8]; 5] = [
-            &[0x92, 0x01, 0xa2, 0xff, 0xfe],
-            &[0x93, 0x01, 0xd4, 1, 0],
-            &[0x82, 0xa1, b'a', 0x01, 0x01, 0x02],
-            &[0x91, 0x01, 0x02, 0x03],
-            &[0xdb, 0, 0, 0, 9, b'a'],
-        ];
-        for bytes in cases {
-            let from_memory = pretty(bytes).unwrap_err().to_string();
-            let (result, _, rest) = streamed(bytes, 1, b"next");
-            assert_eq!(result, Err(from_memory), "{bytes:?}");
-            assert_eq!(
-                rest, b"next",
-                "{bytes:?}: the frame was not drained exactly"
-            );
         }
     }
 

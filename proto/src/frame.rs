@@ -88,24 +88,6 @@ pub fn check_len(header: [u8; HEADER_LEN], max: usize) -> Result<usize, FrameErr
 /// Reads one frame's payload from a blocking reader. Returns `Ok(None)` on a clean end of
 /// stream before the first byte of a frame.
 pub fn read_frame(reader: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
-    let Some(len) = read_header(reader, max)? else {
-        return Ok(None);
-    };
-    let mut payload = Vec::with_capacity(len.min(64 * 1024));
-    reader.take(len as u64).read_to_end(&mut payload)?;
-    if payload.len() != len {
-        return Err(FrameError::Truncated {
-            got: payload.len(),
-            want: len,
-        });
-    }
-    Ok(Some(payload))
-}
-
-/// Reads a frame's length prefix from a blocking reader, leaving its payload to be read, and
-/// refuses a length over `max`. Returns `Ok(None)` on a clean end of stream before the first
-/// byte of a frame.
-pub fn read_header(reader: &mut impl Read, max: usize) -> Result<Option<usize>, FrameError> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -122,7 +104,16 @@ pub fn read_header(reader: &mut impl Read, max: usize) -> Result<Option<usize>, 
             Err(e) => return Err(e.into()),
         }
     }
-    check_len(header, max).map(Some)
+    let len = check_len(header, max)?;
+    let mut payload = Vec::with_capacity(len.min(64 * 1024));
+    reader.take(len as u64).read_to_end(&mut payload)?;
+    if payload.len() != len {
+        return Err(FrameError::Truncated {
+            got: payload.len(),
+            want: len,
+        });
+    }
+    Ok(Some(payload))
 }
 
 /// Async frame reading over tokio, for the daemon and the async client.

@@ -65,7 +65,7 @@ fn main() -> ExitCode {
         }
     }
     match last.as_deref().map(FrameHead::decode) {
-        Some(Ok(head)) if head.kind == "response" => ExitCode::SUCCESS,
+        Some(Ok(head)) if head.kind == "response" && head.id == Some(1) => ExitCode::SUCCESS,
         _ => {
             eprintln!("sessiond-floor: the daemon did not answer with a response");
             ExitCode::FAILURE

@@ -277,6 +277,10 @@ pub enum Command {
     Daemon(DaemonCommand),
 }
 
+// Each subcommand's arguments are a struct of their own so that `SUBCOMMANDS` can build one
+// subcommand without the others. Their help lives on the variants above: plain comments
+// here, as a doc comment on a struct would become the subcommand's long help.
+
 #[derive(Debug, Args)]
 pub struct NewArgs {
     /// Project root [default: the enclosing git repository of the current directory, else
@@ -466,12 +470,26 @@ mod tests {
     fn shape(c: &clap::Command) -> Vec<String> {
         let mut lines: Vec<String> = c.get_arguments().map(|a| format!("{a:?}")).collect();
         lines.sort();
-        lines.push(format!(
-            "subcommand_required={} arg_required_else_help={} trailing={} args_conflict={}",
-            c.is_subcommand_required_set(),
+        // Every setting that steers parsing (the rest only shape help).
+        let settings = [
+            c.is_no_binary_name_set(),
+            c.is_dont_delimit_trailing_values_set(),
             c.is_arg_required_else_help_set(),
+            c.is_allow_negative_numbers_set(),
+            c.is_trailing_var_arg_set(),
+            c.is_allow_missing_positional_set(),
+            c.is_subcommand_required_set(),
             c.is_allow_external_subcommands_set(),
             c.is_args_conflicts_with_subcommands_set(),
+            c.is_subcommand_precedence_over_arg_set(),
+            c.is_subcommand_negates_reqs_set(),
+            c.is_multicall_set(),
+        ];
+        lines.push(format!(
+            "settings {settings:?} aliases {:?} short {:?} long {:?}",
+            c.get_all_aliases().collect::<Vec<_>>(),
+            c.get_short_flag(),
+            c.get_long_flag(),
         ));
         for sub in c.get_subcommands().filter(|s| s.get_name() != "help") {
             lines.push(format!("subcommand {}", sub.get_name()));

@@ -7,7 +7,7 @@
 use std::io::{self, Write};
 
 use serde::Serialize;
-use sessiond_client::ClientError;
+use sessiond_client::{ClientError, RawResult};
 
 /// Where and how a command prints.
 pub struct Out {
@@ -35,21 +35,17 @@ impl Out {
 }
 
 impl Out {
-    /// Prints a result as JSON that `write` passes through from the daemon's MessagePack as
-    /// it arrives (`BlockingClient::call_json`), without decoding it into typed values:
-    /// `--json` output is the result exactly as PROTOCOL.md describes it, so the two forms
-    /// carry the same fields.
-    pub fn emit_streamed(
-        &self,
-        write: impl FnOnce(&mut io::StdoutLock<'static>) -> Result<io::Result<()>, ClientError>,
-    ) -> Result<(), ClientError> {
+    /// Prints a result as JSON straight from the daemon's MessagePack, without decoding it
+    /// into typed values first (see `RawResult`): `--json` output is the result exactly as
+    /// PROTOCOL.md describes it, so the two forms carry the same fields.
+    pub fn emit_raw(&self, raw: &RawResult) -> Result<(), ClientError> {
         let mut lock = io::stdout().lock();
-        let written = write(&mut lock)?;
-        finish(
-            written
-                .and_then(|()| writeln!(lock))
-                .and_then(|()| lock.flush()),
-        )
+        match raw.write_json(&mut lock).and_then(|()| writeln!(lock)) {
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                Err(ClientError::Protocol(e.to_string()))
+            }
+            result => finish(result.and_then(|()| lock.flush())),
+        }
     }
 }
 

@@ -59,7 +59,7 @@ pub fn run(
             if out.json {
                 // Passed through, not decoded: most of a long listing's cost is building
                 // typed records only to serialize them again.
-                return out.emit_streamed(|w| client.call_json::<List>(params, w));
+                return out.emit_raw(&client.call_raw::<List>(params)?);
             }
             let result = client.call::<List>(params)?;
             out.emit(&result, |w| {
