@@ -10,7 +10,6 @@
 //! digits is exactly the integer range [p·2^(128−4k), (p+1)·2^(128−4k)), so a prefix lookup is
 //! one range scan with no per-session strings.
 
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -75,8 +74,16 @@ pub struct StartOrder {
     pub provider_session_id: Option<String>,
 }
 
-/// Where a session sorts in a listing: most recently active, then newest, then by id.
-type ListKey = (Reverse<(u64, u64)>, SessionId);
+/// A session's place in a listing as two integers: most recently active first, then newest
+/// (both times inverted), then by id (its 128 bits in the byte order `Uuid`'s own ordering
+/// uses). Comparing two `u128`s is a few instructions; the tuple of times and a 16-byte array
+/// it replaced made the sort a fifth of a 10,000-session `list`.
+type ListKey = (u128, u128);
+
+fn list_key(s: &Session) -> ListKey {
+    let times = ((u64::MAX - s.last_active_at) as u128) << 64 | (u64::MAX - s.created_at) as u128;
+    (times, s.id.0.as_u128())
+}
 
 /// A `list` answer borrowing the registry's records; it serializes exactly as
 /// [`ListResult`], which is what clients decode it as. Encode it while the registry is held.
@@ -705,7 +712,7 @@ impl Registry {
             .filter(|s| p.provider.as_deref().is_none_or(|p| *s.provider == *p))
             .filter(|s| p.name.is_none() || s.name == p.name)
             .filter(|s| state.is_none_or(|st| s.phase.as_str() == st || s.activity.as_str() == st))
-            .map(|s| ((Reverse((s.last_active_at, s.created_at)), s.id), s))
+            .map(|s| (list_key(s), s))
             .collect();
         // Unstable is exact here: no two entries share an id.
         matched.sort_unstable_by_key(|(key, _)| *key);
@@ -1805,6 +1812,35 @@ mod tests {
         .unwrap()
         .0
         .id
+    }
+
+    /// The packed key orders a listing exactly as its definition: most recently active
+    /// first, then newest, then by id, with times that tie in every combination.
+    #[test]
+    fn listing_order_is_activity_then_creation_then_id() {
+        let (mut r, dir) = registry();
+        let ids: Vec<SessionId> = (0..60).map(|_| create(&mut r, dir.path(), None)).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let s = r.sessions.get_mut(id).unwrap();
+            // Three activity times, four creation times, across the full u64 range's edges.
+            s.last_active_at = [0, 1_700_000_000_000, u64::MAX][i % 3];
+            s.created_at = [0, 5, 1_700_000_000_000, u64::MAX - 1][(i / 3) % 4];
+        }
+        let listed: Vec<SessionId> = r
+            .list(&ListParams::default())
+            .unwrap()
+            .sessions
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        let mut expected: Vec<&Session> = r.sessions.values().collect();
+        expected.sort_by(|a, b| {
+            (b.last_active_at, b.created_at)
+                .cmp(&(a.last_active_at, a.created_at))
+                .then(a.id.cmp(&b.id))
+        });
+        let expected: Vec<SessionId> = expected.iter().map(|s| s.id).collect();
+        assert_eq!(listed, expected);
     }
 
     #[test]
