@@ -499,21 +499,18 @@ fn a_large_listing_prints_whole_to_a_slow_reader_and_a_closed_pipe_is_no_error()
             .spawn()
             .expect("spawn sessionctl")
     };
+    // Waits for sessionctl; it must have exited 0 and said nothing on stderr.
+    let quietly_succeeded = |child: std::process::Child| {
+        let out = child.wait_with_output().expect("sessionctl exits");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{:?}: {stderr}", out.status);
+        assert!(stderr.is_empty(), "{stderr}");
+        out
+    };
     // Read nothing for three write timeouts, then everything.
     let slow = spawn();
     std::thread::sleep(std::time::Duration::from_millis(900));
-    let out = slow.wait_with_output().expect("sessionctl exits");
-    assert!(
-        out.status.success(),
-        "{:?}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = quietly_succeeded(slow);
     let printed: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("one JSON document");
     assert_eq!(printed, typed);
@@ -523,18 +520,7 @@ fn a_large_listing_prints_whole_to_a_slow_reader_and_a_closed_pipe_is_no_error()
     let mut head = [0u8; 100];
     std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut head).expect("first bytes");
     drop(child.stdout.take());
-    let out = child.wait_with_output().expect("sessionctl exits");
-    assert!(
-        out.status.success(),
-        "{:?}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    quietly_succeeded(child);
 }
 
 #[test]
