@@ -201,11 +201,7 @@ fn usage(why: &str) -> std::process::ExitCode {
 /// the daemon's pid, then waits for stdin to close; the temp dirs go with it.
 fn serve_populated(n: usize) -> Result<(), String> {
     let bins = Binaries::locate()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let rt = runtime()?;
     let mut subject = Subject::new(&bins)?;
     subject.start()?;
     subject.add_sessions(&rt, n);
@@ -284,13 +280,18 @@ fn compare(against: &str, ours: &Summary, theirs: Summary) -> Comparison {
 
 type Report = (Vec<Row>, Vec<Scalar>, Vec<String>);
 
-fn run(plan: &Plan) -> Result<Report, String> {
-    let bins = Binaries::locate()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// The runtime the library-driven figures and the populating run on.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+fn run(plan: &Plan) -> Result<Report, String> {
+    let bins = Binaries::locate()?;
+    let rt = runtime()?;
     let mut rows = Vec::new();
     let mut scalars = Vec::new();
     let mut notes = Vec::new();

@@ -180,37 +180,15 @@ impl<'a, W: Write> Transcoder<'a, W> {
             0xc0 => self.buf.extend_from_slice(b"null"),
             0xc2 => self.buf.extend_from_slice(b"false"),
             0xc3 => self.buf.extend_from_slice(b"true"),
-            0xcc => {
-                let n = self.be(1)?;
+            0xcc..=0xcf => {
+                let n = self.be(1 << (marker - 0xcc))?;
                 self.uint(n)
             }
-            0xcd => {
-                let n = self.be(2)?;
-                self.uint(n)
-            }
-            0xce => {
-                let n = self.be(4)?;
-                self.uint(n)
-            }
-            0xcf => {
-                let n = self.be(8)?;
-                self.uint(n)
-            }
-            0xd0 => {
-                let n = self.be(1)? as u8 as i8 as i64;
-                self.int(n)
-            }
-            0xd1 => {
-                let n = self.be(2)? as u16 as i16 as i64;
-                self.int(n)
-            }
-            0xd2 => {
-                let n = self.be(4)? as u32 as i32 as i64;
-                self.int(n)
-            }
-            0xd3 => {
-                let n = self.be(8)? as i64;
-                self.int(n)
+            0xd0..=0xd3 => {
+                // Big-endian two's complement of 1, 2, 4 or 8 bytes, sign-extended.
+                let bits = 8 << (marker - 0xd0);
+                let raw = self.be(bits / 8)?;
+                self.int(((raw << (64 - bits)) as i64) >> (64 - bits))
             }
             0xca => {
                 let bits = self.be(4)? as u32;
@@ -432,6 +410,7 @@ mod tests {
             json!(127),
             json!(128),
             json!(255),
+            json!(1_000),
             json!(65_536),
             json!(u64::MAX),
             json!(-1),
@@ -439,6 +418,7 @@ mod tests {
             json!(-33),
             json!(-129),
             json!(-40_000),
+            json!(-3_000_000_000i64),
             json!(i64::MIN),
             json!(1.5),
             json!(-0.25),
