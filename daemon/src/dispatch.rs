@@ -56,9 +56,9 @@ pub enum Reply<T> {
     Now(T),
     /// Answer once this commit is durable (or fail the request if it is not).
     AfterCommit(T, Commit),
-    /// Answer now with this frame, which the handler encoded (with [`response_frame`]) from
-    /// a view borrowing the registry, because copying the records out first would cost more
-    /// than encoding them. It must decode as a response carrying `T`.
+    /// Answer now with this frame, which the handler encoded itself straight from the
+    /// registry's records (`listing`), because copying them out first would cost more than
+    /// encoding them. It must decode as a response carrying `T`.
     Frame(Vec<u8>),
     /// Answer when this resolves (a read the store thread runs after earlier writes).
     Deferred(Pin<Box<dyn Future<Output = HandlerResult<T>> + Send>>),
@@ -228,13 +228,7 @@ fn answer<R: serde::Serialize + Send + 'static>(
 }
 
 fn response_frame<R: serde::Serialize>(id: u64, result: &R) -> Vec<u8> {
-    response_frame_sized(id, result, 64)
-}
-
-/// [`response_frame`] into a buffer of `capacity` bytes, so a large answer is not copied
-/// each time its buffer doubles.
-pub fn response_frame_sized<R: serde::Serialize>(id: u64, result: &R, capacity: usize) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(capacity);
+    let mut buf = Vec::with_capacity(64);
     match frame::encode_into(&mut buf, &Response::new(id, result)) {
         Ok(()) => buf,
         Err(e) => {

@@ -28,6 +28,7 @@ pub mod control;
 pub mod dispatch;
 pub mod events;
 pub mod instance;
+pub mod listing;
 pub mod logging;
 /// The per-session ownership files, shared with clients through the protocol crate.
 pub use sessiond_proto::ownership;

@@ -14,8 +14,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::Serialize;
-
 use sessiond_proto::methods::{
     CreateParams, ListParams, RenameParams, SessionParams, SwitchResult,
 };
@@ -24,6 +22,7 @@ use sessiond_proto::ErrorCode;
 
 use crate::dispatch::RequestError;
 use crate::events::EventBus;
+use crate::listing::Listing;
 use crate::provider::ProviderConfig;
 use crate::session::Session;
 use crate::store::{Commit, ContextRow, Loaded, Store, Write};
@@ -83,15 +82,6 @@ type ListKey = (u128, u128);
 fn list_key(s: &Session) -> ListKey {
     let times = ((u64::MAX - s.last_active_at) as u128) << 64 | (u64::MAX - s.created_at) as u128;
     (times, s.id.0.as_u128())
-}
-
-/// A `list` answer borrowing the registry's records; it serializes exactly as
-/// [`ListResult`], which is what clients decode it as. Encode it while the registry is held.
-#[derive(Debug, Serialize)]
-pub struct Listing<'a> {
-    pub sessions: Vec<&'a Session>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub current: Option<SessionId>,
 }
 
 /// All sessions and contexts.

@@ -2,14 +2,11 @@
 //! through. The registry owns the records; this module only says which moves are legal, so an
 //! invalid transition is an error at the one place that can make it, never a silent overwrite.
 //!
-//! A session also serializes itself in the wire shape of [`SessionInfo`], borrowing its fields,
-//! so a listing of thousands of sessions is encoded straight from the registry instead of first
-//! being copied into owned records (which cost more than the encoding itself).
+//! A listing is written straight from these records (see `listing`), not from copies made
+//! with [`Session::info`].
 
-use std::cell::RefCell;
 use std::sync::Arc;
 
-use serde::{Serialize, Serializer};
 use sessiond_proto::session::{Activity, Phase, SessionId, SessionInfo};
 
 /// One session, as the registry holds it.
@@ -35,79 +32,6 @@ pub struct Session {
     pub queue_length: u32,
 }
 
-/// The wire shape of [`SessionInfo`] over borrowed fields; field order, names and omissions
-/// must stay those of `SessionInfo` (the test `serializes_exactly_like_its_info` holds them
-/// together). `owner` is never part of a record the registry produces, so it is absent here.
-#[derive(Serialize)]
-struct InfoView<'a> {
-    id: SessionId,
-    scope: Scope<'a>,
-    provider: &'a str,
-    project: &'a str,
-    cwd: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
-    phase: Phase,
-    activity: Activity,
-    created_at: u64,
-    updated_at: u64,
-    last_active_at: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parent_id: Option<SessionId>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    provider_session_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    aliases: &'a [String],
-    queue_length: u32,
-}
-
-impl Serialize for Session {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        InfoView {
-            id: self.id,
-            scope: Scope(self),
-            provider: &self.provider,
-            project: &self.project,
-            cwd: &self.cwd,
-            name: self.name.as_deref(),
-            phase: self.phase,
-            activity: self.activity,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-            last_active_at: self.last_active_at,
-            parent_id: self.parent_id,
-            provider_session_id: self.provider_session_id.as_deref(),
-            aliases: &self.aliases,
-            queue_length: self.queue_length,
-        }
-        .serialize(serializer)
-    }
-}
-
-/// A session's `project::provider::id`, assembled in a reused buffer: a serializer needs the
-/// whole string at once, and a fresh allocation per session is most of a listing's cost.
-struct Scope<'a>(&'a Session);
-
-thread_local! {
-    static SCOPE_BUFFER: RefCell<String> = const { RefCell::new(String::new()) };
-}
-
-impl Serialize for Scope<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let s = self.0;
-        SCOPE_BUFFER.with_borrow_mut(|buf| {
-            buf.clear();
-            buf.push_str(&s.project);
-            buf.push_str("::");
-            buf.push_str(&s.provider);
-            buf.push_str("::");
-            let mut id = uuid::Uuid::encode_buffer();
-            buf.push_str(s.id.0.hyphenated().encode_lower(&mut id));
-            serializer.serialize_str(buf)
-        })
-    }
-}
-
 /// A refused transition, worded for the user.
 #[derive(Debug, PartialEq, Eq)]
 pub struct InvalidTransition(pub String);
@@ -118,8 +42,7 @@ impl Session {
         format!("{}::{}::{}", self.project, self.provider, self.id)
     }
 
-    /// The record as clients see it (without the owner, which `get` adds). Serializing the
-    /// session itself gives the same bytes without the copies.
+    /// The record as clients see it (without the owner, which `get` adds).
     pub fn info(&self) -> SessionInfo {
         SessionInfo {
             id: self.id,
@@ -252,50 +175,6 @@ mod tests {
         assert!(!activity_allowed(Activity::Idle, Activity::Running));
         assert!(!activity_allowed(Activity::Attached, Activity::Starting));
         assert!(!activity_allowed(Activity::Idle, Activity::Idle));
-    }
-
-    fn session(full: bool) -> Session {
-        Session {
-            id: SessionId::new_v4(),
-            provider: "claude".into(),
-            project: "/srv/a project/ünï".into(),
-            cwd: "/srv/a project/ünï/sub".into(),
-            name: full.then(|| "fix \"the\" bug".to_string()),
-            phase: Phase::Bound,
-            activity: Activity::Running,
-            created_at: 1,
-            updated_at: 2,
-            last_active_at: u64::MAX,
-            parent_id: full.then(SessionId::new_v4),
-            provider_session_id: full.then(|| "prov-1".to_string()),
-            aliases: if full {
-                vec!["old-1".into(), "old-2".into()]
-            } else {
-                vec![]
-            },
-            queue_length: 70_000,
-        }
-    }
-
-    #[test]
-    fn serializes_exactly_like_its_info() {
-        for full in [false, true] {
-            let s = session(full);
-            assert_eq!(
-                rmp_serde::to_vec_named(&s).unwrap(),
-                rmp_serde::to_vec_named(&s.info()).unwrap(),
-                "MessagePack differs (optional fields set: {full})"
-            );
-            assert_eq!(
-                serde_json::to_string(&s).unwrap(),
-                serde_json::to_string(&s.info()).unwrap(),
-                "JSON differs (optional fields set: {full})"
-            );
-            // And decodes as the record clients read.
-            let back: SessionInfo = rmp_serde::from_slice(&rmp_serde::to_vec_named(&s).unwrap())
-                .expect("decodes as SessionInfo");
-            assert_eq!(back, s.info());
-        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use sessiond_proto::ErrorCode;
 
 use crate::conn::Conn;
 use crate::context::Daemon;
-use crate::dispatch::{self, HandlerResult, Reply, RequestError};
+use crate::dispatch::{HandlerResult, Reply, RequestError};
 use crate::events::{SubscribeError, MAX_FILTER_ENTRIES, MAX_SUBSCRIPTIONS};
 use crate::ownership::OwnerStatus;
 use crate::store::Commit;
@@ -40,12 +40,8 @@ pub fn list(
 ) -> HandlerResult<Reply<ListResult>> {
     let registry = ctx.registry();
     let listing = registry.list(&p)?;
-    // Encoded while the registry is held, straight from its records (see `Reply::Frame`);
-    // sized from what a typical record takes, so the buffer rarely grows.
-    let capacity = 256 + listing.sessions.len() * 384;
-    Ok(Reply::Frame(dispatch::response_frame_sized(
-        id, &listing, capacity,
-    )))
+    // Encoded while the registry is held, straight from its records (see `Reply::Frame`).
+    Ok(Reply::Frame(listing.response_frame(id)))
 }
 
 pub fn get(
