@@ -41,7 +41,8 @@ pub struct DaemonConfig {
     /// How long shutdown waits for requests in flight before exiting anyway.
     pub shutdown_grace_ms: u64,
     /// How often the daemon checks that its socket file still exists (a /tmp cleaner may
-    /// delete it) and recreates it if not.
+    /// delete it) and recreates it if not; the same tick hands back the memory of large
+    /// answers once a whole interval has passed without one.
     pub socket_check_interval_ms: u64,
     /// Log filter when neither `--log-level` nor `SESSIOND_LOG` is given.
     pub log_level: Option<String>,

@@ -529,7 +529,7 @@ async fn write_loop(
             }
         }
         match tokio::time::timeout(ctx.config.write_timeout(), w.write_all(&bytes)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => ctx.note_answer_written(bytes.len()),
             Ok(Err(_)) => return Err("client went away"),
             Err(_) => {
                 warn!(

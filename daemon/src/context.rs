@@ -3,7 +3,7 @@
 //! alone owns session state.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -49,6 +49,8 @@ pub struct Daemon {
     /// Start orders for the runner.
     orders: Orders,
     connections: AtomicU32,
+    /// Answers of [`LARGE_ANSWER`] bytes or more written so far (see [`Self::large_answers`]).
+    large_answers: AtomicU64,
     shutdown: ShutdownSignal,
     /// Every session and context. Behind a mutex only so that handlers on the event loop can
     /// reach it: the daemon serves on one thread, so it is never contended, and no code holds
@@ -70,6 +72,7 @@ impl Daemon {
             providers: parts.providers,
             orders: parts.orders,
             connections: AtomicU32::new(0),
+            large_answers: AtomicU64::new(0),
             shutdown: ShutdownSignal::new(),
             registry: Mutex::new(parts.registry),
         }
@@ -118,7 +121,24 @@ impl Daemon {
     pub fn connection_count(&self) -> u32 {
         self.connections.load(Ordering::Acquire)
     }
+
+    /// Counts an answer of `len` bytes written to a client, if it is a large one.
+    pub fn note_answer_written(&self, len: usize) {
+        if len >= LARGE_ANSWER {
+            self.large_answers.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many large answers have been written: the housekeeping tick hands freed memory
+    /// back to the system once this stops changing.
+    pub fn large_answers(&self) -> u64 {
+        self.large_answers.load(Ordering::Relaxed)
+    }
 }
+
+/// An answer this large (a listing of a few thousand sessions) leaves a freed buffer of its
+/// size that the allocator keeps for reuse rather than returning.
+pub const LARGE_ANSWER: usize = 1024 * 1024;
 
 /// A counted connection; dropping it frees the slot.
 pub struct ConnectionSlot<'a> {

@@ -29,6 +29,20 @@ mod unix {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use nix::unistd::{fork, setsid, ForkResult, Pid};
 
+    /// Hands memory the allocator holds free back to the system. glibc keeps a freed buffer
+    /// of a few megabytes (a large listing's) for reuse, having raised its own thresholds
+    /// after the first such buffer, so without this an idle daemon keeps the memory of its
+    /// largest recent answer: 3–4 MB with 10,000 sessions. Other allocators return it on
+    /// their own.
+    pub fn return_free_memory() {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only walks the allocator's free lists, under the allocator's
+        // own locks, like any malloc call; it has no arguments that could be wrong.
+        unsafe {
+            nix::libc::malloc_trim(0);
+        }
+    }
+
     /// The effective uid and pid of the process at the other end of a connection.
     pub fn peer_identity(stream: &Stream) -> io::Result<(Option<u32>, Option<u32>)> {
         let creds = stream.peer_creds()?;

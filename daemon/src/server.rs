@@ -4,7 +4,7 @@
 //! Binding assumes the instance lock is held (see `instance`): with it, any file at the socket
 //! path is a leftover of a dead daemon and is replaced. While serving, a slow housekeeping tick
 //! checks that the socket file is still ours (a /tmp cleaner may delete it, tmux #1036) and
-//! binds a fresh one if not. Shutdown stops accepting, removes the socket so no new client can
+//! binds a fresh one if not, and hands the memory of large answers back once they stop. Shutdown stops accepting, removes the socket so no new client can
 //! reach a dying daemon, and waits (up to `shutdown_grace`) for every connection to finish.
 
 use std::io;
@@ -18,6 +18,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::conn;
 use crate::context::Daemon;
+use crate::platform;
 use crate::shutdown::Drain;
 
 /// A bound socket and the identity of its file, to notice when the file is replaced.
@@ -97,6 +98,9 @@ pub async fn serve(ctx: Arc<Daemon>, mut bound: Bound, lock_identity: Option<(u6
     let mut tick = tokio::time::interval(ctx.config.socket_check_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate
+                       // Large answers seen at the last tick, and whether memory may be waiting to go back.
+    let mut large_answers = ctx.large_answers();
+    let mut memory_to_return = false;
     let mut next_conn: u64 = 0;
     loop {
         tokio::select! {
@@ -121,6 +125,17 @@ pub async fn serve(ctx: Arc<Daemon>, mut bound: Bound, lock_identity: Option<(u6
                     );
                     ctx.trigger_shutdown("runtime directory removed");
                     continue;
+                }
+                // A large answer (a listing of thousands of sessions) leaves megabytes the
+                // allocator keeps for the next one. Keep them while such answers keep coming;
+                // a full tick without one, and an idle daemon gives them back.
+                let answers = ctx.large_answers();
+                if answers != large_answers {
+                    large_answers = answers;
+                    memory_to_return = true;
+                } else if memory_to_return {
+                    memory_to_return = false;
+                    platform::return_free_memory();
                 }
                 if file_id(&socket) != bound.file_id || bound.file_id.is_none() {
                     warn!(socket = %socket.display(), "socket file vanished or was replaced; recreating it");

@@ -605,6 +605,16 @@ pub fn process_running(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() && !zombie
 }
 
+/// A process's resident memory in KiB; panics, naming the pid, if the process is gone.
+pub fn rss_kb(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("process {pid} is gone: {e}"))
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
 /// The pid a test's command wrote to `path` (`echo $$ > path`), once it is all there (the
 /// shell creates the file before it writes the number).
 pub fn pid_written_to(path: &Path) -> i32 {

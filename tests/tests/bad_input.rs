@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use sessiond_proto::ErrorCode;
 use sessiond_tests::report::Row;
-use sessiond_tests::{kind, RawConn, Sandbox};
+use sessiond_tests::{kind, rss_kb, RawConn, Sandbox};
 
 /// A second client that must keep getting answers while the first misbehaves.
 fn assert_still_serving(sb: &Sandbox) {
@@ -64,20 +64,11 @@ fn garbage_bytes_get_an_error_and_other_clients_are_served() {
     .record();
 }
 
-fn vm_rss_kb(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn four_gib_length_header_is_refused_without_buffering() {
     let sb = Sandbox::new();
     let daemon = sb.start_daemon();
-    let before = vm_rss_kb(daemon.pid());
+    let before = rss_kb(daemon.pid());
     for _ in 0..20 {
         let mut conn = sb.raw();
         conn.handshake();
@@ -89,7 +80,7 @@ fn four_gib_length_header_is_refused_without_buffering() {
         conn.expect_closed();
     }
     // Twenty 4 GiB claims must not have cost anything like even one 8 MiB frame.
-    let after = vm_rss_kb(daemon.pid());
+    let after = rss_kb(daemon.pid());
     assert!(
         after < before + 4096,
         "daemon RSS grew from {before} kB to {after} kB"

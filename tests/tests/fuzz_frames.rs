@@ -12,7 +12,7 @@ use sessiond_proto::envelope::{Hello, Request};
 use sessiond_proto::methods::{CreateParams, SetLogLevelParams, SubmitParams};
 use sessiond_proto::{frame, PROTOCOL_VERSION};
 use sessiond_tests::report::Row;
-use sessiond_tests::{kind, Sandbox};
+use sessiond_tests::{kind, rss_kb, Sandbox};
 
 /// A few real request frames to mutate.
 fn seeds(project: &str) -> Vec<Vec<u8>> {
@@ -155,15 +155,6 @@ fn exchange(sb: &Sandbox, damaged: &[u8]) -> Result<Outcome, String> {
             Err(e) => return Err(format!("unreadable answer: {e}")),
         }
     }
-}
-
-fn rss_kb(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[test]

@@ -16,7 +16,9 @@ use serde_json::{json, Value};
 use sessiond_proto::envelope::ErrorFrame;
 use sessiond_proto::{frame, ErrorCode};
 use sessiond_tests::report::Row;
-use sessiond_tests::{as_json, eventually, kind, process_running, CtlOutput, Sandbox, WAIT};
+use sessiond_tests::{
+    as_json, eventually, kind, process_running, rss_kb, CtlOutput, Sandbox, WAIT,
+};
 
 /// A gigabyte through a debug-build daemon on a loaded two-core machine takes seconds, not
 /// the harness's usual ten.
@@ -211,16 +213,6 @@ fn assert_group_gone(pgid: i32) {
     });
 }
 
-fn vm_rss_kb(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("the daemon (pid {pid}) is gone: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
 /// What a [`Watch`] saw.
 #[derive(Default)]
 struct Seen {
@@ -250,7 +242,7 @@ impl Watch {
                 let (_, answer) = conn.call(id, "ping", json!({}));
                 assert_eq!(kind(&answer), "response", "{}", as_json(&answer));
                 seen.pings += 1;
-                seen.max_rss_kb = seen.max_rss_kb.max(vm_rss_kb(daemon_pid));
+                seen.max_rss_kb = seen.max_rss_kb.max(rss_kb(daemon_pid));
                 std::thread::sleep(Duration::from_millis(10));
             }
             seen
@@ -708,7 +700,7 @@ fn gigabyte_line(output: &str) -> (Seen, f64, u64) {
     let project = session(&sb, "flood", "flood");
     session(&sb, "bystander", "shell");
     let _reaper = Reaper::of(&project, &["worker.pid"]);
-    let rss_before = vm_rss_kb(daemon.pid());
+    let rss_before = rss_kb(daemon.pid());
     let watch = Watch::start(&sb, daemon.pid());
     let turn = submit(
         &sb,

@@ -524,6 +524,37 @@ fn a_large_listing_prints_whole_to_a_slow_reader_and_a_closed_pipe_is_no_error()
 }
 
 #[test]
+fn an_idle_daemon_gives_back_the_memory_of_a_large_listing() {
+    use sessiond_proto::methods::{List, ListParams};
+    let sb = Sandbox::with_config("[daemon]\nsocket_check_interval_ms = 200\n");
+    let daemon = sb.start_daemon();
+    let project = sb.project("big");
+    let opts = sb.connect_options();
+    // About 2.5 MB of answer: well past the size the allocator hands straight back.
+    tokio_runtime().block_on(create_sessions(&opts, &project, 8_000));
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let before = sessiond_tests::rss_kb(daemon.pid());
+    let mut client = sessiond_client::BlockingClient::connect(&opts).expect("connect");
+    for _ in 0..3 {
+        let listing = client.call::<List>(ListParams::default()).expect("list");
+        assert_eq!(listing.sessions.len(), 8_000);
+    }
+    let after_listing = sessiond_tests::rss_kb(daemon.pid());
+    // Two full ticks with no large answer, then some slack for a loaded machine.
+    std::thread::sleep(std::time::Duration::from_millis(1_000));
+    let idle = sessiond_tests::rss_kb(daemon.pid());
+    assert!(
+        idle <= before + 1_024,
+        "resident memory {before} kB before three listings of 8,000 sessions, \
+         {after_listing} kB right after, still {idle} kB after a second idle"
+    );
+    // The connection is still served.
+    client
+        .call::<List>(ListParams::default())
+        .expect("list again");
+}
+
+#[test]
 fn regenerate_creates_a_child_and_makes_it_current() {
     let sb = Sandbox::new();
     let _daemon = sb.start_daemon();

@@ -581,12 +581,7 @@ fn a_flood_of_output_is_capped_and_slows_no_other_session() {
         stdout.len()
     );
     assert!(stdout.contains("[sessiond: this turn's output passed 1048576 bytes"));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
-    let rss_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
+    let rss_kb = sessiond_tests::rss_kb(daemon.pid());
     assert!(
         rss_kb < 64 * 1024,
         "daemon RSS {rss_kb} kB after a 30 MB flood"
