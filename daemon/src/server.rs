@@ -4,8 +4,9 @@
 //! Binding assumes the instance lock is held (see `instance`): with it, any file at the socket
 //! path is a leftover of a dead daemon and is replaced. While serving, a slow housekeeping tick
 //! checks that the socket file is still ours (a /tmp cleaner may delete it, tmux #1036) and
-//! binds a fresh one if not, and hands the memory of large answers back once they stop. Shutdown stops accepting, removes the socket so no new client can
-//! reach a dying daemon, and waits (up to `shutdown_grace`) for every connection to finish.
+//! binds a fresh one if not, and hands the memory of large answers back once they stop.
+//! Shutdown stops accepting, removes the socket so no new client can reach a dying daemon, and
+//! waits (up to `shutdown_grace`) for every connection to finish.
 
 use std::io;
 use std::path::Path;
@@ -98,7 +99,8 @@ pub async fn serve(ctx: Arc<Daemon>, mut bound: Bound, lock_identity: Option<(u6
     let mut tick = tokio::time::interval(ctx.config.socket_check_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate
-                       // Large answers seen at the last tick, and whether memory may be waiting to go back.
+
+    // Large answers seen at the last tick, and whether memory may be waiting to go back.
     let mut large_answers = ctx.large_answers();
     let mut memory_to_return = false;
     let mut next_conn: u64 = 0;
