@@ -759,11 +759,25 @@ fn commit<'a>(
     writes: impl Iterator<Item = &'a Write>,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
+    // Rows change in place (`ON CONFLICT … DO UPDATE`), not by `INSERT OR REPLACE`, which
+    // deletes and re-inserts and so rewrote every index entry of the row: a switch logged four
+    // pages to the WAL instead of two, a turn starting or ending four instead of two. Each
+    // page is written and fsynced before the client hears back.
     {
         let mut upsert_session = tx.prepare_cached(
-            "INSERT OR REPLACE INTO sessions (id, provider, project, cwd, name, phase, activity,
+            "INSERT INTO sessions (id, provider, project, cwd, name, phase, activity,
                 created_at, updated_at, last_active_at, parent_id, provider_session_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT (id) DO UPDATE SET provider = excluded.provider,
+                project = excluded.project, cwd = excluded.cwd, name = excluded.name,
+                phase = excluded.phase, activity = excluded.activity,
+                created_at = excluded.created_at, updated_at = excluded.updated_at,
+                last_active_at = excluded.last_active_at, parent_id = excluded.parent_id,
+                provider_session_id = excluded.provider_session_id",
+        )?;
+        let mut saved_aliases = tx.prepare_cached(
+            "SELECT provider_session_id FROM session_aliases WHERE session_id = ?1
+             ORDER BY position",
         )?;
         let mut clear_aliases =
             tx.prepare_cached("DELETE FROM session_aliases WHERE session_id = ?1")?;
@@ -772,9 +786,21 @@ fn commit<'a>(
              VALUES (?1, ?2, ?3)",
         )?;
         let mut upsert_turn = tx.prepare_cached(
-            "INSERT OR REPLACE INTO turns (turn_id, session_id, queue_order, prompt, kind, status,
+            "INSERT INTO turns (turn_id, session_id, queue_order, prompt, kind, status,
                 created_at, started_at, ended_at, exit_code, error, worker_pid, worker_start_time)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             ON CONFLICT (turn_id) DO UPDATE SET prompt = excluded.prompt,
+                kind = excluded.kind, status = excluded.status,
+                created_at = excluded.created_at, started_at = excluded.started_at,
+                ended_at = excluded.ended_at, exit_code = excluded.exit_code,
+                error = excluded.error, worker_pid = excluded.worker_pid,
+                worker_start_time = excluded.worker_start_time",
+        )?;
+        // SQLite rewrites an index whose column an UPDATE sets, even to the same value; so the
+        // upsert above leaves out `session_id` (a turn never moves) and `queue_order`, which
+        // changes only when a turn is promoted or steered past and is set here when it does.
+        let mut reorder_turn = tx.prepare_cached(
+            "UPDATE turns SET queue_order = ?2 WHERE turn_id = ?1 AND queue_order != ?2",
         )?;
         let mut add_output = tx.prepare_cached(
             "INSERT OR REPLACE INTO turn_output (turn_id, chunk, stream, data)
@@ -783,8 +809,10 @@ fn commit<'a>(
         let mut set_meta =
             tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
         let mut upsert_context = tx.prepare_cached(
-            "INSERT OR REPLACE INTO contexts (name, session_id, project, generation)
-             VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO contexts (name, session_id, project, generation)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name) DO UPDATE SET session_id = excluded.session_id,
+                project = excluded.project, generation = excluded.generation",
         )?;
         for write in writes {
             match write {
@@ -804,9 +832,16 @@ fn commit<'a>(
                         s.parent_id.map(|p| p.to_string()),
                         s.provider_session_id,
                     ])?;
-                    clear_aliases.execute(params![id])?;
-                    for (position, alias) in s.aliases.iter().enumerate() {
-                        add_alias.execute(params![id, alias, position as i64])?;
+                    // Most writes of a session leave its aliases as they were; rewriting
+                    // them anyway would log two more pages.
+                    let saved = saved_aliases
+                        .query_map(params![id], |row| row.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    if saved != s.aliases {
+                        clear_aliases.execute(params![id])?;
+                        for (position, alias) in s.aliases.iter().enumerate() {
+                            add_alias.execute(params![id, alias, position as i64])?;
+                        }
                     }
                 }
                 Write::Turn(t) => {
@@ -828,6 +863,7 @@ fn commit<'a>(
                         t.worker_pid.map(i64::from),
                         t.worker_start_time.map(|v| v as i64),
                     ])?;
+                    reorder_turn.execute(params![t.id.to_string(), t.order])?;
                 }
                 Write::Output {
                     turn,
@@ -896,6 +932,102 @@ mod tests {
         let (_store, loaded) = Store::open(dir.path()).unwrap();
         assert_eq!(loaded.sessions, vec![s]);
         assert_eq!(loaded.contexts, vec![ctx]);
+    }
+
+    fn queued_turn(session: SessionId) -> Turn {
+        Turn {
+            id: TurnId::new_v4(),
+            session,
+            order: 1,
+            prompt: "p".into(),
+            kind: TurnKind::Normal,
+            status: TurnStatus::Queued,
+            created_at: 10,
+            started_at: None,
+            ended_at: None,
+            exit_code: None,
+            error: None,
+            worker_pid: None,
+            worker_start_time: None,
+            output_chunks: 0,
+            output_bytes: 0,
+            output_truncated: false,
+            output_unsaved: 0,
+            stop: None,
+        }
+    }
+
+    fn wal_len(dir: &Path) -> u64 {
+        std::fs::metadata(dir.join(format!("{DB_FILE}-wal")))
+            .unwrap()
+            .len()
+    }
+
+    /// WAL frames (a 24-byte header and a 4 KiB page) appended since the WAL was `before`
+    /// bytes long; it only grows between checkpoints, and these tests stay far below one.
+    fn frames_since(dir: &Path, before: u64) -> u64 {
+        (wal_len(dir) - before) / (4096 + 24)
+    }
+
+    /// Every page a commit changes is written and fsynced before the client hears back, so a
+    /// switch must change only the two rows' pages, and a turn's status change only its row
+    /// and the one index on status, whatever other indexes the tables have.
+    #[test]
+    fn a_change_rewrites_rows_in_place_and_logs_only_their_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let mut s = session("a");
+        let mut ctx = ContextRow {
+            name: "default".into(),
+            session: Some(s.id),
+            project: Some("/p".into()),
+            generation: 1,
+        };
+        let mut turn = queued_turn(s.id);
+        let commit = |writes| store.write(writes).blocking_recv().unwrap().unwrap();
+        commit(vec![
+            Write::Session(s.clone()),
+            Write::Context(ctx.clone()),
+            Write::Turn(turn.clone()),
+        ]);
+
+        // A switch: the session's activity times and the context's pointer.
+        let before = wal_len(dir.path());
+        s.updated_at = 20;
+        s.last_active_at = 20;
+        ctx.generation = 2;
+        commit(vec![Write::Session(s.clone()), Write::Context(ctx.clone())]);
+        assert_eq!(frames_since(dir.path(), before), 2);
+
+        // A turn starting.
+        let before = wal_len(dir.path());
+        turn.status = TurnStatus::Running;
+        turn.started_at = Some(30);
+        turn.worker_pid = Some(4242);
+        commit(vec![Write::Turn(turn.clone())]);
+        assert_eq!(frames_since(dir.path(), before), 2);
+        // Promoted: its place in the queue changes too.
+        turn.order = -5;
+        commit(vec![Write::Turn(turn.clone())]);
+
+        // Every column was updated, not just kept from the first insert.
+        s.cwd = "/p/sub".into();
+        s.name = None;
+        s.phase = Phase::Archived;
+        s.provider_session_id = Some("p-3".into());
+        s.aliases = vec!["p-1".into(), "p-2".into(), "p-0".into()];
+        commit(vec![Write::Session(s.clone())]);
+        drop(store);
+        let (_store, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded.sessions, vec![s]);
+        assert_eq!(loaded.contexts, vec![ctx]);
+        let [running] = loaded.unsettled.as_slice() else {
+            panic!("one unsettled turn: {:?}", loaded.unsettled.len());
+        };
+        assert_eq!(running.id, turn.id);
+        assert_eq!(running.status, TurnStatus::Running);
+        assert_eq!(running.worker_pid, Some(4242));
+        assert_eq!(running.order, -5);
     }
 
     #[test]
