@@ -538,13 +538,16 @@ fn run(plan: &Plan) -> Result<Report, String> {
     }
 
     // CPU used while idle.
-    if let Some(cpu) = idle_cpu(&subject, plan.idle_secs) {
+    if let Some((cpu, wakeups)) = idle_cpu(&subject, plan.idle_secs) {
         scalars.push(scalar(
             "idle CPU",
             Some(ids.len() + 36),
             cpu,
             "ms of CPU per second",
-            Some(format!("over {} s with no clients", plan.idle_secs)),
+            Some(format!(
+                "over {} s with no clients; {wakeups} thread wake-ups in that time",
+                plan.idle_secs
+            )),
         ));
     }
     subject.stop();
@@ -597,24 +600,50 @@ fn run(plan: &Plan) -> Result<Report, String> {
     Ok((rows, scalars, notes))
 }
 
-/// The daemon's CPU time per second of wall time while nobody talks to it.
-fn idle_cpu(subject: &Subject, secs: u64) -> Option<f64> {
-    let pid = subject.pid()?;
-    let ticks = || -> Option<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let rest = stat.rsplit(')').next()?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime: fields 14 and 15 of stat, 12 and 13 after the command.
-        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+/// What the daemon's threads have used so far: CPU time and how many times they were
+/// switched in (each wake-up counts once).
+#[derive(Clone, Copy)]
+struct ThreadsUsage {
+    cpu_ns: u64,
+    switches: u64,
+}
+
+/// Sums every thread's usage from `/proc/PID/task/*`. The scheduler's own count of run time
+/// (`schedstat`, in nanoseconds) is exact; `utime` and `stime` in `stat` are clock ticks
+/// charged to whichever thread was running at each 10 ms tick, so a millisecond of work
+/// (the deferred return of memory after a listing) read as 0 or as a whole 10 ms.
+fn threads_usage(pid: u32) -> Option<ThreadsUsage> {
+    let mut usage = ThreadsUsage {
+        cpu_ns: 0,
+        switches: 0,
     };
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let dir = task.ok()?.path();
+        let schedstat = std::fs::read_to_string(dir.join("schedstat")).ok()?;
+        usage.cpu_ns += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
+        let status = std::fs::read_to_string(dir.join("status")).ok()?;
+        for line in status.lines() {
+            if let Some(n) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                usage.switches += n.trim().parse::<u64>().ok()?;
+            }
+        }
+    }
+    Some(usage)
+}
+
+/// The daemon's CPU time per second of wall time while nobody talks to it, and how many
+/// times its threads woke in that time.
+fn idle_cpu(subject: &Subject, secs: u64) -> Option<(f64, u64)> {
+    let pid = subject.pid()?;
     std::thread::sleep(Duration::from_secs(1));
-    let before = ticks()?;
-    std::thread::sleep(std::time::Duration::from_secs(secs));
-    let after = ticks()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()??
-        .max(1) as f64;
-    Some((after - before) as f64 * 1000.0 / hz / secs as f64)
+    let before = threads_usage(pid)?;
+    std::thread::sleep(Duration::from_secs(secs));
+    let after = threads_usage(pid)?;
+    let ms_per_sec = after.cpu_ns.saturating_sub(before.cpu_ns) as f64 / 1e6 / secs as f64;
+    Some((ms_per_sec, after.switches.saturating_sub(before.switches)))
 }
 
 /// Named commands measured side by side; the first is sessiond's.
@@ -681,11 +710,16 @@ fn print_table(rows: &[Row], scalars: &[Scalar], notes: &[String]) {
     println!("\n| figure | sessions | value | unit | note |");
     println!("|---|---:|---:|---|---|");
     for s in scalars {
+        // Small values (idle CPU) keep three decimals, so a few microseconds show as such.
+        let value = if s.value.abs() < 1.0 {
+            format!("{:.3}", s.value)
+        } else {
+            format!("{:.1}", s.value)
+        };
         println!(
-            "| {} | {} | {:.1} | {} | {} |",
+            "| {} | {} | {value} | {} | {} |",
             s.figure,
             s.sessions.map_or(String::new(), |n| n.to_string()),
-            s.value,
             s.unit,
             s.note.clone().unwrap_or_default()
         );
