@@ -957,42 +957,52 @@ mod tests {
         }
     }
 
-    fn wal_len(dir: &Path) -> u64 {
-        std::fs::metadata(dir.join(format!("{DB_FILE}-wal")))
-            .unwrap()
-            .len()
+    /// Where the WAL ends, and its page size (a big-endian u32 at byte 8 of its header).
+    fn wal_end(dir: &Path) -> (u64, u64) {
+        let wal = std::fs::read(dir.join(format!("{DB_FILE}-wal"))).unwrap();
+        let page = u32::from_be_bytes(wal[8..12].try_into().unwrap());
+        (wal.len() as u64, u64::from(page))
     }
 
-    /// WAL frames (a 24-byte header and a 4 KiB page) appended since the WAL was `before`
-    /// bytes long; it only grows between checkpoints, and these tests stay far below one.
-    fn frames_since(dir: &Path, before: u64) -> u64 {
-        (wal_len(dir) - before) / (4096 + 24)
+    /// WAL frames (a 24-byte header, then a page) appended since the WAL ended at `before`.
+    /// The WAL only grows until a checkpoint, 1,000 pages away from these tests.
+    fn frames_since(dir: &Path, before: (u64, u64)) -> u64 {
+        let (end, page) = wal_end(dir);
+        let grown = end
+            .checked_sub(before.0)
+            .expect("the WAL restarted during the test");
+        assert_eq!(grown % (page + 24), 0, "not whole frames: {grown} bytes");
+        grown / (page + 24)
     }
 
-    /// Every page a commit changes is written and fsynced before the client hears back, so a
-    /// switch must change only the two rows' pages, and a turn's status change only its row
-    /// and the one index on status, whatever other indexes the tables have.
+    /// Every page a commit changes is written before the client hears back, and fsynced with
+    /// the commit, so a switch must change only the two rows' pages, and a turn's status
+    /// change only its row and the one index on status, whatever other indexes the tables
+    /// have.
     #[test]
     fn a_change_rewrites_rows_in_place_and_logs_only_their_pages() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(dir.path()).unwrap();
-        let mut s = session("a");
+        let (mut s, mut other) = (session("a"), session("b"));
         let mut ctx = ContextRow {
             name: "default".into(),
             session: Some(s.id),
             project: Some("/p".into()),
             generation: 1,
         };
-        let mut turn = queued_turn(s.id);
+        let (mut turn, mut ending) = (queued_turn(s.id), queued_turn(s.id));
+        ending.order = 2;
         let commit = |writes| store.write(writes).blocking_recv().unwrap().unwrap();
         commit(vec![
             Write::Session(s.clone()),
+            Write::Session(other.clone()),
             Write::Context(ctx.clone()),
             Write::Turn(turn.clone()),
+            Write::Turn(ending.clone()),
         ]);
 
         // A switch: the session's activity times and the context's pointer.
-        let before = wal_len(dir.path());
+        let before = wal_end(dir.path());
         s.updated_at = 20;
         s.last_active_at = 20;
         ctx.generation = 2;
@@ -1000,7 +1010,7 @@ mod tests {
         assert_eq!(frames_since(dir.path(), before), 2);
 
         // A turn starting.
-        let before = wal_len(dir.path());
+        let before = wal_end(dir.path());
         turn.status = TurnStatus::Running;
         turn.started_at = Some(30);
         turn.worker_pid = Some(4242);
@@ -1010,16 +1020,33 @@ mod tests {
         turn.order = -5;
         commit(vec![Write::Turn(turn.clone())]);
 
-        // Every column was updated, not just kept from the first insert.
+        // A turn ending: it leaves the index of unsettled turns.
+        let before = wal_end(dir.path());
+        ending.status = TurnStatus::Completed;
+        ending.ended_at = Some(40);
+        ending.exit_code = Some(0);
+        commit(vec![Write::Turn(ending.clone())]);
+        assert_eq!(frames_since(dir.path(), before), 2);
+
+        // Every column was updated, not just kept from the first insert; aliases reordered
+        // on one session and all dropped on the other.
         s.cwd = "/p/sub".into();
         s.name = None;
         s.phase = Phase::Archived;
         s.provider_session_id = Some("p-3".into());
         s.aliases = vec!["p-1".into(), "p-2".into(), "p-0".into()];
-        commit(vec![Write::Session(s.clone())]);
+        other.aliases.clear();
+        commit(vec![
+            Write::Session(s.clone()),
+            Write::Session(other.clone()),
+        ]);
         drop(store);
         let (_store, loaded) = Store::open(dir.path()).unwrap();
-        assert_eq!(loaded.sessions, vec![s]);
+        let mut expected = vec![s.clone(), other];
+        let mut got = loaded.sessions.clone();
+        expected.sort_by_key(|x| x.id.to_string());
+        got.sort_by_key(|x| x.id.to_string());
+        assert_eq!(got, expected);
         assert_eq!(loaded.contexts, vec![ctx]);
         let [running] = loaded.unsettled.as_slice() else {
             panic!("one unsettled turn: {:?}", loaded.unsettled.len());
@@ -1028,6 +1055,15 @@ mod tests {
         assert_eq!(running.status, TurnStatus::Running);
         assert_eq!(running.worker_pid, Some(4242));
         assert_eq!(running.order, -5);
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let log = transcript(&conn, s.id, None, None).unwrap();
+        let ended = &log
+            .iter()
+            .find(|t| t.turn.turn_id == ending.id)
+            .unwrap()
+            .turn;
+        assert_eq!(ended.status, TurnStatus::Completed);
+        assert_eq!((ended.ended_at, ended.exit_code), (Some(40), Some(0)));
     }
 
     #[test]
