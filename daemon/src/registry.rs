@@ -1061,26 +1061,7 @@ impl Registry {
         }
         let order = self.next_order;
         self.next_order += 1;
-        let turn = Turn {
-            id: TurnId::new_v4(),
-            session: id,
-            order,
-            prompt: p.prompt.clone(),
-            kind: TurnKind::Normal,
-            status: TurnStatus::Queued,
-            created_at: sessiond_proto::now_ms(),
-            started_at: None,
-            ended_at: None,
-            exit_code: None,
-            error: None,
-            worker_pid: None,
-            worker_start_time: None,
-            output_chunks: 0,
-            output_bytes: 0,
-            output_truncated: false,
-            output_unsaved: 0,
-            stop: None,
-        };
+        let turn = Turn::queued(id, order, p.prompt.clone(), sessiond_proto::now_ms());
         let turn_id = turn.id;
         self.turns.insert(turn_id, turn);
         let mut writes = Vec::with_capacity(3);

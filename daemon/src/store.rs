@@ -934,29 +934,6 @@ mod tests {
         assert_eq!(loaded.contexts, vec![ctx]);
     }
 
-    fn queued_turn(session: SessionId) -> Turn {
-        Turn {
-            id: TurnId::new_v4(),
-            session,
-            order: 1,
-            prompt: "p".into(),
-            kind: TurnKind::Normal,
-            status: TurnStatus::Queued,
-            created_at: 10,
-            started_at: None,
-            ended_at: None,
-            exit_code: None,
-            error: None,
-            worker_pid: None,
-            worker_start_time: None,
-            output_chunks: 0,
-            output_bytes: 0,
-            output_truncated: false,
-            output_unsaved: 0,
-            stop: None,
-        }
-    }
-
     /// Where the WAL ends, and its page size (a big-endian u32 at byte 8 of its header).
     fn wal_end(dir: &Path) -> (u64, u64) {
         let wal = std::fs::read(dir.join(format!("{DB_FILE}-wal"))).unwrap();
@@ -990,8 +967,8 @@ mod tests {
             project: Some("/p".into()),
             generation: 1,
         };
-        let (mut turn, mut ending) = (queued_turn(s.id), queued_turn(s.id));
-        ending.order = 2;
+        let mut turn = Turn::queued(s.id, 1, "p".into(), 10);
+        let mut ending = Turn::queued(s.id, 2, "p".into(), 10);
         let commit = |writes| store.write(writes).blocking_recv().unwrap().unwrap();
         commit(vec![
             Write::Session(s.clone()),

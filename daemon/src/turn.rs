@@ -46,6 +46,30 @@ pub enum Stop {
 }
 
 impl Turn {
+    /// A new turn at the back of `session`'s queue (position `order`), not yet started.
+    pub fn queued(session: SessionId, order: i64, prompt: String, created_at: u64) -> Turn {
+        Turn {
+            id: TurnId::new_v4(),
+            session,
+            order,
+            prompt,
+            kind: TurnKind::Normal,
+            status: TurnStatus::Queued,
+            created_at,
+            started_at: None,
+            ended_at: None,
+            exit_code: None,
+            error: None,
+            worker_pid: None,
+            worker_start_time: None,
+            output_chunks: 0,
+            output_bytes: 0,
+            output_truncated: false,
+            output_unsaved: 0,
+            stop: None,
+        }
+    }
+
     pub fn info(&self, position: Option<u32>) -> TurnInfo {
         TurnInfo {
             turn_id: self.id,
