@@ -2,10 +2,12 @@
 //! what it prints, and how it fails.
 //!
 //! The derived [`Cli`] is the one definition. [`Cli::from_env`] parses with it, but first
-//! tries a tree holding only the subcommand the arguments name: building clap's whole tree
-//! costs about a quarter of a millisecond per run (some 400 KB of heap, most of it the global
-//! options copied into every subcommand), a fifth of what a `switch` costs end to end. Help,
-//! version and every error come from the whole tree, so they read exactly as before.
+//! tries a tree holding only the subcommand the arguments name, and of the global options only
+//! those the arguments name: building clap's whole tree costs about a quarter of a millisecond
+//! per run (some 400 KB of heap, most of it the global options copied into every subcommand),
+//! a fifth of what a `switch` costs end to end, and each global option left in costs clap
+//! 10,000–16,000 instructions more to copy down, default and copy back. Help, version and every
+//! error come from the whole tree, so they read exactly as before.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -80,7 +82,7 @@ pub struct Global {
     pub no_autostart: bool,
 
     /// Seconds to wait for any one answer from the daemon
-    #[arg(long, global = true, value_name = "SECS", default_value = "10", value_parser = parse_timeout)]
+    #[arg(long, global = true, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS, value_parser = parse_timeout)]
     pub timeout: f64,
 
     /// Runtime directory (socket, lock and pid files) [env: SESSIOND_RUNTIME_DIR]
@@ -97,9 +99,27 @@ pub struct Global {
 
     /// The context whose current session commands use and change: a terminal and an editor
     /// can follow different sessions [default: "default"]
-    #[arg(long, global = true, value_name = "NAME", env = "SESSIOND_CONTEXT")]
+    #[arg(long, global = true, value_name = "NAME", env = CONTEXT_ENV)]
     pub context: Option<String>,
 }
+
+/// `--timeout` when it is not given.
+const DEFAULT_TIMEOUT_SECS: f64 = 10.0;
+
+/// The environment variable `--context` falls back to.
+const CONTEXT_ENV: &str = "SESSIOND_CONTEXT";
+
+/// The long names of [`Global`]'s options, so the lean parse can tell which the arguments name
+/// without building them. A unit test holds this to the derive.
+const GLOBAL_LONGS: &[&str] = &[
+    "json",
+    "no-autostart",
+    "timeout",
+    "runtime-dir",
+    "state-dir",
+    "config",
+    "context",
+];
 
 /// Naming a session. SESSION is a full id, a name, a provider's session id, or an id prefix of
 /// at least 4 hex digits; omitted, it is the context's current session.
@@ -131,15 +151,80 @@ impl Cli {
 /// parse that ends without error took the same path through either tree. The subcommand is
 /// the first argument that names one; when that was really an option's value, the lean tree
 /// fails and the whole tree decides.
+///
+/// A global option that no argument names, and that has no environment variable set, is left
+/// out of the tree: the whole tree would give it its default, which [`Global::lean`] gives it
+/// too. An argument that only looks like one (a value after `--`, say) just keeps it in.
 fn lean_parse(args: &[OsString]) -> Option<Cli> {
     let &(name, augment) = args
         .iter()
         .skip(1)
         .take_while(|a| *a != "--")
         .find_map(|a| SUBCOMMANDS.iter().find(|(name, _)| a == name))?;
-    let root = Global::augment_args(lean_root()).subcommand(augment(clap::Command::new(name)));
-    let mut matches = root.try_get_matches_from(args).ok()?;
-    Cli::from_arg_matches_mut(&mut matches).ok()
+    let kept: Vec<&str> = GLOBAL_LONGS
+        .iter()
+        .copied()
+        .filter(|long| {
+            names_option(args, long)
+                || (*long == "context" && std::env::var_os(CONTEXT_ENV).is_some())
+        })
+        .collect();
+    let mut root = lean_root();
+    if !kept.is_empty() {
+        let globals = Global::augment_args(clap::Command::new("sessionctl"));
+        root = root.args(
+            globals
+                .get_arguments()
+                .filter(|a| a.get_long().is_some_and(|l| kept.contains(&l)))
+                .cloned(),
+        );
+    }
+    let mut matches = root
+        .subcommand(augment(clap::Command::new(name)))
+        .try_get_matches_from(args)
+        .ok()?;
+    let global = Global::lean(&matches, &kept)?;
+    let command = Command::from_arg_matches_mut(&mut matches).ok()?;
+    Some(Cli { global, command })
+}
+
+/// Whether an argument is `--LONG` or `--LONG=VALUE`.
+fn names_option(args: &[OsString], long: &str) -> bool {
+    args.iter().skip(1).any(|a| {
+        a.as_encoded_bytes()
+            .strip_prefix(b"--")
+            .and_then(|rest| rest.strip_prefix(long.as_bytes()))
+            .is_some_and(|tail| tail.first().is_none_or(|&b| b == b'='))
+    })
+}
+
+impl Global {
+    /// The options from a lean parse whose tree held only the global options `kept` (by long
+    /// name); each of the others takes the default the derive gives it.
+    fn lean(m: &clap::ArgMatches, kept: &[&str]) -> Option<Global> {
+        let has = |long: &str| kept.contains(&long);
+        let flag = |long: &str, id: &str| has(long) && m.get_flag(id);
+        let path = |long: &str, id: &str| {
+            has(long)
+                .then(|| m.get_one::<PathBuf>(id).cloned())
+                .flatten()
+        };
+        Some(Global {
+            json: flag("json", "json"),
+            no_autostart: flag("no-autostart", "no_autostart"),
+            timeout: if has("timeout") {
+                *m.get_one::<f64>("timeout")?
+            } else {
+                DEFAULT_TIMEOUT_SECS
+            },
+            runtime_dir: path("runtime-dir", "runtime_dir"),
+            state_dir: path("state-dir", "state_dir"),
+            config: path("config", "config"),
+            context: has("context")
+                .then(|| m.get_one::<String>("context").cloned())
+                .flatten(),
+        })
+    }
 }
 
 /// The root command as `#[command]` on [`Cli`] and the derive make it, less what only help
@@ -540,6 +625,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_global_option_table_lists_the_derived_ones() {
+        let globals = Global::augment_args(clap::Command::new("sessionctl"));
+        let longs: Vec<&str> = globals
+            .get_arguments()
+            .map(|a| a.get_long().expect("every global option is long"))
+            .collect();
+        assert_eq!(
+            longs, GLOBAL_LONGS,
+            "GLOBAL_LONGS must list Global's options, in order"
+        );
+        assert!(globals.get_arguments().all(|a| a.is_global_set()));
+        // Only `--context` reads the environment, as `lean_parse` assumes.
+        let with_env: Vec<&str> = globals
+            .get_arguments()
+            .filter(|a| a.get_env().is_some())
+            .filter_map(|a| a.get_long())
+            .collect();
+        assert_eq!(with_env, ["context"]);
+    }
+
     fn argv(line: &str) -> Vec<OsString> {
         std::iter::once("sessionctl")
             .chain(line.split(' ').filter(|w| !w.is_empty()))
@@ -573,6 +679,11 @@ mod tests {
             "rename abcd new-name",
             "watch --event session_switched --event session_created",
             "show",
+            "--no-autostart --runtime-dir /r --state-dir=/s --config /c switch abcd",
+            "switch abcd --runtime-dir=/r --no-autostart --timeout=0.5",
+            "--json current --context=nvim",
+            "run abcd -- claude --json --timeout",
+            "rename abcd -- --config",
         ];
         let slow = [
             "",
@@ -599,6 +710,11 @@ mod tests {
             "list --state",
             "log --last x",
             "-- switch abcd",
+            "--jsonx list",
+            "--js list",
+            "list --no-autostart=1",
+            "--timeout ping",
+            "switch abcd --json --json",
         ];
         for line in fast.iter().chain(&slow) {
             let args = argv(line);
