@@ -222,6 +222,11 @@ fn serve_populated(n: usize) -> Result<(), String> {
 /// with no tmux in the rounds. A user does not start commands microseconds apart either.
 const SETTLE: Duration = Duration::from_millis(2);
 
+/// Settled turns each session of the largest start-up store holds: a daemon in long use keeps
+/// its sessions' history, and start-up must cope with it (it loads only queued and running
+/// turns).
+const STARTUP_TURNS_PER_SESSION: usize = 10;
+
 /// Runs each contender `runs` times, interleaved, after `warmup` unrecorded rounds. Each
 /// round runs them in a fresh order (a fixed-seed shuffle, so runs are repeatable), so none
 /// always follows the same one, and each process starts after [`SETTLE`].
@@ -559,12 +564,20 @@ fn run(plan: &Plan) -> Result<Report, String> {
     ));
     subject.stop();
 
-    // Start-up to the first answered ping, and RSS, by size.
+    // Start-up to the first answered ping, and RSS, by size; the largest store also holds a
+    // history of settled turns.
     let mut rss_by_size = Vec::new();
+    let largest = plan.startup_sizes.iter().copied().max();
     for &size in &plan.startup_sizes {
         let mut fresh = Subject::new(&bins)?;
         fresh.start()?;
-        fresh.add_sessions(&rt, size);
+        let ids = fresh.add_sessions(&rt, size);
+        let turns = if Some(size) == largest {
+            STARTUP_TURNS_PER_SESSION
+        } else {
+            0
+        };
+        fresh.add_settled_turns(&rt, &ids, turns);
         fresh.stop();
         let mut startup = Samples::default();
         let mut rss = 0;
@@ -579,7 +592,11 @@ fn run(plan: &Plan) -> Result<Report, String> {
             sessions: Some(size as u64),
             sessiond: startup.summary(),
             compared: Vec::new(),
-            note: Some(format!("RSS after start-up: {:.1} MB", rss as f64 / 1e6)),
+            note: Some(format!(
+                "RSS after start-up: {:.1} MB; {} settled turns stored",
+                rss as f64 / 1e6,
+                size * turns
+            )),
         });
     }
     if let (Some(&(small, a)), Some(&(large, b))) = (rss_by_size.first(), rss_by_size.last()) {

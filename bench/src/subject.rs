@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use sessiond_client::{Client, ConnectOptions};
 use sessiond_proto::methods::{
-    Create, CreateParams, Pause, SessionParams, Submit, SubmitParams, Switch,
+    Cancel, Create, CreateParams, Pause, Resume, SessionParams, Submit, SubmitParams, Switch,
+    TurnParams,
 };
 use sessiond_proto::paths::{PathOverrides, Paths};
 
@@ -220,6 +221,61 @@ impl Subject {
             }
             Err(written)
         })
+    }
+
+    /// Gives every session in `ids` a history of `per_session` settled turns: pauses it,
+    /// queues each turn and cancels it (a queued turn settles `cancelled` at once), and
+    /// resumes it, so the store holds the turns, nothing runs, and the session is idle again
+    /// (a paused one costs the daemon memory a session in long use does not). Sessions
+    /// proceed in parallel, each in order.
+    pub fn add_settled_turns(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        ids: &[String],
+        per_session: usize,
+    ) {
+        let opts = self.options();
+        rt.block_on(async move {
+            let mut clients = Vec::new();
+            for _ in 0..POPULATE_CONNECTIONS {
+                clients.push(Arc::new(Client::connect(&opts).await.expect("connect")));
+            }
+            let tasks: Vec<_> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    let client = clients[i % POPULATE_CONNECTIONS].clone();
+                    let session = Some(id.clone());
+                    tokio::spawn(async move {
+                        let target = SessionParams {
+                            session: session.clone(),
+                            project: None,
+                            context: None,
+                        };
+                        client.call::<Pause>(target.clone()).await.expect("pause");
+                        for k in 0..per_session {
+                            let params = SubmitParams {
+                                session: session.clone(),
+                                project: None,
+                                context: None,
+                                prompt: format!("echo settled {k}"),
+                                no_queue: false,
+                            };
+                            let queued = client.call::<Submit>(params).await.expect("submit");
+                            let turn = queued.turn.turn_id.to_string();
+                            client
+                                .call::<Cancel>(TurnParams { turn })
+                                .await
+                                .expect("cancel");
+                        }
+                        client.call::<Resume>(target).await.expect("resume");
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("task");
+            }
+        });
     }
 
     /// Pauses `session` and queues `n` turns in it (stored, never run).
