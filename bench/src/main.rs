@@ -572,12 +572,14 @@ fn run(plan: &Plan) -> Result<Report, String> {
         let mut fresh = Subject::new(&bins)?;
         fresh.start()?;
         let ids = fresh.add_sessions(&rt, size);
-        let turns = if Some(size) == largest {
-            STARTUP_TURNS_PER_SESSION
-        } else {
-            0
-        };
-        fresh.add_settled_turns(&rt, &ids, turns);
+        let mut note = String::new();
+        if Some(size) == largest {
+            fresh.add_settled_turns(&rt, &ids, STARTUP_TURNS_PER_SESSION);
+            note = format!(
+                "; {} settled turns stored",
+                size * STARTUP_TURNS_PER_SESSION
+            );
+        }
         fresh.stop();
         let mut startup = Samples::default();
         let mut rss = 0;
@@ -593,9 +595,8 @@ fn run(plan: &Plan) -> Result<Report, String> {
             sessiond: startup.summary(),
             compared: Vec::new(),
             note: Some(format!(
-                "RSS after start-up: {:.1} MB; {} settled turns stored",
-                rss as f64 / 1e6,
-                size * turns
+                "RSS after start-up: {:.1} MB{note}",
+                rss as f64 / 1e6
             )),
         });
     }

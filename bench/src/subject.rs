@@ -152,15 +152,21 @@ impl Subject {
         Some(kb * 1024)
     }
 
+    /// The connections populating spreads its requests over.
+    async fn populating_clients(&self) -> Vec<Arc<Client>> {
+        let opts = self.options();
+        let mut clients = Vec::with_capacity(POPULATE_CONNECTIONS);
+        for _ in 0..POPULATE_CONNECTIONS {
+            clients.push(Arc::new(Client::connect(&opts).await.expect("connect")));
+        }
+        clients
+    }
+
     /// Adds `n` sessions (all requests in flight at once); returns their ids in order.
     pub fn add_sessions(&self, rt: &tokio::runtime::Runtime, n: usize) -> Vec<String> {
-        let opts = self.options();
         let project = self.project.display().to_string();
         rt.block_on(async move {
-            let mut clients = Vec::new();
-            for _ in 0..POPULATE_CONNECTIONS {
-                clients.push(Arc::new(Client::connect(&opts).await.expect("connect")));
-            }
+            let clients = self.populating_clients().await;
             let tasks: Vec<_> = (0..n)
                 .map(|i| {
                     let client = clients[i % POPULATE_CONNECTIONS].clone();
@@ -234,12 +240,8 @@ impl Subject {
         ids: &[String],
         per_session: usize,
     ) {
-        let opts = self.options();
         rt.block_on(async move {
-            let mut clients = Vec::new();
-            for _ in 0..POPULATE_CONNECTIONS {
-                clients.push(Arc::new(Client::connect(&opts).await.expect("connect")));
-            }
+            let clients = self.populating_clients().await;
             let tasks: Vec<_> = ids
                 .iter()
                 .enumerate()
@@ -249,8 +251,7 @@ impl Subject {
                     tokio::spawn(async move {
                         let target = SessionParams {
                             session: session.clone(),
-                            project: None,
-                            context: None,
+                            ..Default::default()
                         };
                         client.call::<Pause>(target.clone()).await.expect("pause");
                         for k in 0..per_session {
