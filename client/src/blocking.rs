@@ -19,6 +19,7 @@ use crate::autostart::ensure_daemon;
 use crate::error::ClientError;
 use crate::exchange;
 use crate::options::ConnectOptions;
+use crate::payload::Payload;
 use crate::raw::RawResult;
 use crate::transport::{absent_error, try_connect_sync, Attempt};
 
@@ -128,7 +129,7 @@ impl BlockingClient {
         &mut self,
         params: M::Params,
         locate: bool,
-    ) -> Result<(Vec<u8>, Option<Range<usize>>), ClientError> {
+    ) -> Result<(Payload, Option<Range<usize>>), ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let bytes = exchange::request::<M>(id, &params)?;
@@ -145,7 +146,7 @@ impl BlockingClient {
                 ("response", Some(got)) if got == id => return Ok((payload, result)),
                 ("error", Some(got)) if got == id => return Err(exchange::error(&payload)),
                 ("error", None) => return Err(exchange::error(&payload)),
-                ("event", _) => self.events.push_back(payload),
+                ("event", _) => self.events.push_back(payload.into_vec()),
                 // An answer to an earlier call that timed out on our side: drop it.
                 _ => {}
             }
@@ -167,7 +168,7 @@ impl BlockingClient {
             };
             let head = exchange::head(&payload)?;
             match (head.kind.as_str(), head.id) {
-                ("event", _) => return Ok(Some(payload)),
+                ("event", _) => return Ok(Some(payload.into_vec())),
                 ("error", None) => return Err(exchange::error(&payload)),
                 _ => {}
             }
@@ -183,8 +184,12 @@ impl BlockingClient {
             .map_err(|e| ClientError::Local(format!("cannot set socket timeout: {e}")))
     }
 
-    fn read_payload(&mut self) -> Result<Vec<u8>, ClientError> {
-        match frame::read_frame(&mut self.reader, CLIENT_MAX_FRAME) {
+    fn read_payload(&mut self) -> Result<Payload, ClientError> {
+        let read = frame::read_header(&mut self.reader, CLIENT_MAX_FRAME).and_then(|len| {
+            len.map(|len| Payload::read(&mut self.reader, len))
+                .transpose()
+        });
+        match read {
             Ok(Some(payload)) => Ok(payload),
             Ok(None) => Err(ClientError::Disconnected(
                 "the daemon closed the connection".into(),

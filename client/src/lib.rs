@@ -25,9 +25,10 @@
 //! How the modules meet: [`options`] says where and how to connect; `transport` reaches the
 //! socket (refusing an unsafe runtime directory); [`autostart`] starts a daemon under a lock
 //! when none answers; `exchange` interprets the daemon's frames for both clients, and
+//! `payload` holds each frame the blocking client reads (a large one in huge pages);
 //! [`RawResult`] holds a result left encoded for callers that only pass it on (`json` prints
-//! it as JSON without decoding it); [`error`]
-//! gives every failure a message, a stable code and an exit status.
+//! it as JSON without decoding it); [`error`] gives every failure a message, a stable code and
+//! an exit status.
 
 pub mod autostart;
 mod blocking;
@@ -36,6 +37,7 @@ pub mod error;
 mod exchange;
 mod json;
 pub mod options;
+mod payload;
 mod raw;
 mod transport;
 

@@ -10,16 +10,17 @@ use std::ops::Range;
 use serde::de::DeserializeOwned;
 
 use crate::error::ClientError;
+use crate::payload::Payload;
 
 /// A result as MessagePack, borrowed from the answer frame it came in.
 #[derive(Clone, Debug)]
 pub struct RawResult {
-    payload: Vec<u8>,
+    payload: Payload,
     result: Range<usize>,
 }
 
 impl RawResult {
-    pub(crate) fn new(payload: Vec<u8>, result: Range<usize>) -> Self {
+    pub(crate) fn new(payload: Payload, result: Range<usize>) -> Self {
         debug_assert!(result.end <= payload.len());
         Self { payload, result }
     }

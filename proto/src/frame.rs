@@ -88,6 +88,15 @@ pub fn check_len(header: [u8; HEADER_LEN], max: usize) -> Result<usize, FrameErr
 /// Reads one frame's payload from a blocking reader. Returns `Ok(None)` on a clean end of
 /// stream before the first byte of a frame.
 pub fn read_frame(reader: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
+    match read_header(reader, max)? {
+        Some(len) => read_payload(reader, len).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads a frame's length prefix from a blocking reader and checks it against `max`. Returns
+/// `Ok(None)` on a clean end of stream before its first byte.
+pub fn read_header(reader: &mut impl Read, max: usize) -> Result<Option<usize>, FrameError> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -104,7 +113,12 @@ pub fn read_frame(reader: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>,
             Err(e) => return Err(e.into()),
         }
     }
-    let len = check_len(header, max)?;
+    check_len(header, max).map(Some)
+}
+
+/// Reads the `len` bytes of payload that follow a header, growing the buffer only as they
+/// arrive.
+pub fn read_payload(reader: &mut impl Read, len: usize) -> Result<Vec<u8>, FrameError> {
     let mut payload = Vec::with_capacity(len.min(64 * 1024));
     reader.take(len as u64).read_to_end(&mut payload)?;
     if payload.len() != len {
@@ -113,7 +127,27 @@ pub fn read_frame(reader: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>,
             want: len,
         });
     }
-    Ok(Some(payload))
+    Ok(payload)
+}
+
+/// Reads exactly `buf.len()` bytes of payload that follow a header into memory the caller
+/// set aside.
+pub fn read_payload_into(reader: &mut impl Read, buf: &mut [u8]) -> Result<(), FrameError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => {
+                return Err(FrameError::Truncated {
+                    got,
+                    want: buf.len(),
+                })
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Async frame reading over tokio, for the daemon and the async client.
@@ -224,6 +258,25 @@ mod tests {
         match read_frame(&mut cursor, DEFAULT_MAX_FRAME) {
             Err(FrameError::Truncated { got: 2, want: 4 }) => {}
             other => panic!("expected Truncated header, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_payload_read_into_set_aside_memory_fills_it_or_says_how_far_it_got() {
+        let mut cursor = io::Cursor::new(vec![0, 0, 0, 3, 7, 8, 9, 0, 0, 0, 4, 1, 2]);
+        let len = read_header(&mut cursor, DEFAULT_MAX_FRAME)
+            .unwrap()
+            .unwrap();
+        let mut buf = vec![0; len];
+        read_payload_into(&mut cursor, &mut buf).unwrap();
+        assert_eq!(buf, [7, 8, 9]);
+        let len = read_header(&mut cursor, DEFAULT_MAX_FRAME)
+            .unwrap()
+            .unwrap();
+        let mut buf = vec![0; len];
+        match read_payload_into(&mut cursor, &mut buf) {
+            Err(FrameError::Truncated { got: 2, want: 4 }) => {}
+            other => panic!("expected Truncated, got {other:?}"),
         }
     }
 }
