@@ -40,7 +40,8 @@ struct Open {
     map: bool,
 }
 
-/// The last key met at one entry index and depth: where its encoding lies in the input, and
+/// The last key (of at most `MEMO_KEY_LEN` bytes encoded) met at one entry index and depth:
+/// where its encoding lies in the input, and
 /// the text written for it (the comma, the line break and indentation, the quoted key and
 /// `": "`). The records of a listing are maps with the same keys in the same order, so the
 /// next record's key at that index is nearly always the same bytes: one comparison and one
@@ -179,6 +180,7 @@ impl<'a, W: Write> Transcoder<'a, W> {
         let memo = depth <= MEMO_DEPTH && index < MEMO_ENTRIES;
         if memo {
             if let Some(slot) = self.memo.get(depth - 1).and_then(|slots| slots.get(index)) {
+                // A slot made only to reach a later index holds no key yet (an empty range).
                 let raw = &self.input[slot.raw.clone()];
                 if !raw.is_empty() && self.input[self.pos..].starts_with(raw) {
                     self.pos += raw.len();

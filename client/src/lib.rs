@@ -25,7 +25,8 @@
 //! How the modules meet: [`options`] says where and how to connect; `transport` reaches the
 //! socket (refusing an unsafe runtime directory); [`autostart`] starts a daemon under a lock
 //! when none answers; `exchange` interprets the daemon's frames for both clients, and
-//! `payload` holds each frame the blocking client reads (a large one in huge pages);
+//! `payload` holds each frame the blocking client reads (on Linux, a large one in memory
+//! advised for huge pages);
 //! [`RawResult`] holds a result left encoded for callers that only pass it on (`json` prints
 //! it as JSON without decoding it); [`error`] gives every failure a message, a stable code and
 //! an exit status.

@@ -5,13 +5,16 @@
 //! them for such a listing, 1.5 ms on the VM the benchmarks run on, a fifth of the whole
 //! command. On Linux an answer of at least [`HUGE`] bytes is therefore read into an anonymous
 //! mapping aligned to 2 MiB and marked for transparent huge pages, which the kernel fills a
-//! 2 MiB page per fault (0.16 ms for the same 3.2 MB). Where huge pages are off, or the kernel
-//! has none to spare, the mapping is ordinary pages and costs what the heap would.
+//! 2 MiB page per fault (0.16 ms for the same 3.2 MB). Where huge pages are off the mapping is
+//! ordinary pages and costs what the heap would. Under the kernel's default `defrag` setting,
+//! a fault in memory advised so first compacts memory when no 2 MiB page is free, which on a
+//! badly fragmented machine can cost more than it saves, before falling back to small pages.
 //!
 //! Smaller answers, and every answer elsewhere, grow a heap buffer as bytes arrive. The
-//! mapping is made at the length the header claims, but its pages are only committed as the
-//! payload fills them, so a corrupted length costs address space, not memory; if the mapping
-//! cannot be made at all, the heap path is taken.
+//! mapping is made at the length the header claims, but only the pages the payload fills are
+//! ever backed by memory, so a corrupted length costs address space (and commit charge where
+//! the kernel refuses to overcommit); if the mapping cannot be made at all, the heap path is
+//! taken.
 
 use std::io::Read;
 use std::ops::Deref;
@@ -20,7 +23,8 @@ use sessiond_proto::frame::{self, FrameError};
 
 /// The smallest payload read into a huge-page mapping: one huge page. Below it there is no
 /// whole huge page to gain.
-pub(crate) const HUGE: usize = 2 * 1024 * 1024;
+#[cfg(any(target_os = "linux", test))]
+const HUGE: usize = 2 * 1024 * 1024;
 
 /// One frame's payload.
 #[derive(Debug)]
@@ -114,17 +118,24 @@ mod tests {
             let payload = Payload::read(&mut Cursor::new(&sent), len).unwrap();
             assert_eq!(payload.len(), len);
             assert!(*payload == *sent, "payload of {len} bytes differs");
-            assert!(payload.clone().into_vec() == sent);
+            assert!(*payload.clone() == *sent, "a copy of {len} bytes differs");
+            assert!(payload.into_vec() == sent, "{len} bytes as a vector differ");
         }
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
-    fn a_large_payload_starts_on_a_huge_page_boundary() {
+    fn a_large_payload_is_mapped_from_a_huge_page_boundary_and_a_small_one_is_not() {
         let len = HUGE + 100;
         let payload = Payload::read(&mut Cursor::new(bytes(len)), len).unwrap();
-        if cfg!(target_os = "linux") {
-            assert_eq!(payload.as_ptr() as usize % HUGE, 0);
-        }
+        assert!(
+            matches!(payload.0, Memory::Mapped { .. }),
+            "{len} bytes not mapped"
+        );
+        assert_eq!(payload.as_ptr() as usize % HUGE, 0);
+        let len = HUGE - 1;
+        let payload = Payload::read(&mut Cursor::new(bytes(len)), len).unwrap();
+        assert!(matches!(payload.0, Memory::Heap(_)), "{len} bytes mapped");
     }
 
     #[test]
