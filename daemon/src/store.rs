@@ -844,8 +844,7 @@ fn commit<'a>(
                         })?
                         .collect::<rusqlite::Result<Vec<_>>>()?;
                     saved.sort_unstable_by_key(|(position, _)| *position);
-                    let saved: Vec<String> = saved.into_iter().map(|(_, alias)| alias).collect();
-                    if saved != s.aliases {
+                    if !saved.iter().map(|(_, alias)| alias).eq(&s.aliases) {
                         clear_aliases.execute(params![id])?;
                         for (position, alias) in s.aliases.iter().enumerate() {
                             add_alias.execute(params![id, alias, position as i64])?;
