@@ -123,6 +123,19 @@ fn invalid_state(message: impl Into<String>) -> RequestError {
     RequestError::new(ErrorCode::INVALID_STATE, message)
 }
 
+/// A turn selector's hex digits, lower-cased and without dashes: the form turn ids are
+/// matched in by prefix, so a prefix may be copied from the hyphenated id or the plain one.
+/// `None` when it holds anything but hex digits and dashes, or no digit at all.
+pub fn turn_digits(selector: &str) -> Option<String> {
+    let hex: String = selector
+        .trim()
+        .chars()
+        .filter(|c| *c != '-')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    (!hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit())).then_some(hex)
+}
+
 /// The event data every session event starts from: its scope.
 fn scope_event(s: &Session) -> SessionEvent {
     SessionEvent::scope(s.id, &s.project, &s.provider)
@@ -1634,17 +1647,16 @@ impl Registry {
                 return Ok(id);
             }
         }
-        let hex: String = sel.chars().filter(|c| *c != '-').collect();
-        if hex.len() < MIN_PREFIX || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        let Some(hex) = turn_digits(sel).filter(|hex| hex.len() >= MIN_PREFIX) else {
             return Err(not_found(format!(
                 "no queued or running turn matches {sel:?}; give its id or at least \
                  {MIN_PREFIX} hex digits of it (`sessionctl queue` lists them)"
             )));
-        }
+        };
         let found: Vec<TurnId> = self
             .turns
             .keys()
-            .filter(|id| id.0.simple().to_string().starts_with(&hex.to_lowercase()))
+            .filter(|id| id.0.simple().to_string().starts_with(&hex))
             .copied()
             .collect();
         match found.as_slice() {
@@ -1763,6 +1775,15 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn turn_digits_drop_dashes_and_case_and_refuse_anything_else() {
+        assert_eq!(turn_digits(" 2534AEC1-28 ").as_deref(), Some("2534aec128"));
+        assert_eq!(turn_digits("f").as_deref(), Some("f"));
+        for bad in ["", " ", "-", "--", "%", "ab_c", "abcg", "ab cd"] {
+            assert_eq!(turn_digits(bad), None, "{bad:?}");
+        }
+    }
 
     fn registry() -> (Registry, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();

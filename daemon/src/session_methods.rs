@@ -177,23 +177,45 @@ pub fn log(ctx: &Daemon, _conn: &Conn, _id: u64, p: LogParams) -> HandlerResult<
         p.project.as_deref(),
         p.context.as_deref(),
     )?;
+    let digits = match p.turn.as_deref() {
+        None => None,
+        Some(turn) => Some(crate::registry::turn_digits(turn).ok_or_else(|| {
+            RequestError::new(
+                ErrorCode::INVALID_ARGUMENT,
+                format!(
+                    "turn {turn:?} is not a turn id or the start of one: give hex digits of \
+                     its id (`sessionctl log` shows each turn's)"
+                ),
+            )
+        })?),
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let (turn, last) = (p.turn.clone(), p.last);
+    let (filter, last) = (digits, p.last);
     registry.read(Box::new(move |conn| {
         let _ = tx.send(crate::store::transcript(
             conn,
             session,
-            turn.as_deref(),
+            filter.as_deref(),
             last,
         ));
     }));
+    let turn = p.turn;
     Ok(Reply::Deferred(Box::pin(async move {
         match rx.await {
-            Ok(Ok(turns)) => Ok(LogResult {
+            Ok(Ok(Some(turns))) => Ok(LogResult {
                 session,
                 generation,
                 turns,
             }),
+            Ok(Ok(None)) => Err(RequestError::new(
+                ErrorCode::NOT_FOUND,
+                format!(
+                    "session {} has no turn whose id starts with {:?}; `sessionctl log` \
+                     without --turn shows them all",
+                    session.short(),
+                    turn.unwrap_or_default()
+                ),
+            )),
             Ok(Err(e)) => Err(RequestError::new(
                 ErrorCode::INTERNAL,
                 format!("cannot read the transcript: {e}"),

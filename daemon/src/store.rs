@@ -110,29 +110,37 @@ impl From<rusqlite::Error> for DbError {
     }
 }
 
-/// A session's turns and their output, oldest first; `turn` narrows to ids starting with it,
-/// `last` to the last N turns.
+/// A session's turns and their output, oldest first; `digits` (a turn id's hex digits, as
+/// `registry::turn_digits` gives them) narrows to the turns whose id starts with them, and
+/// `last` to the last N turns. `None` when `digits` matched none of the session's turns.
+///
+/// The prefix is matched here rather than with SQL's `LIKE`: ids are stored hyphenated, so a
+/// prefix of the plain form would miss past its eighth digit, and `%` or `_` in a pattern
+/// would match anything.
 pub fn transcript(
     conn: &Connection,
     session: SessionId,
-    turn: Option<&str>,
+    digits: Option<&str>,
     last: Option<u32>,
-) -> rusqlite::Result<Vec<sessiond_proto::methods::LogTurn>> {
+) -> rusqlite::Result<Option<Vec<sessiond_proto::methods::LogTurn>>> {
     use sessiond_proto::methods::{LogTurn, OutputChunk};
-    let prefix = format!("{}%", turn.unwrap_or("").to_lowercase());
     let mut stmt = conn.prepare_cached(
         "SELECT turn_id, queue_order, prompt, kind, status, created_at, started_at, ended_at,
                 exit_code, error
-         FROM turns WHERE session_id = ?1 AND turn_id LIKE ?2
+         FROM turns WHERE session_id = ?1
          ORDER BY COALESCE(started_at, created_at), created_at",
     )?;
     let mut turns = Vec::new();
-    let mut rows = stmt.query(params![session.to_string(), prefix])?;
+    let mut rows = stmt.query(params![session.to_string()])?;
+    let mut plain = [0u8; uuid::fmt::Simple::LENGTH];
     while let Some(r) = rows.next()? {
         let id_text: String = r.get(0)?;
         let Ok(turn_id) = id_text.parse::<TurnId>() else {
             continue;
         };
+        if digits.is_some_and(|d| !turn_id.0.simple().encode_lower(&mut plain).starts_with(d)) {
+            continue;
+        }
         let status_text: String = r.get(4)?;
         let kind_text: String = r.get(3)?;
         turns.push(sessiond_proto::session::TurnInfo {
@@ -155,6 +163,9 @@ pub fn transcript(
             exit_code: r.get(8)?,
             error: r.get(9)?,
         });
+    }
+    if digits.is_some() && turns.is_empty() {
+        return Ok(None);
     }
     if let Some(last) = last {
         let skip = turns.len().saturating_sub(last as usize);
@@ -179,7 +190,7 @@ pub fn transcript(
             output: chunks,
         });
     }
-    Ok(log)
+    Ok(Some(log))
 }
 
 /// One row write.
@@ -1040,7 +1051,7 @@ mod tests {
         assert_eq!(running.worker_pid, Some(4242));
         assert_eq!(running.order, -5);
         let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        let log = transcript(&conn, s.id, None, None).unwrap();
+        let log = transcript(&conn, s.id, None, None).unwrap().unwrap();
         let ended = &log
             .iter()
             .find(|t| t.turn.turn_id == ending.id)

@@ -648,6 +648,88 @@ fn log_and_export_give_the_transcript_in_order() {
 }
 
 #[test]
+fn log_narrowed_to_a_turn_takes_its_id_in_either_form_and_names_a_miss() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    shell_session(&sb);
+    sb.ctl(&["send", "--wait", "echo one"]).ok();
+    sb.ctl(&["send", "--wait", "echo two"]).ok();
+    let all = sb.ctl(&["--json", "log"]).json();
+    let second = all["turns"][1]["turn"]["turn_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let plain = second.replace('-', "");
+    // Twelve digits of the plain form run past the id's first dash.
+    for form in [
+        second.clone(),
+        plain.clone(),
+        plain[..12].to_string(),
+        second[..13].to_uppercase(),
+    ] {
+        let log = sb.ctl(&["--json", "log", "--turn", &form]).json();
+        let turns = log["turns"].as_array().unwrap();
+        assert_eq!(turns.len(), 1, "--turn {form}: {log}");
+        assert_eq!(
+            turns[0]["turn"]["turn_id"],
+            second.as_str(),
+            "--turn {form}"
+        );
+        assert_eq!(turns[0]["output"][0]["data"], "two\n");
+    }
+
+    // No turn of the session starts with these digits: an error, not an empty transcript.
+    let firsts: Vec<char> = all["turns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            t["turn"]["turn_id"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .next()
+                .unwrap()
+        })
+        .collect();
+    let unused = ["0", "1", "2"]
+        .into_iter()
+        .find(|d| !firsts.contains(&d.chars().next().unwrap()))
+        .unwrap();
+    let miss = sb.ctl(&["--json", "log", "--turn", unused]);
+    assert_eq!(miss.code(), 1, "stdout: {}", miss.stdout());
+    assert_eq!(miss.stdout(), "");
+    let err = &miss.json_error()["error"];
+    assert_eq!(err["code"], "not_found", "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("no turn whose id starts with"),
+        "{err}"
+    );
+    // SQL wildcards are not id digits: refused, where they once matched every turn.
+    for pattern in ["%", "_", "ab%"] {
+        let bad = sb.ctl(&["--json", "log", "--turn", pattern]);
+        assert_eq!(bad.code(), 1, "--turn {pattern}: {}", bad.stdout());
+        let err = &bad.json_error()["error"];
+        assert_eq!(err["code"], "invalid_argument", "--turn {pattern}: {err}");
+        assert!(
+            err["message"].as_str().unwrap().contains("hex digits"),
+            "{err}"
+        );
+    }
+    // Following prints every turn as it comes, so it cannot be narrowed to one.
+    let both = sb.ctl(&["log", "-f", "--turn", &plain]);
+    assert_eq!(both.code(), 2, "stderr: {}", both.stderr());
+    assert!(
+        both.stderr().contains("cannot be used with"),
+        "{}",
+        both.stderr()
+    );
+}
+
+#[test]
 fn log_follow_prints_the_transcript_then_new_output_once() {
     let sb = Sandbox::new();
     let _daemon = sb.start_daemon();

@@ -501,14 +501,15 @@ pub struct PromoteArgs {
 pub struct LogArgs {
     #[command(flatten)]
     pub target: Target,
-    /// Only this turn (its id or a prefix)
+    /// Only the turn whose id starts with TURN: hex digits of its id, with or without the
+    /// dashes (several turns if several match; an error if none does)
     #[arg(long, value_name = "TURN")]
     pub turn: Option<String>,
     /// Only the last N turns
     #[arg(long, value_name = "N")]
     pub last: Option<u32>,
     /// Keep printing new turns and output as they come, until interrupted
-    #[arg(long, short = 'f')]
+    #[arg(long, short = 'f', conflicts_with = "turn")]
     pub follow: bool,
 }
 
