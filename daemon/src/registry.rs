@@ -435,8 +435,38 @@ impl Registry {
         &self.sessions[&id]
     }
 
-    /// Finds the session a client means (see `sessiond_proto::methods` for the rules).
+    /// Finds the session a client means (see `sessiond_proto::methods` for the rules). A
+    /// `project` narrows names, provider ids and prefixes to that project; a session found
+    /// another way (the context's current one, a full id) must be in it, or the client meant
+    /// something else and is told so rather than acting on another project's session.
     pub fn resolve(
+        &self,
+        selector: Option<&str>,
+        project: Option<&str>,
+        context: &str,
+    ) -> Result<SessionId, RequestError> {
+        // Sessions store canonical project paths; accept the path as the user wrote it.
+        let project =
+            project.map(|raw| canonical_dir(raw, "project").unwrap_or_else(|_| raw.to_string()));
+        let id = self.find(selector, project.as_deref(), context)?;
+        match project {
+            Some(p) if *self.session(id).project != *p => {
+                let found = match selector {
+                    None => format!("context {context:?}'s current session"),
+                    Some(_) => "session".to_string(),
+                };
+                Err(invalid(format!(
+                    "{found} {} is not in project {p}; name a session of that project, or \
+                     leave out --project",
+                    self.session(id).describe()
+                )))
+            }
+            _ => Ok(id),
+        }
+    }
+
+    /// `resolve` without the final project check; `project` is already canonical.
+    fn find(
         &self,
         selector: Option<&str>,
         project: Option<&str>,
@@ -462,10 +492,6 @@ impl Registry {
         if let Some(id) = as_id.filter(|id| self.sessions.contains_key(id)) {
             return Ok(id);
         }
-        // Sessions store canonical project paths; accept the path as the user wrote it.
-        let project =
-            project.map(|raw| canonical_dir(raw, "project").unwrap_or_else(|_| raw.to_string()));
-        let project = project.as_deref();
         let in_project = |id: &SessionId| project.is_none_or(|p| *self.session(*id).project == *p);
         let by_name: Vec<SessionId> = self
             .by_name

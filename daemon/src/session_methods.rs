@@ -177,6 +177,12 @@ pub fn log(ctx: &Daemon, _conn: &Conn, _id: u64, p: LogParams) -> HandlerResult<
         p.project.as_deref(),
         p.context.as_deref(),
     )?;
+    if p.last == Some(0) {
+        return Err(RequestError::new(
+            ErrorCode::INVALID_ARGUMENT,
+            "last must be at least 1; leave it out for every turn",
+        ));
+    }
     let digits = match p.turn.as_deref() {
         None => None,
         Some(turn) => Some(crate::registry::turn_digits(turn).ok_or_else(|| {

@@ -151,6 +151,98 @@ fn names_collide_across_projects_but_lookups_stay_scoped() {
 }
 
 #[test]
+fn a_project_that_does_not_hold_the_session_meant_is_refused() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let a = sb.project("a");
+    let b = sb.project("b");
+    let in_a = sb.new_session(&a, &["--name", "one"]);
+    let in_b = sb.new_session(&b, &["--name", "two"]);
+    sb.ctl(&["switch", &in_b]).ok();
+
+    // The context's current session, and a full id, are found without the project; when it
+    // is named it must hold them, or the command would act on another project's session.
+    let refused: [&[&str]; 3] = [
+        &["show", "--project", path_str(&a)],
+        &["switch", &in_b, "--project", path_str(&a)],
+        &["send", "--project", path_str(&a), "echo wrong project"],
+    ];
+    for args in refused {
+        let mut argv = vec!["--json"];
+        argv.extend_from_slice(args);
+        let out = sb.ctl(&argv);
+        assert_eq!(out.code(), 1, "{args:?}: {}", out.stdout());
+        let err = &out.json_error()["error"];
+        assert_eq!(err["code"], "invalid_argument", "{args:?}: {err}");
+        let message = err["message"].as_str().unwrap();
+        assert!(
+            message.contains(&in_b[..8]) && message.contains("is not in project"),
+            "{args:?}: {message}"
+        );
+    }
+    let current = sb.ctl(&["--json", "current"]).json();
+    assert_eq!(current["session"]["id"], in_b.as_str(), "{current}");
+    assert_eq!(current["generation"], 1, "no second switch: {current}");
+    let queue = sb.ctl(&["--json", "queue", &in_b]).json();
+    assert_eq!(queue["queued"].as_array().map(Vec::len), Some(0), "{queue}");
+    assert!(queue["running"].is_null(), "nothing was sent: {queue}");
+
+    // Where the project does hold it, it is only a check.
+    let shown = sb
+        .ctl(&["--json", "show", "--project", path_str(&b)])
+        .json();
+    assert_eq!(shown["id"], in_b.as_str());
+    let shown = sb
+        .ctl(&["--json", "show", &in_a, "--project", path_str(&a)])
+        .json();
+    assert_eq!(shown["id"], in_a.as_str());
+}
+
+#[test]
+fn an_empty_listing_says_whether_filters_or_archiving_hid_sessions() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    assert_eq!(
+        sb.ctl(&["list", "--all"]).ok().trim(),
+        "no sessions (create one with `sessionctl new`)"
+    );
+    let a = sb.project("a");
+    let id = sb.new_session(&a, &[]);
+    sb.ctl(&["close", &id]).ok();
+    assert!(
+        sb.ctl(&["list"])
+            .ok()
+            .contains("no open sessions (create one"),
+        "the archived session is only hidden"
+    );
+    assert_eq!(
+        sb.ctl(&["list", "--state", "running"]).ok().trim(),
+        "no open sessions match (`--all` includes archived ones)"
+    );
+    assert_eq!(
+        sb.ctl(&["list", "--all", "--state", "running"]).ok().trim(),
+        "no sessions match"
+    );
+}
+
+#[test]
+fn an_empty_context_variable_means_the_default_context() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let a = sb.project("a");
+    let id = sb.new_session(&a, &[]);
+    sb.ctl(&["switch", &id]).ok();
+    let current = sessiond_tests::run_bounded(
+        sb.sessionctl()
+            .env("SESSIOND_CONTEXT", "")
+            .args(["--json", "current"]),
+    )
+    .json();
+    assert_eq!(current["context"], "default", "{current}");
+    assert_eq!(current["session"]["id"], id.as_str(), "{current}");
+}
+
+#[test]
 fn ambiguous_prefix_lists_candidates() {
     let sb = Sandbox::new();
     let _daemon = sb.start_daemon();

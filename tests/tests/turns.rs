@@ -730,6 +730,39 @@ fn log_narrowed_to_a_turn_takes_its_id_in_either_form_and_names_a_miss() {
 }
 
 #[test]
+fn log_refuses_options_it_cannot_honour() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    shell_session(&sb);
+    sb.ctl(&["send", "--wait", "echo one"]).ok();
+    // Following prints text as it comes, so it cannot be one JSON document.
+    let out = sb.ctl(&["--json", "log", "-f"]);
+    assert_eq!(out.code(), 2, "stdout: {}", out.stdout());
+    assert_eq!(out.stdout(), "");
+    let err = &out.json_error()["error"];
+    assert_eq!(err["code"], "usage", "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("'--follow' cannot be used with '--json'"),
+        "{err}"
+    );
+    // No turns is never what `--last` asks for: refused by sessionctl, and by the daemon.
+    let out = sb.ctl(&["log", "--last", "0"]);
+    assert_eq!(out.code(), 2, "stdout: {}", out.stdout());
+    let mut conn = sb.raw();
+    conn.handshake();
+    conn.request(2, "log", serde_json::json!({"last": 0}));
+    let err = conn.read_error();
+    assert_eq!(err.code, sessiond_proto::ErrorCode::INVALID_ARGUMENT);
+    assert!(err.message.contains("at least 1"), "{}", err.message);
+    conn.request(3, "log", serde_json::json!({"last": 1}));
+    let answer = sessiond_tests::as_json(&conn.read().unwrap());
+    assert_eq!(answer["result"]["turns"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
 fn log_follow_prints_the_transcript_then_new_output_once() {
     let sb = Sandbox::new();
     let _daemon = sb.start_daemon();

@@ -153,9 +153,29 @@ impl Cli {
     pub fn from_env() -> Result<Cli, clap::Error> {
         let args: Vec<OsString> = std::env::args_os().collect();
         match lean_parse(&args) {
-            Some(cli) => Ok(cli),
-            None => Cli::try_parse_from(args),
+            Some(cli) => cli.settle(),
+            None => Cli::try_parse_from(args)?.settle(),
         }
+    }
+
+    /// The rules clap cannot express: an empty `SESSIOND_CONTEXT` means unset, as every other
+    /// `SESSIOND_*` variable's empty value does (clap takes it as the value ""); and a global
+    /// option may conflict with a subcommand's.
+    fn settle(mut self) -> Result<Cli, clap::Error> {
+        if self.global.context.as_deref() == Some("")
+            && std::env::var_os(CONTEXT_ENV).is_some_and(|v| v.is_empty())
+        {
+            self.global.context = None;
+        }
+        if self.global.json && matches!(&self.command, Command::Log(LogArgs { follow: true, .. })) {
+            return Err(<Cli as clap::CommandFactory>::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "the argument '--follow' cannot be used with '--json': following prints text as \
+                 it comes (`sessionctl --json log` prints the transcript as one document, and \
+                 `sessionctl --json watch` streams events as JSON Lines)",
+            ));
+        }
+        Ok(self)
     }
 }
 
@@ -283,11 +303,13 @@ const SUBCOMMANDS: &[(&str, Augment)] = &[
     }),
 ];
 
+/// Seconds, from a millisecond (a socket timeout rounds anything shorter to zero, which the
+/// kernel refuses) to a day.
 fn parse_timeout(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
-        Ok(secs) if secs > 0.0 && secs <= 86_400.0 => Ok(secs),
+        Ok(secs) if (0.001..=86_400.0).contains(&secs) => Ok(secs),
         _ => Err(format!(
-            "{text:?} is not a number of seconds between 0 and 86400"
+            "{text:?} is not a number of seconds from 0.001 to 86400"
         )),
     }
 }
@@ -505,8 +527,8 @@ pub struct LogArgs {
     /// dashes (several turns if several match; an error if none does)
     #[arg(long, value_name = "TURN")]
     pub turn: Option<String>,
-    /// Only the last N turns
-    #[arg(long, value_name = "N")]
+    /// Only the last N turns (N at least 1)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub last: Option<u32>,
     /// Keep printing new turns and output as they come, until interrupted
     #[arg(long, short = 'f', conflicts_with = "turn")]
@@ -755,11 +777,13 @@ mod tests {
             "run abcd",
             "list --state",
             "log --last x",
+            "log --last 0",
             "-- switch abcd",
             "--jsonx list",
             "--js list",
             "list --no-autostart=1",
             "--timeout ping",
+            "--timeout 1e-10 ping",
             "switch abcd --json --json",
         ];
         for line in fast.iter().chain(&slow) {

@@ -62,7 +62,20 @@ pub fn run(
                 return out.emit_raw(&client.call_raw::<List>(params)?);
             }
             let result = client.call::<List>(params)?;
+            let filtered = project.is_some() || provider.is_some() || state.is_some();
+            let none = match (filtered, *all) {
+                (true, true) => "no sessions match",
+                (true, false) => "no open sessions match (`--all` includes archived ones)",
+                (false, true) => "no sessions (create one with `sessionctl new`)",
+                (false, false) => {
+                    "no open sessions (create one with `sessionctl new`; `--all` lists \
+                     archived ones)"
+                }
+            };
             out.emit(&result, |w| {
+                if result.sessions.is_empty() {
+                    return writeln!(w, "{none}");
+                }
                 print_table(w, &result.sessions, result.current.map(|c| c.to_string()))
             })
         }
@@ -200,9 +213,6 @@ fn print_table(
     sessions: &[SessionInfo],
     current: Option<String>,
 ) -> std::io::Result<()> {
-    if sessions.is_empty() {
-        return writeln!(w, "no sessions (create one with `sessionctl new`)");
-    }
     let now = sessiond_proto::now_ms();
     let rows: Vec<[String; 8]> = sessions
         .iter()

@@ -52,6 +52,7 @@ pub fn send(
         .transpose()?;
     let mut client = BlockingClient::connect(opts)?;
     let waiting = s.wait || s.follow;
+    let (mut session, mut project) = (session, project);
     if waiting {
         // Subscribe before submitting so no event of the turn can be missed.
         let info = client.call::<Get>(SessionParams {
@@ -59,6 +60,10 @@ pub fn send(
             project: project.clone(),
             context: context.map(str::to_string),
         })?;
+        // Submit to the session subscribed to, by id: resolving the selector again could
+        // find another one (a switch or a rename in between) and leave this client waiting
+        // on a turn that is not there.
+        (session, project) = (Some(info.id.to_string()), None);
         let mut events = vec![event_kind::TURN_SETTLED.to_string()];
         if s.follow {
             events.push(event_kind::TURN_OUTPUT.to_string());
@@ -106,8 +111,8 @@ pub fn send(
             .map_err(|e| ClientError::Protocol(format!("undecodable event: {e}")))?;
         if event.event == event_kind::LAGGED {
             return Err(ClientError::Local(format!(
-                "fell behind the turn's output and lost some; see the whole turn with \
-                 `sessionctl queue` / the daemon's transcript (turn {turn})"
+                "fell behind the turn's output and lost some; the turn goes on, and \
+                 `sessionctl log --turn {turn}` shows all of its output"
             )));
         }
         if event.data.turn != Some(turn) {
