@@ -445,9 +445,20 @@ impl Registry {
         project: Option<&str>,
         context: &str,
     ) -> Result<SessionId, RequestError> {
-        // Sessions store canonical project paths; accept the path as the user wrote it.
-        let project =
-            project.map(|raw| canonical_dir(raw, "project").unwrap_or_else(|_| raw.to_string()));
+        // Sessions store canonical project paths; accept the path as the user wrote it. One
+        // that cannot be resolved (a deleted directory) is compared as written, less any
+        // trailing slash, and the reason goes into a refusal.
+        let (project, unresolved) = match project {
+            None => (None, None),
+            Some(raw) => match canonical_dir(raw, "project") {
+                Ok(canonical) => (Some(canonical), None),
+                Err(e) => {
+                    let trimmed = raw.trim_end_matches('/');
+                    let lexical = if trimmed.is_empty() { raw } else { trimmed };
+                    (Some(lexical.to_string()), Some(e.message))
+                }
+            },
+        };
         let id = self.find(selector, project.as_deref(), context)?;
         match project {
             Some(p) if *self.session(id).project != *p => {
@@ -455,9 +466,10 @@ impl Registry {
                     None => format!("context {context:?}'s current session"),
                     Some(_) => "session".to_string(),
                 };
+                let why = unresolved.map_or(String::new(), |e| format!(" ({e})"));
                 Err(invalid(format!(
-                    "{found} {} is not in project {p}; name a session of that project, or \
-                     leave out --project",
+                    "{found} {} belongs to another project than {p}{why}; name a session of \
+                     that project, or leave out --project",
                     self.session(id).describe()
                 )))
             }
@@ -489,10 +501,13 @@ impl Registry {
         // A UUID is usually our id, but a provider's own ids (Claude's, Codex's) are UUIDs
         // too, and so may a name be: when no session has it as id, keep looking.
         let as_id = sel.parse::<SessionId>().ok();
-        if let Some(id) = as_id.filter(|id| self.sessions.contains_key(id)) {
+        let in_project = |id: &SessionId| project.is_none_or(|p| *self.session(*id).project == *p);
+        // A session of another project with this id is the answer only when nothing in the
+        // project has the UUID as a name or provider id (`resolve` then refuses it, by name).
+        let id_elsewhere = as_id.filter(|id| self.sessions.contains_key(id));
+        if let Some(id) = id_elsewhere.filter(in_project) {
             return Ok(id);
         }
-        let in_project = |id: &SessionId| project.is_none_or(|p| *self.session(*id).project == *p);
         let by_name: Vec<SessionId> = self
             .by_name
             .get(sel)
@@ -529,6 +544,9 @@ impl Registry {
             if !found.is_empty() {
                 return self.one(found, &format!("id prefix {sel:?}"), "a longer prefix");
             }
+        }
+        if let Some(id) = id_elsewhere {
+            return Ok(id);
         }
         if let Some(id) = as_id {
             return Err(not_found(format!(

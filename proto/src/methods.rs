@@ -146,7 +146,8 @@ pub struct ShutdownResult {
 // Selecting a session (`session` in the params below) accepts, in this order of precedence: a
 // full id; a name; a provider's session id (current or earlier); a unique id prefix of at least
 // four hex digits. A name or provider id that matches several sessions, or a prefix that does,
-// is an `ambiguous` error listing them; `project` narrows a name lookup to one project. An
+// is an `ambiguous` error listing them; `project` narrows a name, provider id or prefix to one
+// project, and a session found without it (a full id, the current one) must be in it. An
 // omitted `session` means the current session of `context` (default: "default").
 
 method!(
@@ -425,7 +426,7 @@ pub struct LogParams {
     pub project: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
-    /// Only this turn: its id or a prefix of it.
+    /// Only the turns whose id starts with these hex digits (dashes and case ignored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub turn: Option<String>,
     /// Only the last N turns.

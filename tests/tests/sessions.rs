@@ -176,16 +176,26 @@ fn a_project_that_does_not_hold_the_session_meant_is_refused() {
         assert_eq!(err["code"], "invalid_argument", "{args:?}: {err}");
         let message = err["message"].as_str().unwrap();
         assert!(
-            message.contains(&in_b[..8]) && message.contains("is not in project"),
+            message.contains(&in_b[..8]) && message.contains("belongs to another project"),
             "{args:?}: {message}"
         );
     }
     let current = sb.ctl(&["--json", "current"]).json();
     assert_eq!(current["session"]["id"], in_b.as_str(), "{current}");
     assert_eq!(current["generation"], 1, "no second switch: {current}");
-    let queue = sb.ctl(&["--json", "queue", &in_b]).json();
-    assert_eq!(queue["queued"].as_array().map(Vec::len), Some(0), "{queue}");
-    assert!(queue["running"].is_null(), "nothing was sent: {queue}");
+    let log = sb.ctl(&["--json", "log", &in_b]).json();
+    assert_eq!(
+        log["turns"].as_array().map(Vec::len),
+        Some(0),
+        "nothing sent: {log}"
+    );
+    // A project directory that is gone is compared as written, and the refusal says why.
+    let gone = sb.project("gone");
+    std::fs::remove_dir(&gone).unwrap();
+    let out = sb.ctl(&["--json", "show", &in_b, "--project", path_str(&gone)]);
+    assert_eq!(out.code(), 1, "{}", out.stdout());
+    let message = out.json_error()["error"]["message"].to_string();
+    assert!(message.contains("cannot be used"), "{message}");
 
     // Where the project does hold it, it is only a check.
     let shown = sb
@@ -194,6 +204,11 @@ fn a_project_that_does_not_hold_the_session_meant_is_refused() {
     assert_eq!(shown["id"], in_b.as_str());
     let shown = sb
         .ctl(&["--json", "show", &in_a, "--project", path_str(&a)])
+        .json();
+    assert_eq!(shown["id"], in_a.as_str());
+    let with_slash = format!("{}/", path_str(&a));
+    let shown = sb
+        .ctl(&["--json", "show", &in_a, "--project", &with_slash])
         .json();
     assert_eq!(shown["id"], in_a.as_str());
 }

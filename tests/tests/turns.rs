@@ -735,6 +735,7 @@ fn log_refuses_options_it_cannot_honour() {
     let _daemon = sb.start_daemon();
     shell_session(&sb);
     sb.ctl(&["send", "--wait", "echo one"]).ok();
+    sb.ctl(&["send", "--wait", "echo two"]).ok();
     // Following prints text as it comes, so it cannot be one JSON document.
     let out = sb.ctl(&["--json", "log", "-f"]);
     assert_eq!(out.code(), 2, "stdout: {}", out.stdout());
@@ -759,7 +760,9 @@ fn log_refuses_options_it_cannot_honour() {
     assert!(err.message.contains("at least 1"), "{}", err.message);
     conn.request(3, "log", serde_json::json!({"last": 1}));
     let answer = sessiond_tests::as_json(&conn.read().unwrap());
-    assert_eq!(answer["result"]["turns"].as_array().map(Vec::len), Some(1));
+    let turns = answer["result"]["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 1, "{answer}");
+    assert_eq!(turns[0]["turn"]["prompt"], "echo two", "the last one");
 }
 
 #[test]

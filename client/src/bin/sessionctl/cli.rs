@@ -45,8 +45,9 @@ ENVIRONMENT:
 SESSIONS:
   SESSION is a full id, a name, a provider's session id, or an id prefix of at least 4 hex
   digits; names are unique within a project, so --project picks among equal names in
-  different projects. Omitted, it is the current session of the context (--context, or
-  SESSIOND_CONTEXT, default \"default\").
+  different projects (and a session chosen otherwise must be in that project). Omitted, it
+  is the current session of the context (--context, or SESSIOND_CONTEXT, default
+  \"default\").
 
 EXAMPLES:
   sessionctl new --provider claude --name fix-login
@@ -303,8 +304,8 @@ const SUBCOMMANDS: &[(&str, Augment)] = &[
     }),
 ];
 
-/// Seconds, from a millisecond (a socket timeout rounds anything shorter to zero, which the
-/// kernel refuses) to a day.
+/// Seconds, from a millisecond to a day. Under a nanosecond became a zero timeout, which
+/// cannot be set on a socket; nothing answers in under a millisecond anyway.
 fn parse_timeout(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(secs) if (0.001..=86_400.0).contains(&secs) => Ok(secs),
@@ -441,7 +442,7 @@ pub struct ListArgs {
 pub struct SwitchArgs {
     /// The session: id, name, provider id or id prefix
     pub session: String,
-    /// Look names up in this project only
+    /// Look names up in this project only (a session chosen otherwise must be in it)
     #[arg(long, value_name = "DIR")]
     pub project: Option<PathBuf>,
 }
@@ -452,7 +453,7 @@ pub struct RenameArgs {
     pub session: String,
     /// The new name, unique within the project
     pub name: String,
-    /// Look names up in this project only
+    /// Look names up in this project only (a session chosen otherwise must be in it)
     #[arg(long, value_name = "DIR")]
     pub project: Option<PathBuf>,
 }
@@ -478,7 +479,7 @@ pub struct SendArgs {
     /// [SESSION] PROMPT
     #[arg(num_args = 1..=2, value_names = ["SESSION", "PROMPT"], required = true)]
     pub args: Vec<String>,
-    /// Look names up in this project only
+    /// Look names up in this project only (a session chosen otherwise must be in it)
     #[arg(long, value_name = "DIR")]
     pub project: Option<PathBuf>,
     /// Refuse (exit 1, code busy) instead of queueing when the session is busy
@@ -499,7 +500,7 @@ pub struct SteerArgs {
     /// [SESSION] PROMPT
     #[arg(num_args = 1..=2, value_names = ["SESSION", "PROMPT"], required = true)]
     pub args: Vec<String>,
-    /// Look names up in this project only
+    /// Look names up in this project only (a session chosen otherwise must be in it)
     #[arg(long, value_name = "DIR")]
     pub project: Option<PathBuf>,
     /// Do not interrupt the running turn; just run next
@@ -539,7 +540,7 @@ pub struct LogArgs {
 pub struct RunArgs {
     /// The session [default: the context's current session]
     pub session: Option<String>,
-    /// Look names up in this project only
+    /// Look names up in this project only (a session chosen otherwise must be in it)
     #[arg(long, value_name = "DIR")]
     pub project: Option<PathBuf>,
     /// Wait until the session is free instead of failing

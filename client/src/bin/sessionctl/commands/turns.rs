@@ -112,7 +112,8 @@ pub fn send(
         if event.event == event_kind::LAGGED {
             return Err(ClientError::Local(format!(
                 "fell behind the turn's output and lost some; the turn goes on, and \
-                 `sessionctl log --turn {turn}` shows all of its output"
+                 `sessionctl log {} --turn {turn}` shows all of its output",
+                result.turn.session
             )));
         }
         if event.data.turn != Some(turn) {
