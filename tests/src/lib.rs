@@ -306,6 +306,21 @@ impl CtlOutput {
         serde_json::from_slice(&self.0.stderr)
             .unwrap_or_else(|e| panic!("stderr is not JSON ({e}): {}", self.stderr()))
     }
+    /// Asserts a `--json` command was refused: exit status `exit`, nothing on stdout, and an
+    /// error document with `code` whose message contains `words`; returns that document.
+    pub fn refused(&self, exit: i32, code: &str, words: &str) -> serde_json::Value {
+        assert_eq!(self.code(), exit, "stdout: {}", self.stdout());
+        assert_eq!(
+            self.stdout(),
+            "",
+            "a refused command prints nothing on stdout"
+        );
+        let err = self.json_error()["error"].clone();
+        assert_eq!(err["code"], code, "{err}");
+        let message = err["message"].as_str().unwrap_or_default();
+        assert!(message.contains(words), "expected {words:?} in: {message}");
+        err
+    }
     /// Asserts success and returns stdout.
     pub fn ok(&self) -> String {
         assert_eq!(

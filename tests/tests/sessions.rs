@@ -170,14 +170,12 @@ fn a_project_that_does_not_hold_the_session_meant_is_refused() {
     for args in refused {
         let mut argv = vec!["--json"];
         argv.extend_from_slice(args);
-        let out = sb.ctl(&argv);
-        assert_eq!(out.code(), 1, "{args:?}: {}", out.stdout());
-        let err = &out.json_error()["error"];
-        assert_eq!(err["code"], "invalid_argument", "{args:?}: {err}");
-        let message = err["message"].as_str().unwrap();
+        let err = sb
+            .ctl(&argv)
+            .refused(1, "invalid_argument", "belongs to another project");
         assert!(
-            message.contains(&in_b[..8]) && message.contains("belongs to another project"),
-            "{args:?}: {message}"
+            err["message"].as_str().unwrap().contains(&in_b[..8]),
+            "{args:?}: {err}"
         );
     }
     let current = sb.ctl(&["--json", "current"]).json();
@@ -192,10 +190,8 @@ fn a_project_that_does_not_hold_the_session_meant_is_refused() {
     // A project directory that is gone is compared as written, and the refusal says why.
     let gone = sb.project("gone");
     std::fs::remove_dir(&gone).unwrap();
-    let out = sb.ctl(&["--json", "show", &in_b, "--project", path_str(&gone)]);
-    assert_eq!(out.code(), 1, "{}", out.stdout());
-    let message = out.json_error()["error"]["message"].to_string();
-    assert!(message.contains("cannot be used"), "{message}");
+    sb.ctl(&["--json", "show", &in_b, "--project", path_str(&gone)])
+        .refused(1, "invalid_argument", "cannot be used");
 
     // Where the project does hold it, it is only a check.
     let shown = sb

@@ -696,28 +696,15 @@ fn log_narrowed_to_a_turn_takes_its_id_in_either_form_and_names_a_miss() {
         .into_iter()
         .find(|d| !firsts.contains(&d.chars().next().unwrap()))
         .unwrap();
-    let miss = sb.ctl(&["--json", "log", "--turn", unused]);
-    assert_eq!(miss.code(), 1, "stdout: {}", miss.stdout());
-    assert_eq!(miss.stdout(), "");
-    let err = &miss.json_error()["error"];
-    assert_eq!(err["code"], "not_found", "{err}");
-    assert!(
-        err["message"]
-            .as_str()
-            .unwrap()
-            .contains("no turn whose id starts with"),
-        "{err}"
+    sb.ctl(&["--json", "log", "--turn", unused]).refused(
+        1,
+        "not_found",
+        "no turn whose id starts with",
     );
     // SQL wildcards are not id digits: refused, where they once matched every turn.
     for pattern in ["%", "_", "ab%"] {
-        let bad = sb.ctl(&["--json", "log", "--turn", pattern]);
-        assert_eq!(bad.code(), 1, "--turn {pattern}: {}", bad.stdout());
-        let err = &bad.json_error()["error"];
-        assert_eq!(err["code"], "invalid_argument", "--turn {pattern}: {err}");
-        assert!(
-            err["message"].as_str().unwrap().contains("hex digits"),
-            "{err}"
-        );
+        sb.ctl(&["--json", "log", "--turn", pattern])
+            .refused(1, "invalid_argument", "hex digits");
     }
     // Following prints every turn as it comes, so it cannot be narrowed to one.
     let both = sb.ctl(&["log", "-f", "--turn", &plain]);
@@ -737,18 +724,8 @@ fn log_refuses_options_it_cannot_honour() {
     sb.ctl(&["send", "--wait", "echo one"]).ok();
     sb.ctl(&["send", "--wait", "echo two"]).ok();
     // Following prints text as it comes, so it cannot be one JSON document.
-    let out = sb.ctl(&["--json", "log", "-f"]);
-    assert_eq!(out.code(), 2, "stdout: {}", out.stdout());
-    assert_eq!(out.stdout(), "");
-    let err = &out.json_error()["error"];
-    assert_eq!(err["code"], "usage", "{err}");
-    assert!(
-        err["message"]
-            .as_str()
-            .unwrap()
-            .contains("'--follow' cannot be used with '--json'"),
-        "{err}"
-    );
+    sb.ctl(&["--json", "log", "-f"])
+        .refused(2, "usage", "'--follow' cannot be used with '--json'");
     // No turns is never what `--last` asks for: refused by sessionctl, and by the daemon.
     let out = sb.ctl(&["log", "--last", "0"]);
     assert_eq!(out.code(), 2, "stdout: {}", out.stdout());
