@@ -103,6 +103,28 @@ struct Filter {
 /// hostile filter from costing every publish.
 pub const MAX_FILTER_ENTRIES: usize = 1024;
 
+/// Refuses a filter with a list over [`MAX_FILTER_ENTRIES`] or an unknown event kind: the
+/// checks that need nothing but the filter, made before anything costlier looks at it.
+pub fn check_filter(filter: &EventFilter) -> Result<(), SubscribeError> {
+    let lists = [
+        filter.sessions.len(),
+        filter.projects.len(),
+        filter.providers.len(),
+        filter.events.len(),
+    ];
+    if lists.iter().any(|n| *n > MAX_FILTER_ENTRIES) {
+        return Err(SubscribeError::FilterTooLarge);
+    }
+    match filter
+        .events
+        .iter()
+        .find(|k| !event_kind::ALL.contains(&k.as_str()))
+    {
+        Some(kind) => Err(SubscribeError::UnknownKind(kind.clone())),
+        None => Ok(()),
+    }
+}
+
 /// Numbers events and hands each to the subscribers whose filter it matches.
 #[derive(Default)]
 pub struct EventBus {
@@ -136,22 +158,7 @@ impl EventBus {
         filter: EventFilter,
         queue: Arc<EventQueue>,
     ) -> Result<u64, SubscribeError> {
-        if let Some(kind) = filter
-            .events
-            .iter()
-            .find(|k| !event_kind::ALL.contains(&k.as_str()))
-        {
-            return Err(SubscribeError::UnknownKind(kind.clone()));
-        }
-        let lists = [
-            filter.sessions.len(),
-            filter.projects.len(),
-            filter.providers.len(),
-            filter.events.len(),
-        ];
-        if lists.iter().any(|n| *n > MAX_FILTER_ENTRIES) {
-            return Err(SubscribeError::FilterTooLarge);
-        }
+        check_filter(&filter)?;
         let filter = Filter {
             sessions: filter.sessions.into_iter().collect(),
             projects: filter.projects.into_iter().collect(),

@@ -10,14 +10,16 @@
 //! digits is exactly the integer range [p·2^(128−4k), (p+1)·2^(128−4k)), so a prefix lookup is
 //! one range scan with no per-session strings.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use sessiond_proto::methods::{
     CreateParams, ListParams, RenameParams, SessionParams, SwitchResult,
 };
-use sessiond_proto::session::{event_kind, Activity, Phase, SessionEvent, SessionId, SessionInfo};
+use sessiond_proto::session::{
+    event_kind, Activity, EventFilter, Phase, SessionEvent, SessionId, SessionInfo,
+};
 use sessiond_proto::ErrorCode;
 
 use crate::dispatch::RequestError;
@@ -235,6 +237,17 @@ fn canonical_dir(path: &str, what: &str) -> Result<String, RequestError> {
     })
 }
 
+/// The project a client means by `raw`, as sessions store it: its canonical path, or, when it
+/// cannot be resolved (a deleted directory, whose sessions keep the path they were made
+/// with), the path as written less any trailing slash, with why it could not be resolved.
+pub fn project_as_meant(raw: &str) -> Result<String, (String, String)> {
+    canonical_dir(raw, "project").map_err(|e| {
+        let trimmed = raw.trim_end_matches('/');
+        let lexical = if trimmed.is_empty() { raw } else { trimmed };
+        (lexical.to_string(), e.message)
+    })
+}
+
 impl Registry {
     /// Builds the registry from what the store loaded. `is_owned` says whether a process holds
     /// a session's lock now (a session left `attached` by a client that is gone is idle).
@@ -448,16 +461,10 @@ impl Registry {
         // Sessions store canonical project paths; accept the path as the user wrote it. One
         // that cannot be resolved (a deleted directory) is compared as written, less any
         // trailing slash, and the reason goes into a refusal.
-        let (project, unresolved) = match project {
+        let (project, unresolved) = match project.map(project_as_meant) {
             None => (None, None),
-            Some(raw) => match canonical_dir(raw, "project") {
-                Ok(canonical) => (Some(canonical), None),
-                Err(e) => {
-                    let trimmed = raw.trim_end_matches('/');
-                    let lexical = if trimmed.is_empty() { raw } else { trimmed };
-                    (Some(lexical.to_string()), Some(e.message))
-                }
-            },
+            Some(Ok(canonical)) => (Some(canonical), None),
+            Some(Err((lexical, why))) => (Some(lexical), Some(why)),
         };
         let id = self.find(selector, project.as_deref(), context)?;
         match project {
@@ -617,11 +624,7 @@ impl Registry {
             return Err(invalid(format!(
                 "unknown provider {:?}; configured providers: {}",
                 p.provider,
-                self.providers
-                    .keys()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                self.configured_providers()
             )));
         }
         let project = canonical_dir(&p.project, "project")?;
@@ -746,7 +749,7 @@ impl Registry {
         let project = p
             .project
             .as_deref()
-            .map(|raw| canonical_dir(raw, "project").unwrap_or_else(|_| raw.to_string()));
+            .map(|raw| project_as_meant(raw).unwrap_or_else(|(lexical, _)| lexical));
         let archived_wanted = p.all || state == Some("archived");
         // Most recently active first, then newest, then by id so the order is total. The keys
         // sit beside each reference: comparing through 10,000 pointers into the map costs a
@@ -767,6 +770,69 @@ impl Registry {
             sessions: matched.into_iter().map(|(_, s)| s).collect(),
             current: self.contexts.get(&context).and_then(|c| c.session),
         })
+    }
+
+    fn configured_providers(&self) -> String {
+        let names: Vec<&str> = self.providers.keys().map(String::as_str).collect();
+        names.join(", ")
+    }
+
+    /// Refuses a subscription filter that names what no event can carry: a subscription lasts
+    /// as long as its connection, so a mistyped value would otherwise wait in silence for
+    /// ever. A session must exist. A project must be a directory (sessions can still be made
+    /// in it) or some session's project; a provider must be configured or some session's: a
+    /// deleted directory or a provider since dropped from the configuration still names the
+    /// events of the sessions that carry it. `unresolved` holds each project that is not a
+    /// directory, as `project_as_meant` gave it, with why.
+    pub fn check_filter(
+        &self,
+        filter: &EventFilter,
+        unresolved: &[(String, String)],
+    ) -> Result<(), RequestError> {
+        if let Some(id) = filter
+            .sessions
+            .iter()
+            .find(|id| !self.sessions.contains_key(id))
+        {
+            return Err(not_found(format!(
+                "no session has id {id}; a filter names sessions by their full id (`sessionctl \
+                 watch --session` also takes names and prefixes)"
+            )));
+        }
+        let mut projects: HashSet<&str> = unresolved.iter().map(|(p, _)| p.as_str()).collect();
+        let mut providers: HashSet<&str> = filter
+            .providers
+            .iter()
+            .map(String::as_str)
+            .filter(|p| !self.providers.contains_key(*p))
+            .collect();
+        if projects.is_empty() && providers.is_empty() {
+            return Ok(());
+        }
+        for s in self.sessions.values() {
+            projects.remove(&*s.project);
+            providers.remove(&*s.provider);
+        }
+        if let Some((project, why)) = unresolved
+            .iter()
+            .find(|(p, _)| projects.contains(p.as_str()))
+        {
+            return Err(invalid(format!(
+                "no session belongs to project {project}, so no event can match it ({why})"
+            )));
+        }
+        if let Some(provider) = filter
+            .providers
+            .iter()
+            .find(|p| providers.contains(p.as_str()))
+        {
+            return Err(invalid(format!(
+                "unknown provider {provider:?}: no session has it and it is not configured \
+                 (configured providers: {})",
+                self.configured_providers()
+            )));
+        }
+        Ok(())
     }
 
     /// One session's record.

@@ -14,8 +14,9 @@ use sessiond_proto::ErrorCode;
 use crate::conn::Conn;
 use crate::context::Daemon;
 use crate::dispatch::{HandlerResult, Reply, RequestError};
-use crate::events::{SubscribeError, MAX_FILTER_ENTRIES, MAX_SUBSCRIPTIONS};
+use crate::events::{self, SubscribeError, MAX_FILTER_ENTRIES, MAX_SUBSCRIPTIONS};
 use crate::ownership::OwnerStatus;
+use crate::registry::project_as_meant;
 use crate::store::Commit;
 
 /// A change's answer, sent once its commit is durable.
@@ -299,39 +300,49 @@ pub fn subscribe(
     id: u64,
     mut p: SubscribeParams,
 ) -> HandlerResult<Reply<SubscribeResult>> {
+    events::check_filter(&p.filter).map_err(refusal)?;
     // Sessions carry canonical project paths; match what the client meant, symlinks and all.
+    // Resolved before the registry is taken: up to a thousand paths to look up on disk.
+    let mut unresolved = Vec::new();
     for project in &mut p.filter.projects {
-        if let Ok(canonical) = std::fs::canonicalize(&*project) {
-            if let Some(text) = canonical.to_str() {
-                *project = text.to_string();
+        match project_as_meant(project) {
+            Ok(canonical) => *project = canonical,
+            Err((lexical, why)) => {
+                project.clone_from(&lexical);
+                unresolved.push((lexical, why));
             }
         }
     }
-    let seq = ctx
-        .registry()
+    let mut registry = ctx.registry();
+    registry.check_filter(&p.filter, &unresolved)?;
+    let seq = registry
         .events
         .subscribe(conn.id, id, p.filter, conn.events.clone())
-        .map_err(|e| match e {
-            SubscribeError::TooMany => RequestError::new(
-                ErrorCode::BUSY,
-                format!(
-                    "this connection already has {MAX_SUBSCRIPTIONS} subscriptions; unsubscribe \
-                     from some, or combine their filters"
-                ),
-            ),
-            SubscribeError::FilterTooLarge => RequestError::invalid_argument(format!(
-                "a filter list may hold at most {MAX_FILTER_ENTRIES} entries; subscribe to \
-                 everything and filter on your side, or split the subscription"
-            )),
-            SubscribeError::UnknownKind(kind) => RequestError::invalid_argument(format!(
-                "unknown event kind {kind:?}; known kinds: {}",
-                sessiond_proto::session::event_kind::ALL.join(", ")
-            )),
-        })?;
+        .map_err(refusal)?;
     Ok(Reply::Now(SubscribeResult {
         subscription: id,
         seq,
     }))
+}
+
+fn refusal(e: SubscribeError) -> RequestError {
+    match e {
+        SubscribeError::TooMany => RequestError::new(
+            ErrorCode::BUSY,
+            format!(
+                "this connection already has {MAX_SUBSCRIPTIONS} subscriptions; unsubscribe from \
+                 some, or combine their filters"
+            ),
+        ),
+        SubscribeError::FilterTooLarge => RequestError::invalid_argument(format!(
+            "a filter list may hold at most {MAX_FILTER_ENTRIES} entries; subscribe to \
+             everything and filter on your side, or split the subscription"
+        )),
+        SubscribeError::UnknownKind(kind) => RequestError::invalid_argument(format!(
+            "unknown event kind {kind:?}; known kinds: {}",
+            sessiond_proto::session::event_kind::ALL.join(", ")
+        )),
+    }
 }
 
 pub fn unsubscribe(

@@ -188,7 +188,9 @@ method!(
     Regenerate = "regenerate", SessionParams => SwitchResult
 );
 method!(
-    /// Starts pushing events matching a filter on this connection.
+    /// Starts pushing events matching a filter on this connection. A filter value no event
+    /// can carry (an unknown session, provider or kind, a project that is neither a directory
+    /// nor any session's) is refused rather than matching nothing for ever.
     Subscribe = "subscribe", SubscribeParams => SubscribeResult
 );
 method!(

@@ -2,8 +2,9 @@
 //! management, a slow subscriber that must not slow anyone else, and `sessionctl watch`.
 
 use std::io::{BufRead, BufReader};
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -605,14 +606,11 @@ fn slow_subscriber_gets_lagged_while_others_stay_fast() {
         .record();
 }
 
-#[test]
-fn watch_prints_events_as_json_lines() {
-    let sb = Sandbox::new();
-    let _daemon = sb.start_daemon();
-    let project = sb.project("p");
+/// `sessionctl ARGS` (a `watch`) running, with a channel of the lines it prints.
+fn spawn_watch(sb: &Sandbox, args: &[&str]) -> (Child, Receiver<String>) {
     let mut watch = sb
         .sessionctl()
-        .args(["watch", "--event", "session_created"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -626,29 +624,199 @@ fn watch_prints_events_as_json_lines() {
             }
         }
     });
+    (watch, rx)
+}
+
+/// The next line a watch prints, as JSON.
+fn next_event(lines: &Receiver<String>) -> serde_json::Value {
+    let line = lines.recv_timeout(WAIT).expect("watch prints a line");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+#[test]
+fn watch_prints_events_as_json_lines() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = sb.project("p");
+    let (mut watch, lines) = spawn_watch(&sb, &["watch", "--event", "session_created"]);
     eventually("watch to subscribe", || subscriptions(&sb) == 1);
 
     // Not a creation: filtered out.
     let first = sb.new_session(&project, &[]);
     sb.ctl(&["switch", &first]).ok();
     let second = sb.new_session(&project, &["--name", "watched"]);
-    let lines: Vec<String> = (0..2)
-        .map(|_| rx.recv_timeout(WAIT).expect("watch prints a line"))
-        .collect();
+    let events: Vec<serde_json::Value> = (0..2).map(|_| next_event(&lines)).collect();
     let _ = watch.kill();
     let _ = watch.wait();
-    for (line, id) in lines.iter().zip([&first, &second]) {
-        let event: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    for (event, id) in events.iter().zip([&first, &second]) {
         assert_eq!(event["type"], "event");
         assert_eq!(event["event"], "session_created", "{event}");
         assert_eq!(event["data"]["session"], id.as_str());
         assert_eq!(event["data"]["project"], project.to_str().unwrap());
         assert!(event["seq"].as_u64().is_some(), "{event}");
     }
-    assert_eq!(lines.len(), 2);
+    assert_eq!(events.len(), 2);
     // Killed, the watcher's subscription ends with its connection.
     eventually("the subscription to end", || subscriptions(&sb) == 0);
+}
+
+#[test]
+fn a_filter_no_event_can_match_is_refused() {
+    let sb = Sandbox::with_config("[providers.retired]\ncommand = [\"true\", \"{prompt}\"]\n");
+    let mut daemon = sb.start_daemon();
+    // A session whose project directory is then deleted, and whose provider then leaves the
+    // configuration: its events still carry both, so both must stay watchable.
+    let gone = sb.project("gone");
+    let old = sb.new_session(&gone, &["--provider", "retired", "--name", "old"]);
+    std::fs::remove_dir(&gone).unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait().success());
+    std::fs::write(&sb.config, "").unwrap();
+    let _daemon = sb.start_daemon();
+
+    let typo = sb.root.join("projects").join("typo");
+    let typo = typo.to_str().unwrap();
+    for (args, code, words) in [
+        (
+            &["--provider", "claud"][..],
+            "invalid_argument",
+            "unknown provider \"claud\"",
+        ),
+        (
+            &["--provider", "shell", "--provider", "claud"],
+            "invalid_argument",
+            "claude, codex",
+        ),
+        (&["--project", typo], "invalid_argument", typo),
+        (
+            &["--session", "no-such-session"],
+            "not_found",
+            "no-such-session",
+        ),
+    ] {
+        let out = sb.ctl(&[&["--json", "watch"], args].concat());
+        out.refused(1, code, words);
+    }
+    let mut conn = sb.raw();
+    conn.handshake();
+    let stranger = SessionId::new_v4();
+    let filter = EventFilter {
+        sessions: vec![stranger],
+        ..Default::default()
+    };
+    let (_, answer) = conn.call(5, "subscribe", subscribe_params(filter));
+    let err: ErrorFrame = frame::decode(&answer).expect("an error frame");
+    assert_eq!((err.id, err.code), (Some(5), ErrorCode::NOT_FOUND));
+    assert!(
+        err.message.contains(&stranger.to_string()),
+        "{}",
+        err.message
+    );
+    assert_eq!(subscriptions(&sb), 0, "a refused filter subscribes nothing");
+
+    // The deleted directory (written with a trailing slash) and the dropped provider are
+    // accepted, and the session's events come through; `list` finds the session by it too.
+    let gone_slash = format!("{}/", gone.to_str().unwrap());
+    let listed = sb.ctl(&["--json", "list", "--project", &gone_slash]).json();
+    assert_eq!(listed["sessions"][0]["id"], old.as_str(), "{listed}");
+    let (mut watch, lines) = spawn_watch(
+        &sb,
+        &["watch", "--project", &gone_slash, "--provider", "retired"],
+    );
+    eventually("watch to subscribe", || subscriptions(&sb) == 1);
+    sb.ctl(&["rename", &old, "older"]).ok();
+    let event = next_event(&lines);
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(event["event"], "session_renamed", "{event}");
+    assert_eq!(event["data"]["session"], old.as_str(), "{event}");
+    Row::new("bad input", "a_filter_no_event_can_match_is_refused")
+        .done(
+            "`sessionctl watch` with a mistyped provider, a missing directory, an unknown \
+             session; raw subscribe with an unknown id; then a deleted project and a dropped \
+             provider that a stored session still carries",
+        )
+        .checked("exit status, error code and message, subscriptions held, delivery")
+        .result(
+            "each refused, naming the value, 0 subscriptions; the deleted project and dropped \
+             provider accepted and the session's rename delivered",
+        )
+        .record();
+}
+
+#[test]
+fn watch_looks_session_names_up_in_its_projects() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let (one, two) = (sb.project("one"), sb.project("two"));
+    let _api_one = sb.new_session(&one, &["--name", "api"]);
+    let api_two = sb.new_session(&two, &["--name", "api"]);
+    let web_two = sb.new_session(&two, &["--name", "web"]);
+    let (one, two) = (one.to_str().unwrap(), two.to_str().unwrap());
+
+    // Alone, the name is ambiguous, and the refusal says how to choose.
+    sb.ctl(&["--json", "watch", "--session", "api"])
+        .refused(1, "ambiguous", "--project");
+
+    // In a project, it is that project's session. With several projects, a name is kept
+    // wherever it is found: web is only in two.
+    let (mut watch, lines) = spawn_watch(
+        &sb,
+        &[
+            "watch",
+            "--session",
+            "api",
+            "--session",
+            "web",
+            "--project",
+            two,
+        ],
+    );
+    let (mut both, both_lines) = spawn_watch(
+        &sb,
+        &[
+            "watch",
+            "--session",
+            "web",
+            "--project",
+            one,
+            "--project",
+            two,
+        ],
+    );
+    eventually("both watches to subscribe", || subscriptions(&sb) == 2);
+    sb.ctl(&["rename", "--project", one, "api", "api-one"]).ok();
+    sb.ctl(&["rename", &api_two, "api-two"]).ok();
+    sb.ctl(&["rename", &web_two, "web-two"]).ok();
+    let seen: Vec<serde_json::Value> = (0..2).map(|_| next_event(&lines)).collect();
+    let seen_both = next_event(&both_lines);
+    for child in [&mut watch, &mut both] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let renamed = |e: &serde_json::Value| {
+        assert_eq!(e["event"], "session_renamed", "{e}");
+        e["data"]["session"].as_str().unwrap().to_string()
+    };
+    assert_eq!(
+        seen.iter().map(renamed).collect::<Vec<_>>(),
+        [api_two, web_two.clone()],
+        "only project two's api and web, in order"
+    );
+    assert_eq!(renamed(&seen_both), web_two);
+
+    // A name in none of the projects is refused with the first project's answer.
+    sb.ctl(&[
+        "--json",
+        "watch",
+        "--session",
+        "nope",
+        "--project",
+        one,
+        "--project",
+        two,
+    ])
+    .refused(1, "not_found", "nope");
 }
 
 #[test]

@@ -210,8 +210,11 @@ fn filter_lists_of_1024_entries_are_accepted_and_1025_refused() {
     let _daemon = sb.start_daemon();
     let mut conn = sb.raw();
     conn.handshake();
+    // Every entry must be a provider an event can carry, so the built-in ones repeat: the
+    // limit is on the list as sent.
+    let builtin = ["claude", "codex", "gemini", "shell"];
     let filter = |n: usize| EventFilter {
-        providers: (0..n).map(|i| format!("p{i}")).collect(),
+        providers: (0..n).map(|i| builtin[i % 4].to_string()).collect(),
         ..Default::default()
     };
     conn.request(1, "subscribe", serde_json::json!({"filter": filter(1024)}));
@@ -230,11 +233,6 @@ fn filter_lists_of_1024_entries_are_accepted_and_1025_refused() {
     .record();
 }
 
-/// A session id that no session has: distinct for each `i`.
-fn fake_session_id(i: usize) -> String {
-    format!("{i:08x}-0000-4000-8000-{i:012x}")
-}
-
 #[test]
 fn sessions_per_request_1024_accepted_and_1025_refused_in_every_filter_list() {
     // A request names sessions only in a subscription's filter, and every filter list
@@ -250,14 +248,17 @@ fn sessions_per_request_1024_accepted_and_1025_refused_in_every_filter_list() {
             .as_u64()
             .unwrap()
     };
+    // Every entry must be one an event can carry. Directories with no session in them are
+    // distinct entries; a session id only the one real session has, so it repeats: repeats
+    // count, the limit is on the list as sent.
+    let dirs: Vec<String> = (0..1025)
+        .map(|i| sb.project(&format!("q{i}")).to_str().unwrap().to_string())
+        .collect();
     let list = |field: &str, n: usize| -> Vec<String> {
         (0..n)
             .map(|i| match field {
-                // The real session is among the 1,024, last, so delivery proves it is used.
-                "sessions" if i + 1 == n => real.clone(),
-                "sessions" => fake_session_id(i),
-                "projects" => format!("/nonexistent/p{i}"),
-                // Repeats count: the limit is on the list as sent.
+                "sessions" => real.clone(),
+                "projects" => dirs[i].clone(),
                 _ => "session_renamed".to_string(),
             })
             .collect()
@@ -300,7 +301,7 @@ fn sessions_per_request_1024_accepted_and_1025_refused_in_every_filter_list() {
         accepted,
         "only the subscriptions at the limit exist"
     );
-    // The 1,024-session subscription works: renaming the one real session in it is delivered
+    // The 1,024-entry session list works: renaming the session it names is delivered
     // to it (and to the event-kind one), and to nobody else.
     sb.ctl(&["rename", &real, "renamed"]).ok();
     let mut got = std::collections::BTreeSet::new();
@@ -323,7 +324,7 @@ fn sessions_per_request_1024_accepted_and_1025_refused_in_every_filter_list() {
     .runs(accepted + refused)
     .checked("at the limit accepted and delivering; one past refused; subscriptions held")
     .result(format!(
-        "{accepted} of 3 lists at 1,024 accepted (the 1,024-session one delivered its \
+        "{accepted} of 3 lists at 1,024 accepted (the 1,024-entry sessions list delivered its \
              session's rename); {refused} of 3 at 1,025 refused with invalid_argument; {} \
              subscriptions held",
         status(&sb)

@@ -9,7 +9,8 @@ use sessiond_proto::methods::{
     Archive, ContextParams, Create, CreateParams, Current, Get, List, ListParams, Regenerate,
     Rename, RenameParams, Reopen, SessionParams, Subscribe, SubscribeParams, Switch, SwitchResult,
 };
-use sessiond_proto::session::{Activity, EventFilter, SessionInfo};
+use sessiond_proto::session::{Activity, EventFilter, SessionId, SessionInfo};
+use sessiond_proto::ErrorCode;
 
 use crate::cli::{Command, ListArgs, NewArgs, RenameArgs, SwitchArgs, Target, WatchArgs};
 use crate::output::{ago, Out};
@@ -346,6 +347,52 @@ fn print_pointer(w: &mut dyn Write, r: &SwitchResult, verb: &str) -> std::io::Re
 
 /// Subscribes and prints every event as one JSON line, until the daemon goes away or the user
 /// interrupts.
+/// The sessions `--session SELECTOR` means. Events must match every filter, so a session
+/// outside the `--project`s given would never be heard from: a name is looked up in those
+/// projects — in each, when there are several, keeping every session it names.
+fn watched_sessions(
+    client: &mut BlockingClient,
+    selector: &str,
+    projects: &[String],
+    context: &Option<String>,
+) -> Result<Vec<SessionId>, ClientError> {
+    let mut get = |project: Option<&String>| {
+        client
+            .call::<Get>(SessionParams {
+                session: Some(selector.to_string()),
+                project: project.cloned(),
+                context: context.clone(),
+            })
+            .map(|info| info.id)
+    };
+    let [_, _, ..] = projects else {
+        return get(projects.first()).map(|id| vec![id]);
+    };
+    let mut ids = Vec::new();
+    let mut first_refusal = None;
+    for project in projects {
+        match get(Some(project)) {
+            Ok(id) => ids.push(id),
+            // Not there, or (a full id) in another project: the other projects may hold it.
+            Err(e) if elsewhere(&e) => {
+                first_refusal.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match first_refusal {
+        Some(e) if ids.is_empty() => Err(e),
+        _ => Ok(ids),
+    }
+}
+
+/// Whether a refusal says the session is not in the project asked (absent from it, or a
+/// full id of another project's session).
+fn elsewhere(e: &ClientError) -> bool {
+    matches!(e, ClientError::Remote { code, .. }
+        if *code == ErrorCode::NOT_FOUND || *code == ErrorCode::INVALID_ARGUMENT)
+}
+
 fn watch(
     client: &mut BlockingClient,
     sessions: &[String],
@@ -354,21 +401,17 @@ fn watch(
     events: &[String],
     context: Option<String>,
 ) -> Result<(), ClientError> {
+    let projects: Vec<String> = projects
+        .iter()
+        .map(|p| absolute(p))
+        .collect::<Result<_, _>>()?;
     let mut ids = Vec::with_capacity(sessions.len());
     for selector in sessions {
-        let info = client.call::<Get>(SessionParams {
-            session: Some(selector.clone()),
-            project: None,
-            context: context.clone(),
-        })?;
-        ids.push(info.id);
+        ids.extend(watched_sessions(client, selector, &projects, &context)?);
     }
     let filter = EventFilter {
         sessions: ids,
-        projects: projects
-            .iter()
-            .map(|p| absolute(p))
-            .collect::<Result<_, _>>()?,
+        projects,
         providers: providers.to_vec(),
         events: events.to_vec(),
     };
