@@ -3,7 +3,7 @@
 use std::process::Stdio;
 
 use sessiond_tests::report::Row;
-use sessiond_tests::{eventually, Sandbox};
+use sessiond_tests::{eventually, run_bounded, sessionctl_bin, Sandbox};
 
 /// A daemon with one shell session `job` made current; returns its canonical project dir.
 fn setup(sb: &Sandbox) -> std::path::PathBuf {
@@ -179,4 +179,31 @@ fn a_killed_run_gives_the_session_back() {
             again.code()
         ))
         .record();
+}
+
+#[test]
+fn run_holds_the_lock_the_daemon_checks_whatever_state_dir_it_was_told() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    setup(&sb);
+    // A shell whose environment names another state directory than the daemon's: the lock must
+    // still be taken where the daemon looks, or the session would seem free to it.
+    let elsewhere = sb.root.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let shown = run_bounded(
+        sb.sessionctl()
+            .env("SESSIOND_STATE_DIR", &elsewhere)
+            .args(["run", "--", "sh", "-c", "\"$0\" --json show job"])
+            .arg(sessionctl_bin()),
+    );
+    let shown = shown.json();
+    assert_eq!(shown["activity"], "attached", "{shown}");
+    assert_eq!(shown["owner"]["owner"], "sessionctl run", "{shown}");
+    assert_eq!(shown["owner"]["live"], true, "{shown}");
+    assert!(
+        !elsewhere.join("sessions").exists(),
+        "nothing is made in the state directory the daemon does not use"
+    );
+    let after = sb.ctl(&["--json", "show", "job"]).json();
+    assert!(after["owner"].is_null(), "released: {}", after["owner"]);
 }

@@ -1,14 +1,18 @@
 //! `sessionctl run`: a command in the user's terminal owns a session while it runs.
 //!
+//! The session's lock and pid files are the daemon's, in the state directory it reports.
 //! Order matters: attach first (from then on the daemon queues new turns instead of starting
 //! them), then take the session's lock in this process (so the lock names the real owner and
 //! is released by the kernel if sessionctl dies), then run the command. Afterwards, release
 //! the lock before detaching, so a queued turn the detach starts can take it.
 
+use std::path::Path;
 use std::time::Duration;
 
 use sessiond_client::{BlockingClient, ClientError, ConnectOptions};
-use sessiond_proto::methods::{Attach, AttachParams, Detach, Get, SessionParams};
+use sessiond_proto::methods::{
+    Attach, AttachParams, Detach, Get, SessionParams, Status, StatusParams,
+};
 use sessiond_proto::ownership::{ClaimError, SessionFiles};
 use sessiond_proto::ErrorCode;
 
@@ -30,8 +34,14 @@ pub fn run(opts: &ConnectOptions, context: Option<&str>, r: Run) -> Result<u8, C
         context: context.map(str::to_string),
     })?;
     let id = info.id.to_string();
-    let files = SessionFiles::open(&opts.paths.state_dir.join("sessions"))
-        .map_err(|e| ClientError::Local(format!("cannot use the session files: {e}")))?;
+    // The lock must be the one the daemon checks, in its state directory, which is not this
+    // process's when the two were given different `--state-dir`s or environments.
+    let state_dir = client.call::<Status>(StatusParams {})?.state_dir;
+    let files = SessionFiles::open(&Path::new(&state_dir).join("sessions")).map_err(|e| {
+        ClientError::Local(format!(
+            "cannot use the daemon's session files in {state_dir}: {e}"
+        ))
+    })?;
     let claim = loop {
         let attached = client.call::<Attach>(AttachParams {
             session: Some(id.clone()),
