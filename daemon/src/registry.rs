@@ -957,8 +957,9 @@ impl Registry {
         let waiting = self.queues.get(&id).map_or(0, |q| q.queued.len());
         if waiting > 0 {
             return Err(invalid_state(format!(
-                "session {} has {waiting} queued turns; cancel them (`sessionctl queue` lists \
-                 them) before closing it",
+                "session {} has {waiting} queued turns; cancel them (`sessionctl queue {}` \
+                 lists them) before closing it",
+                id.short(),
                 id.short()
             )));
         }
@@ -1212,6 +1213,7 @@ impl Registry {
             SubmitResult {
                 accepted,
                 turn: info,
+                paused: self.queues.get(&id).and_then(|q| q.paused.clone()),
             },
             commit,
             start,
@@ -1463,10 +1465,22 @@ impl Registry {
         self.writable()?;
         let context = context_name(p.context.as_deref())?;
         let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
+        // An archived session runs nothing, and `resume` refuses it: a pause could not be undone.
+        if !matches!(self.session(id).phase, Phase::Provisional | Phase::Bound) {
+            return Err(invalid_state(format!(
+                "session {} is {}; it runs nothing to pause (`sessionctl reopen {}` brings it \
+                 back)",
+                id.short(),
+                self.session(id).phase.as_str(),
+                id.short()
+            )));
+        }
         let queue = self.queues.entry(id).or_default();
         if let Some(already) = &queue.paused {
             return Err(invalid_state(format!(
-                "session {}'s queue is already paused ({already}); `sessionctl resume` releases it",
+                "session {}'s queue is already paused ({already}); `sessionctl resume {}` \
+                 releases it",
+                id.short(),
                 id.short()
             )));
         }
@@ -1494,9 +1508,10 @@ impl Registry {
         let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
         if !matches!(self.session(id).phase, Phase::Provisional | Phase::Bound) {
             return Err(invalid_state(format!(
-                "session {} is {}; reopen it first",
+                "session {} is {}; reopen it first (`sessionctl reopen {}`)",
                 id.short(),
-                self.session(id).phase.as_str()
+                self.session(id).phase.as_str(),
+                id.short()
             )));
         }
         let attached = self.attached.contains_key(&id);
@@ -1532,7 +1547,8 @@ impl Registry {
 
     /// Submits a turn that runs next. A running turn is interrupted unless `no_interrupt`;
     /// the answer then names its worker, which the caller must stop (the steer starts when it
-    /// exits). A paused queue stays paused, with the steer at its head.
+    /// exits). A paused queue stays paused, with the steer at its head; one with a running turn
+    /// is refused unless `no_interrupt`, as nothing would run after the interruption.
     #[allow(clippy::type_complexity)]
     pub fn steer(
         &mut self,
@@ -1546,6 +1562,26 @@ impl Registry {
         ),
         RequestError,
     > {
+        if !p.no_interrupt {
+            // Stopping the running turn of a held queue would leave the steer waiting behind
+            // the pause, and the session doing nothing, until someone resumes it.
+            let context = context_name(p.context.as_deref())?;
+            let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
+            if let Some((running, reason)) = self
+                .queues
+                .get(&id)
+                .and_then(|q| q.running.zip(q.paused.as_ref()))
+            {
+                return Err(invalid_state(format!(
+                    "session {}'s queue is paused ({reason}): a steer would stop its running \
+                     turn {} and then wait. Resume the queue first (`sessionctl resume {}`), or \
+                     steer with --no-interrupt to put the prompt at the head of the queue",
+                    id.short(),
+                    running.short(),
+                    id.short()
+                )));
+            }
+        }
         let submitted = SubmitParams {
             session: p.session.clone(),
             project: p.project.clone(),

@@ -353,6 +353,9 @@ pub struct SubmitResult {
     /// where).
     pub accepted: bool,
     pub turn: TurnInfo,
+    /// Why the session's queue is held, when it is: the turn waits until `resume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
 }
 
 /// Result of `queue`.

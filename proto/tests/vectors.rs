@@ -345,6 +345,7 @@ fn golden_vectors_match_typed_messages() {
                     exit_code: None,
                     error: None,
                 },
+                paused: None,
             },
         ),
     );

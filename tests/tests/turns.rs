@@ -957,3 +957,126 @@ fn a_worker_gets_no_descriptor_the_daemon_inherited() {
         "the worker should hold the session lock:\n{seen}"
     );
 }
+
+#[test]
+fn a_held_queue_is_named_when_a_prompt_joins_it_and_a_steer_does_not_strand_it() {
+    let sb = Sandbox::with_config("[daemon]\ninterrupt_grace_ms = 200\nterminate_grace_ms = 200\n");
+    let _daemon = sb.start_daemon();
+    let project = shell_session(&sb);
+    let id = sb.ctl(&["--json", "show", "job"]).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let short = &id[..8];
+    sb.ctl(&["send", "echo $$ > long.pid; sleep 30"]).ok();
+    sessiond_tests::eventually("the long turn to start", || {
+        project.join("long.pid").exists()
+    });
+    sb.ctl(&["pause"]).ok();
+
+    // A steer would interrupt the running turn and then wait behind the pause: refused, and
+    // nothing changes.
+    let before = sb.ctl(&["--json", "queue"]).json();
+    sb.ctl(&["--json", "steer", "echo steered >> order.log"])
+        .refused(1, "invalid_state", &format!("sessionctl resume {short}"));
+    assert_eq!(
+        sb.ctl(&["--json", "queue"]).json(),
+        before,
+        "nothing changed"
+    );
+    let pid = sessiond_tests::pid_written_to(&project.join("long.pid"));
+    assert!(sessiond_tests::process_running(pid), "the turn still runs");
+
+    // Joining the held queue says so, with the command that releases it.
+    let sent = sb.ctl(&["send", "echo sent >> order.log"]).ok();
+    assert!(
+        sent.contains("the queue is paused: paused by a client")
+            && sent.contains(&format!("`sessionctl resume {short}`")),
+        "{sent}"
+    );
+    let json = sb
+        .ctl(&[
+            "--json",
+            "steer",
+            "--no-interrupt",
+            "echo steered >> order.log",
+        ])
+        .json();
+    assert_eq!(json["paused"], "paused by a client", "{json}");
+    assert_eq!(json["turn"]["position"], 1, "{json}");
+
+    // A --wait says what it waits for before waiting; after a resume it ends as usual.
+    let mut waiting = sb
+        .sessionctl()
+        .args(["send", "--wait", "echo waited >> order.log"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut notice = String::new();
+    {
+        use std::io::BufRead;
+        let stderr = waiting.stderr.as_mut().unwrap();
+        std::io::BufReader::new(stderr)
+            .read_line(&mut notice)
+            .unwrap();
+    }
+    assert!(
+        notice.contains("waits: the queue is paused") && notice.contains("sessionctl resume"),
+        "{notice}"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    sb.ctl(&["resume"]).ok();
+    assert!(waiting.wait().unwrap().success());
+    assert_eq!(
+        std::fs::read_to_string(project.join("order.log")).unwrap(),
+        "steered\nsent\nwaited\n"
+    );
+}
+
+#[test]
+fn pause_refuses_an_archived_session_it_could_not_resume() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    shell_session(&sb);
+    sb.ctl(&["close", "job"]).ok();
+    sb.ctl(&["--json", "pause", "job"])
+        .refused(1, "invalid_state", "archived");
+    let shown = sb.ctl(&["--json", "show", "job"]).json();
+    assert_eq!(shown["activity"], "idle", "{shown}");
+    sb.ctl(&["--json", "resume", "job"])
+        .refused(1, "invalid_state", "sessionctl reopen");
+}
+
+#[test]
+fn wait_passes_through_only_a_failed_turns_exit_code() {
+    let sb = Sandbox::with_config("[daemon]\ninterrupt_grace_ms = 2000\n");
+    let _daemon = sb.start_daemon();
+    let project = shell_session(&sb);
+    // The provider answers SIGINT by exiting 7: the code is the cancellation's doing, not a
+    // verdict on the work, so --wait exits 1.
+    let waiting = sb
+        .sessionctl()
+        .args([
+            "send",
+            "--wait",
+            "trap 'exit 7' INT; echo $$ > worker.pid; sleep 30 & wait",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    sessiond_tests::eventually("the worker to start", || {
+        project.join("worker.pid").exists()
+    });
+    let queue = sb.ctl(&["--json", "queue"]).json();
+    let turn = queue["running"]["turn_id"].as_str().unwrap().to_string();
+    sb.ctl(&["cancel", &turn]).ok();
+    let out = waiting.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cancelled (exit code 7)"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+}

@@ -33,6 +33,8 @@ EXIT STATUS:
   3  daemon unreachable: not running (with autostart off), autostart failed, the connection
      broke, or no answer within --timeout
   4  client and daemon speak incompatible protocol versions (fix: sessionctl daemon restart)
+  `send --wait`, `steer --wait` and `run` exit instead with the status of what they ran (a
+  failed turn's exit code, the command's), which may be any number.
 
 ENVIRONMENT:
   SESSIOND_RUNTIME_DIR   runtime directory (socket, lock and pid files)
@@ -79,8 +81,8 @@ pub struct Global {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// Never start a daemon; fail with exit status 3 when none runs
-    /// [env: SESSIOND_NO_AUTOSTART=1]
+    /// Never start a daemon implicitly; fail with exit status 3 when none runs (`daemon
+    /// start` and `daemon restart` still start one) [env: SESSIOND_NO_AUTOSTART=1]
     #[arg(long, global = true)]
     pub no_autostart: bool,
 
@@ -157,7 +159,9 @@ impl Cli {
         let args: Vec<OsString> = std::env::args_os().collect();
         match lean_parse(&args) {
             Some(cli) => cli.settle(),
-            None => Cli::try_parse_from(args)?.settle(),
+            None => Cli::try_parse_from(&args)
+                .map_err(|e| with_quoting_tip(e, &args))?
+                .settle(),
         }
     }
 
@@ -180,6 +184,28 @@ impl Cli {
         }
         Ok(self)
     }
+}
+
+/// A prompt of several unquoted words reaches `send` or `steer` as too many arguments; clap's
+/// error alone ("unexpected value") does not say that quoting is the cure.
+fn with_quoting_tip(mut e: clap::Error, args: &[OsString]) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let command = args
+        .iter()
+        .skip(1)
+        .find_map(|a| SUBCOMMANDS.iter().find(|(name, _)| a == name))
+        .map(|(name, _)| *name);
+    if let (Some(name @ ("send" | "steer")), ErrorKind::TooManyValues) = (command, e.kind()) {
+        let tip = format!(
+            "a prompt of several words is one argument: quote it, as in `sessionctl {name} api \
+             \"fix the login bug\"`"
+        );
+        e.insert(
+            ContextKind::Suggested,
+            ContextValue::StyledStrs(vec![tip.into()]),
+        );
+    }
+    e
 }
 
 /// Parses `args` against a lean tree (see [`lean_tree`]), or returns `None` when that tree
@@ -366,12 +392,17 @@ pub enum Command {
 
     /// Send a prompt to a session: it runs at once if the session is free, else it is
     /// queued. With one argument it goes to the context's current session. PROMPT `-` reads it
-    /// from standard input. Prints the turn id (and its place in the queue, if queued).
+    /// from standard input. Prints the turn id (and its place in the queue, if queued, and
+    /// whether the queue is paused).
+    #[command(override_usage = "sessionctl send [OPTIONS] [SESSION] <PROMPT>")]
     Send(SendArgs),
 
     /// Send a prompt that runs next: it interrupts the running turn (SIGINT to its process
     /// group, then SIGTERM and SIGKILL), which settles `interrupted`; with --no-interrupt it
-    /// only goes to the head of the queue. Takes the same options as `send`.
+    /// only goes to the head of the queue. Arguments, --project, --wait and --follow are as
+    /// for `send`. Refused, unless --no-interrupt, while the session's queue is paused with a
+    /// turn running: the steer would wait behind the pause after the interruption.
+    #[command(override_usage = "sessionctl steer [OPTIONS] [SESSION] <PROMPT>")]
     Steer(SteerArgs),
 
     /// Move a queued turn to the head of its queue (nothing is interrupted)
@@ -486,7 +517,8 @@ pub struct WatchArgs {
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// [SESSION] PROMPT
+    /// [SESSION] PROMPT: the session (default: the context's current one) and the prompt, one
+    /// argument (quote it)
     #[arg(num_args = 1..=2, value_names = ["SESSION", "PROMPT"], required = true)]
     pub args: Vec<String>,
     /// Look names up in this project only (a session chosen otherwise must be in it)
@@ -507,7 +539,8 @@ pub struct SendArgs {
 
 #[derive(Debug, Args)]
 pub struct SteerArgs {
-    /// [SESSION] PROMPT
+    /// [SESSION] PROMPT: the session (default: the context's current one) and the prompt, one
+    /// argument (quote it)
     #[arg(num_args = 1..=2, value_names = ["SESSION", "PROMPT"], required = true)]
     pub args: Vec<String>,
     /// Look names up in this project only (a session chosen otherwise must be in it)
@@ -516,7 +549,8 @@ pub struct SteerArgs {
     /// Do not interrupt the running turn; just run next
     #[arg(long)]
     pub no_interrupt: bool,
-    /// Wait for the turn to finish and exit with its status
+    /// Wait for the turn to finish and exit with its status: 0 when it completed, the
+    /// provider's exit code when it failed with one, 1 otherwise
     #[arg(long)]
     pub wait: bool,
     /// Print the turn's output as it comes; implies --wait
@@ -639,6 +673,28 @@ mod tests {
             .into_iter()
             .filter(|l| !l.contains("id: \"version\"") && !l.contains("id: \"help\""))
             .collect()
+    }
+
+    #[test]
+    fn an_unquoted_prompt_gets_a_tip_to_quote_it() {
+        for command in ["send", "steer"] {
+            let args: Vec<OsString> = ["sessionctl", command, "fix", "the", "bug"]
+                .iter()
+                .map(OsString::from)
+                .collect();
+            let e = Cli::try_parse_from(&args).expect_err("three words are too many");
+            let kind = e.kind();
+            let text = with_quoting_tip(e, &args).render().to_string();
+            assert!(text.contains("quote it"), "{command} ({kind:?}): {text}");
+        }
+        // Other commands' errors are left alone.
+        let args: Vec<OsString> = ["sessionctl", "show", "a", "b"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let e = Cli::try_parse_from(&args).expect_err("two sessions");
+        let text = with_quoting_tip(e, &args).render().to_string();
+        assert!(!text.contains("quote it"), "{text}");
     }
 
     #[test]

@@ -155,7 +155,8 @@ fn stop_daemon(opts: &ConnectOptions) -> Result<Option<u32>, ClientError> {
     while running_daemon(&opts.paths).is_some() {
         if Instant::now() >= deadline {
             return Err(ClientError::Local(format!(
-                "sessiond (pid {pid}) was asked to shut down but had not exited after                  {patience:?}; check its log, or end it with `kill -9 {pid}`"
+                "sessiond (pid {pid}) was asked to shut down but had not exited after \
+                 {patience:?}; check its log, or end it with `kill -9 {pid}`"
             )));
         }
         std::thread::sleep(Duration::from_millis(5));

@@ -93,12 +93,26 @@ pub fn send(
         })?,
     };
     let turn = result.turn.turn_id;
+    // A turn in a held queue waits for `resume`, which the user must be told of: a `--wait`
+    // would otherwise look hung.
+    let held = result.paused.as_ref().map(|reason| {
+        format!(
+            "the queue is paused: {reason}; `sessionctl resume {}` releases it",
+            result.turn.session.short()
+        )
+    });
     if !waiting {
-        out.emit(&result, |w| match result.turn.position {
-            Some(position) => writeln!(w, "{turn} (queued at position {position})"),
-            None => writeln!(w, "{turn}"),
+        out.emit(&result, |w| {
+            let held = held.as_ref().map_or(String::new(), |h| format!("; {h}"));
+            match result.turn.position {
+                Some(position) => writeln!(w, "{turn} (queued at position {position}{held})"),
+                None => writeln!(w, "{turn}"),
+            }
         })?;
         return Ok(0);
+    }
+    if let (Some(held), false) = (&held, out.json) {
+        eprintln!("sessionctl: turn {} waits: {held}", turn.short());
     }
     client.set_timeout(None)?;
     loop {
@@ -160,7 +174,9 @@ pub fn send(
             }
             return Ok(match (status, exit_code) {
                 (TurnStatus::Completed, _) => 0,
-                (_, Some(code)) if (1..=255).contains(&code) => code as u8,
+                // Only a failure's code is the provider's verdict; an interrupted or
+                // cancelled turn's is the signal's doing.
+                (TurnStatus::Failed, Some(code)) if (1..=255).contains(&code) => code as u8,
                 _ => 1,
             });
         }
@@ -191,7 +207,11 @@ pub fn queue(
     };
     out.emit(&result, |w| {
         if let Some(reason) = &result.paused {
-            writeln!(w, "paused   {reason} (`sessionctl resume` releases it)")?;
+            writeln!(
+                w,
+                "paused   {reason} (`sessionctl resume {}` releases it)",
+                result.session.short()
+            )?;
         }
         let line = |w: &mut dyn Write, label: &str, t: &TurnInfo| {
             let prompt: String = t.prompt.chars().take(60).collect();
