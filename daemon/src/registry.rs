@@ -772,6 +772,21 @@ impl Registry {
         })
     }
 
+    /// Refuses work on a session that is not live (archived or failed): submit, pause,
+    /// resume and attach need one, and the refusal says how to bring it back.
+    fn live(&self, id: SessionId) -> Result<(), RequestError> {
+        let phase = self.session(id).phase;
+        if matches!(phase, Phase::Provisional | Phase::Bound) {
+            return Ok(());
+        }
+        Err(invalid_state(format!(
+            "session {} is {}; reopen it first (`sessionctl reopen {}`)",
+            id.short(),
+            phase.as_str(),
+            id.short()
+        )))
+    }
+
     fn configured_providers(&self) -> String {
         let names: Vec<&str> = self.providers.keys().map(String::as_str).collect();
         names.join(", ")
@@ -1153,14 +1168,7 @@ impl Registry {
                 id.short()
             )));
         }
-        if !matches!(session.phase, Phase::Provisional | Phase::Bound) {
-            return Err(invalid_state(format!(
-                "session {} is {}; reopen it first (`sessionctl reopen {}`)",
-                id.short(),
-                session.phase.as_str(),
-                id.short()
-            )));
-        }
+        self.live(id)?;
         let attached = session.activity == Activity::Attached || self.attached.contains_key(&id);
         let queue = self.queues.entry(id).or_default();
         let busy = attached
@@ -1466,15 +1474,7 @@ impl Registry {
         let context = context_name(p.context.as_deref())?;
         let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
         // An archived session runs nothing, and `resume` refuses it: a pause could not be undone.
-        if !matches!(self.session(id).phase, Phase::Provisional | Phase::Bound) {
-            return Err(invalid_state(format!(
-                "session {} is {}; it runs nothing to pause (`sessionctl reopen {}` brings it \
-                 back)",
-                id.short(),
-                self.session(id).phase.as_str(),
-                id.short()
-            )));
-        }
+        self.live(id)?;
         let queue = self.queues.entry(id).or_default();
         if let Some(already) = &queue.paused {
             return Err(invalid_state(format!(
@@ -1506,14 +1506,7 @@ impl Registry {
         self.writable()?;
         let context = context_name(p.context.as_deref())?;
         let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
-        if !matches!(self.session(id).phase, Phase::Provisional | Phase::Bound) {
-            return Err(invalid_state(format!(
-                "session {} is {}; reopen it first (`sessionctl reopen {}`)",
-                id.short(),
-                self.session(id).phase.as_str(),
-                id.short()
-            )));
-        }
+        self.live(id)?;
         let attached = self.attached.contains_key(&id);
         let queue = self.queues.entry(id).or_default();
         if queue.paused.take().is_none() {
@@ -1680,14 +1673,7 @@ impl Registry {
         self.writable()?;
         let context = context_name(p.context.as_deref())?;
         let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
-        let session = self.session(id);
-        if !matches!(session.phase, Phase::Provisional | Phase::Bound) {
-            return Err(invalid_state(format!(
-                "session {} is {}; reopen it first",
-                id.short(),
-                session.phase.as_str()
-            )));
-        }
+        self.live(id)?;
         if let Some((_, pid)) = self.attached.get(&id) {
             return Err(RequestError::new(
                 ErrorCode::BUSY,

@@ -516,6 +516,15 @@ impl Sandbox {
         self.ctl(&["--json", "list", "--all"]).json()
     }
 
+    /// The full id of the session `selector` names (`sessionctl --json show SELECTOR`).
+    pub fn session_id(&self, selector: &str) -> String {
+        let shown = self.ctl(&["--json", "show", selector]).json();
+        shown["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("show {selector} gave no id: {shown}"))
+            .to_string()
+    }
+
     /// `sessionctl new --project DIR ARGS`; returns the new session's id.
     pub fn new_session(&self, project: &Path, args: &[&str]) -> String {
         let mut all = vec!["new", "--project", project.to_str().expect("UTF-8 path")];

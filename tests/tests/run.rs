@@ -25,10 +25,7 @@ fn run_gives_the_command_the_session_and_passes_its_status_through() {
     let sb = Sandbox::new();
     let _daemon = sb.start_daemon();
     let project = setup(&sb);
-    let id = sb.ctl(&["--json", "show", "job"]).json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = sb.session_id("job");
     let out = sb.ctl(&[
         "run",
         "--",
@@ -148,10 +145,7 @@ fn a_killed_run_gives_the_session_back() {
         let shown = sb.ctl(&["--json", "show", "job"]).json();
         shown["owner"].is_null() && shown["activity"] == "idle"
     });
-    let id = sb.ctl(&["--json", "show", "job"]).json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = sb.session_id("job");
     let sessions = sb.state.join("sessions");
     assert!(!sessions.join(format!("{id}.lock")).exists());
     assert!(!sessions.join(format!("{id}.pid")).exists());

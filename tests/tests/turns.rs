@@ -136,10 +136,7 @@ fn worker_gets_the_session_environment_and_working_directory() {
     let sb = Sandbox::new();
     let _daemon = sb.start_daemon();
     let project = shell_session(&sb);
-    let id = sb.ctl(&["--json", "show", "job"]).json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = sb.session_id("job");
     let out = sb.ctl(&[
         "send",
         "--follow",
@@ -844,10 +841,7 @@ fn a_turn_whose_session_is_owned_elsewhere_waits_at_the_head_of_a_paused_queue()
     let sb = Sandbox::new();
     let _daemon = sb.start_daemon();
     let project = shell_session(&sb);
-    let id = sb.ctl(&["--json", "show", "job"]).json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = sb.session_id("job");
     std::fs::create_dir_all(sb.state.join("sessions")).unwrap();
     let lock = sb.state.join("sessions").join(format!("{id}.lock"));
     // Another process holds the session's lock (as a surviving owner would).
@@ -963,10 +957,7 @@ fn a_held_queue_is_named_when_a_prompt_joins_it_and_a_steer_does_not_strand_it()
     let sb = Sandbox::with_config("[daemon]\ninterrupt_grace_ms = 200\nterminate_grace_ms = 200\n");
     let _daemon = sb.start_daemon();
     let project = shell_session(&sb);
-    let id = sb.ctl(&["--json", "show", "job"]).json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = sb.session_id("job");
     let short = &id[..8];
     sb.ctl(&["send", "echo $$ > long.pid; sleep 30"]).ok();
     sessiond_tests::eventually("the long turn to start", || {

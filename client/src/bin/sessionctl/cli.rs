@@ -190,11 +190,7 @@ impl Cli {
 /// error alone ("unexpected value") does not say that quoting is the cure.
 fn with_quoting_tip(mut e: clap::Error, args: &[OsString]) -> clap::Error {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
-    let command = args
-        .iter()
-        .skip(1)
-        .find_map(|a| SUBCOMMANDS.iter().find(|(name, _)| a == name))
-        .map(|(name, _)| *name);
+    let command = named_subcommand(args).map(|(name, _)| *name);
     if let (Some(name @ ("send" | "steer")), ErrorKind::TooManyValues) = (command, e.kind()) {
         let tip = format!(
             "a prompt of several words is one argument: quote it, as in `sessionctl {name} api \
@@ -208,6 +204,15 @@ fn with_quoting_tip(mut e: clap::Error, args: &[OsString]) -> clap::Error {
     e
 }
 
+/// The subcommand `args` name: the first argument before any `--` that is one's name (it may
+/// really be an option's value, which only a parse can tell).
+fn named_subcommand(args: &[OsString]) -> Option<&'static (&'static str, Augment)> {
+    args.iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .find_map(|a| SUBCOMMANDS.iter().find(|(name, _)| a == name))
+}
+
 /// Parses `args` against a lean tree (see [`lean_tree`]), or returns `None` when that tree
 /// does not accept them. It gives the whole tree's answer whenever it gives one: its
 /// subcommand is the whole tree's and its root holds some of the whole root's global options
@@ -216,11 +221,7 @@ fn with_quoting_tip(mut e: clap::Error, args: &[OsString]) -> clap::Error {
 /// one; when that was really an option's value, the lean tree fails and the whole tree
 /// decides.
 fn lean_parse(args: &[OsString]) -> Option<Cli> {
-    let &(name, augment) = args
-        .iter()
-        .skip(1)
-        .take_while(|a| *a != "--")
-        .find_map(|a| SUBCOMMANDS.iter().find(|(name, _)| a == name))?;
+    let &(name, augment) = named_subcommand(args)?;
     let named = named_globals(args);
     let mut matches = lean_tree(name, augment, &named)
         .try_get_matches_from(args)

@@ -345,8 +345,6 @@ fn print_pointer(w: &mut dyn Write, r: &SwitchResult, verb: &str) -> std::io::Re
     }
 }
 
-/// Subscribes and prints every event as one JSON line, until the daemon goes away or the user
-/// interrupts.
 /// The sessions `--session SELECTOR` means. Events must match every filter, so a session
 /// outside the `--project`s given would never be heard from: a name is looked up in those
 /// projects — in each, when there are several, keeping every session it names.
@@ -393,6 +391,8 @@ fn elsewhere(e: &ClientError) -> bool {
         if *code == ErrorCode::NOT_FOUND || *code == ErrorCode::INVALID_ARGUMENT)
 }
 
+/// Subscribes and prints every event as one JSON line, until the daemon goes away or the user
+/// interrupts.
 fn watch(
     client: &mut BlockingClient,
     sessions: &[String],
