@@ -83,13 +83,11 @@ fn lock_until(file: &File, deadline: Instant) -> Result<(), Option<std::io::Erro
     }
 }
 
-/// Runs `sessiond --detach` with the same directories and waits for it to report ready.
-fn spawn_detached(opts: &ConnectOptions, deadline: Instant) -> Result<(), ClientError> {
+/// `sessiond` with the directories (and the config, when chosen) of `opts`: what autostart runs.
+fn daemon_command(opts: &ConnectOptions) -> Command {
     let paths = &opts.paths;
-    let program = opts.daemon_program();
-    let mut cmd = Command::new(&program);
-    cmd.arg("--detach")
-        .arg("--runtime-dir")
+    let mut cmd = Command::new(opts.daemon_program());
+    cmd.arg("--runtime-dir")
         .arg(&paths.runtime_dir)
         .arg("--state-dir")
         .arg(&paths.state_dir);
@@ -101,12 +99,88 @@ fn spawn_detached(opts: &ConnectOptions, deadline: Instant) -> Result<(), Client
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| ClientError::Autostart {
-        reason: format!(
-            "cannot run {}: {e}; install sessiond beside sessionctl or on PATH, or set \
-             SESSIOND_BIN to it",
+    cmd
+}
+
+fn cannot_run(program: &Path, e: &std::io::Error) -> String {
+    format!(
+        "cannot run {}: {e}; install sessiond beside sessionctl or on PATH, or set \
+         SESSIOND_BIN to it",
+        program.display()
+    )
+}
+
+/// Why a daemon started now would not come up, as `sessiond --check-config` finds with the
+/// directories and config autostart would give it; `None` when it would start. Starts
+/// nothing, so `daemon restart` asks this before stopping the daemon that runs.
+///
+/// A sessiond too old to know the check (it refuses the flag as a bad command line) passes:
+/// the restart then goes ahead as it did before the check existed.
+pub fn start_refusal(opts: &ConnectOptions) -> Result<Option<String>, ClientError> {
+    /// sessiond's exit status for a bad command line.
+    const DAEMON_EXIT_USAGE: i32 = 2;
+    let program = opts.daemon_program();
+    let mut cmd = daemon_command(opts);
+    cmd.arg("--check-config");
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| ClientError::Local(cannot_run(&program, &e)))?;
+    // Read while it runs: a long message must not fill the pipe and stall it.
+    let stderr = child.stderr.take().map(|mut pipe| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    });
+    // It reads one file; a config path that is a FIFO nobody writes must not hang us.
+    let deadline = Instant::now() + opts.startup_timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(Some(format!(
+                    "`{} --check-config` did not finish within {:?}; is the config file {} \
+                     readable?",
+                    program.display(),
+                    opts.startup_timeout,
+                    opts.paths.config.display()
+                )));
+            }
+            Err(e) => {
+                return Err(ClientError::Local(format!(
+                    "waiting for {}: {e}",
+                    program.display()
+                )))
+            }
+        }
+    };
+    if status.success() || status.code() == Some(DAEMON_EXIT_USAGE) {
+        return Ok(None);
+    }
+    let stderr = stderr
+        .and_then(|reader| reader.join().ok())
+        .unwrap_or_default();
+    Ok(Some(match stderr.trim() {
+        "" => format!(
+            "`{} --check-config` exited with {status}",
             program.display()
         ),
+        text => text.strip_prefix("sessiond: ").unwrap_or(text).to_string(),
+    }))
+}
+
+/// Runs `sessiond --detach` with the same directories and waits for it to report ready.
+fn spawn_detached(opts: &ConnectOptions, deadline: Instant) -> Result<(), ClientError> {
+    let paths = &opts.paths;
+    let program = opts.daemon_program();
+    let mut cmd = daemon_command(opts);
+    cmd.arg("--detach");
+    let mut child = cmd.spawn().map_err(|e| ClientError::Autostart {
+        reason: cannot_run(&program, &e),
         log: paths.log_file(),
         tail: String::new(),
     })?;

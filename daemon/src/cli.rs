@@ -26,7 +26,8 @@ SIGNALS:
   a second one      during a slow shutdown: exit at once (status 1)
 
 EXIT STATUS:
-  0  clean shutdown (or, with --detach, the daemon is up and accepting)
+  0  clean shutdown (or, with --detach, the daemon is up and accepting; with
+     --check-config, a daemon would start with these settings)
   1  could not start: unsafe directory, bad config, socket error (the message says which)
   2  bad command line
   3  another sessiond already runs on this runtime (or state) directory
@@ -34,6 +35,7 @@ EXIT STATUS:
 EXAMPLES:
   sessiond                       run in the foreground (for systemd, launchd, a terminal)
   sessiond --detach              run in the background; returns once the socket accepts
+  sessiond --check-config        would a daemon start with this config? (after editing it)
   SESSIOND_LOG=debug sessiond    verbose logging
   sessionctl daemon status       ask a running daemon about itself
 
@@ -61,9 +63,22 @@ pub struct Args {
     #[arg(long)]
     pub detach: bool,
 
+    /// Check what a start would use, then exit without starting: the config file, the log
+    /// filter and both directories. Prints what a daemon would use and exits 0, or prints the
+    /// reason it would not start and exits 1. Takes no lock and creates nothing, so it is safe
+    /// beside a running daemon; `sessionctl daemon restart` runs it before stopping one.
+    #[arg(long, conflicts_with = "detach")]
+    pub check_config: bool,
+
     /// Log filter: error, warn, info, debug, trace, off, or target=level directives
     /// such as "sessiond::conn=debug,info". Changeable at runtime with
-    /// `sessionctl daemon log-level`.
-    #[arg(long, value_name = "FILTER", env = "SESSIOND_LOG")]
+    /// `sessionctl daemon log-level` [env: SESSIOND_LOG; empty means unset]
+    #[arg(long, value_name = "FILTER", value_parser = log_filter_arg)]
     pub log_level: Option<String>,
+}
+
+/// Checks `--log-level` while parsing, so a typo is a bad command line (exit 2) and is found
+/// before anything is taken.
+fn log_filter_arg(spec: &str) -> Result<String, String> {
+    crate::logging::parse_filter(spec).map(|(_, normalised)| normalised)
 }

@@ -155,6 +155,16 @@ impl Config {
     /// Reads the configuration named by `paths`, or the defaults when the default file is absent.
     pub fn load(paths: &Paths) -> Result<Config, ConfigError> {
         let path = &paths.config;
+        // Reading a FIFO (or a device) would block the start for ever, waiting for a writer.
+        if let Ok(meta) = std::fs::metadata(path) {
+            if !meta.is_file() && !meta.is_dir() {
+                return Err(ConfigError(format!(
+                    "config file {} is not a regular file; point --config or SESSIOND_CONFIG \
+                     at a TOML file",
+                    path.display()
+                )));
+            }
+        }
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !paths.config_explicit => {

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sessiond_proto::paths::{ensure_private_dir, DirKind, PathOverrides, Paths};
+use sessiond_proto::paths::{check_private_dir, ensure_private_dir, DirKind, PathOverrides, Paths};
 
 use crate::cli::Args;
 use crate::config::Config;
@@ -65,9 +65,12 @@ fn start(args: Args) -> Result<(), Failure> {
         state_dir: args.state_dir.clone(),
         config: args.config.clone(),
     })?;
+    if args.check_config {
+        return check_config(&paths, &args);
+    }
     ensure_private_dir(&paths.runtime_dir, DirKind::Runtime)?;
     ensure_private_dir(&paths.state_dir, DirKind::State)?;
-    let config = Config::load(&paths)?;
+    let (config, filter) = read_settings(&paths, &args)?;
     let mut instance = match Instance::acquire(&paths) {
         Ok(instance) => instance,
         Err(e @ InstanceError::AlreadyRunning { .. }) => {
@@ -106,7 +109,14 @@ fn start(args: Args) -> Result<(), Failure> {
         }
     }
 
-    let outcome = serve(paths, config, &mut instance, log_file, &mut ready, &args);
+    let outcome = serve(
+        paths,
+        config,
+        &filter.spec,
+        &mut instance,
+        log_file,
+        &mut ready,
+    );
     if let (Err(why), Some(signal)) = (&outcome, ready.take()) {
         signal.fail(why);
     }
@@ -114,22 +124,84 @@ fn start(args: Args) -> Result<(), Failure> {
     outcome.map_err(Failure::Other)
 }
 
+/// `--check-config`: the checks a start makes before it takes anything, made without taking
+/// or creating anything — both directories (when they exist; a start creates missing ones),
+/// the config file, the log filter — and what a daemon would use, printed.
+fn check_config(paths: &Paths, args: &Args) -> Result<(), Failure> {
+    let mut dirs = Vec::new();
+    for (dir, kind) in [
+        (&paths.runtime_dir, DirKind::Runtime),
+        (&paths.state_dir, DirKind::State),
+    ] {
+        let shown = match std::fs::symlink_metadata(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                format!("{} (absent: a start creates it)", dir.display())
+            }
+            _ => {
+                check_private_dir(dir, kind)?;
+                dir.display().to_string()
+            }
+        };
+        dirs.push(shown);
+    }
+    let (config, filter) = read_settings(paths, args)?;
+    let config_note = if paths.config.exists() {
+        ""
+    } else {
+        " (absent: defaults)"
+    };
+    let providers: Vec<String> = config.providers().into_keys().collect();
+    println!("sessiond would start with:");
+    for (key, value) in [
+        ("config", format!("{}{config_note}", paths.config.display())),
+        ("log filter", format!("{} ({})", filter.spec, filter.source)),
+        ("providers", providers.join(", ")),
+        ("runtime dir", dirs[0].clone()),
+        ("state dir", dirs[1].clone()),
+    ] {
+        println!("  {key:<12} {value}");
+    }
+    Ok(())
+}
+
+/// The log filter a start uses, checked, and where it came from.
+struct LogSetting {
+    /// Normalised by [`crate::logging::parse_filter`].
+    spec: String,
+    source: &'static str,
+}
+
+/// What a start reads before it takes anything, checked: the config file and the log filter
+/// (`--log-level`, else a non-empty `SESSIOND_LOG`, else the config's, else the default).
+fn read_settings(paths: &Paths, args: &Args) -> Result<(Config, LogSetting), Failure> {
+    let config = Config::load(paths)?;
+    let from_env = std::env::var("SESSIOND_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let (spec, source) = if let Some(spec) = &args.log_level {
+        (spec.clone(), "from --log-level")
+    } else if let Some(spec) = from_env {
+        (spec, "from SESSIOND_LOG")
+    } else if let Some(spec) = &config.daemon.log_level {
+        (spec.clone(), "from daemon.log_level in the config file")
+    } else {
+        (DEFAULT_FILTER.to_string(), "the default")
+    };
+    let (_, spec) = crate::logging::parse_filter(&spec)
+        .map_err(|e| format!("log filter {spec:?} ({source}): {e}"))?;
+    Ok((config, LogSetting { spec, source }))
+}
+
 /// Everything after the daemon process is settled: logging, runtime, socket, serving.
 fn serve(
     paths: Paths,
     config: Config,
+    filter: &str,
     instance: &mut Instance,
     log_file: Option<std::path::PathBuf>,
     ready: &mut Option<ReadySignal>,
-    args: &Args,
 ) -> Result<(), String> {
-    let filter = args
-        .log_level
-        .clone()
-        .or_else(|| config.daemon.log_level.clone())
-        .unwrap_or_else(|| DEFAULT_FILTER.to_string());
-    let (log, _flush_on_exit) =
-        LogControl::init(&filter).map_err(|e| format!("log filter {filter:?}: {e}"))?;
+    let (log, _flush_on_exit) = LogControl::init(filter)?;
     let outcome = run_server(paths, config, instance, log, log_file, ready);
     if let Err(why) = &outcome {
         // Into the log too: a detached daemon's parent may be gone by the time anyone looks.

@@ -96,6 +96,36 @@ fn start_and_restart_give_a_fresh_daemon() {
 }
 
 #[test]
+fn restart_keeps_the_running_daemon_when_a_new_one_would_not_start() {
+    let sb = Sandbox::new();
+    let started = sb.ctl(&["--json", "daemon", "start"]).json();
+    // The config is edited into an error while the daemon runs.
+    std::fs::write(&sb.config, "[daemon]\nmax_connectoins = 4\n").unwrap();
+    let out = sb.ctl(&["--json", "daemon", "restart"]);
+    let err = out.refused(1, "local_error", "not restarting");
+    let message = err["message"].as_str().unwrap();
+    assert!(message.contains("max_connectoins"), "{message}");
+    assert!(
+        message.contains(&format!("(pid {})", started["pid"])),
+        "{message}"
+    );
+    let ping = sb.ctl(&["--json", "--no-autostart", "ping"]).json();
+    assert_eq!(ping["daemon_pid"], started["pid"], "the daemon was stopped");
+    // Mended, the restart goes ahead.
+    std::fs::write(&sb.config, "[daemon]\nmax_connections = 4\n").unwrap();
+    let restarted = sb.ctl(&["--json", "daemon", "restart"]).json();
+    assert_eq!(restarted["stopped_pid"], started["pid"]);
+    Row::new(
+        "bad input",
+        "restart_keeps_the_running_daemon_when_a_new_one_would_not_start",
+    )
+    .done("`sessionctl daemon restart` after a misspelt key was written into the config")
+    .checked("exit status, message, and that the running daemon still answers")
+    .result("exit 1 naming the key and the kept pid; the same daemon answers; restart works once mended")
+    .record();
+}
+
+#[test]
 fn usage_errors_exit_2_with_json_when_asked() {
     let sb = Sandbox::new();
     let out = sb.ctl(&["frobnicate"]);

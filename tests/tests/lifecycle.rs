@@ -555,6 +555,97 @@ fn invalid_config_stops_start_up_naming_file_and_key() {
     .record();
 }
 
+#[test]
+fn check_config_says_whether_a_start_would_succeed_and_touches_nothing() {
+    // A good config, directories not made yet: it passes, says what a daemon would use, and
+    // creates neither directory (a start would).
+    let sb = Sandbox::with_config(
+        "[daemon]\nlog_level = \"debug\"\n[providers.mine]\ncommand = [\"echo\", \"{prompt}\"]\n",
+    );
+    let out = run_bounded(sb.sessiond().arg("--check-config"));
+    let text = out.ok();
+    assert!(text.contains("sessiond would start with"), "{text}");
+    assert!(text.contains("debug (from daemon.log_level"), "{text}");
+    assert!(text.contains("mine"), "{text}");
+    assert!(text.contains("absent: a start creates it"), "{text}");
+    assert!(!sb.runtime.exists() && !sb.state.exists());
+
+    // Beside a running daemon it is not refused as a second one.
+    let mut daemon = sb.start_daemon();
+    run_bounded(sb.sessiond().arg("--check-config")).ok();
+
+    // What would stop a start stops the check, named: a misspelt key, a bad SESSIOND_LOG.
+    std::fs::write(&sb.config, "[daemon]\nmax_connectoins = 4\n").unwrap();
+    let out = run_bounded(sb.sessiond().arg("--check-config"));
+    assert_eq!(out.code(), 1, "{}", out.stderr());
+    assert!(out.stderr().contains("max_connectoins"), "{}", out.stderr());
+    std::fs::write(&sb.config, "").unwrap();
+    let out = run_bounded(
+        sb.sessiond()
+            .arg("--check-config")
+            .env("SESSIOND_LOG", "sessiond=loud"),
+    );
+    assert_eq!(out.code(), 1, "{}", out.stderr());
+    assert!(
+        out.stderr().contains("\"loud\" is not a log level")
+            && out.stderr().contains("SESSIOND_LOG"),
+        "{}",
+        out.stderr()
+    );
+    // An empty SESSIOND_LOG means unset, as every SESSIOND_ variable's does; a bad
+    // --log-level is a bad command line.
+    let out = run_bounded(sb.sessiond().arg("--check-config").env("SESSIOND_LOG", ""));
+    assert!(out.ok().contains("info (the default)"), "{}", out.stdout());
+    let out = run_bounded(
+        sb.sessiond()
+            .args(["--check-config", "--log-level", "loud"]),
+    );
+    assert_eq!(out.code(), 2, "{}", out.stderr());
+    // A config path that is a FIFO is refused, where reading it waited for a writer for ever.
+    let fifo = sb.root.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let out = run_bounded(
+        Command::new(sessiond_tests::sessiond_bin())
+            .arg("--check-config")
+            .arg("--runtime-dir")
+            .arg(&sb.runtime)
+            .arg("--state-dir")
+            .arg(&sb.state)
+            .arg("--config")
+            .arg(&fifo),
+    );
+    assert_eq!(out.code(), 1, "{}", out.stderr());
+    assert!(
+        out.stderr().contains("not a regular file"),
+        "{}",
+        out.stderr()
+    );
+    // An unsafe directory too, and the running daemon was never disturbed.
+    std::fs::set_permissions(&sb.state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = run_bounded(sb.sessiond().arg("--check-config"));
+    assert_eq!(out.code(), 1, "{}", out.stderr());
+    assert!(out.stderr().contains("chmod 700"), "{}", out.stderr());
+    assert!(daemon.running(), "a check stopped the running daemon");
+    daemon.signal(Signal::SIGTERM);
+    assert!(daemon.wait().success());
+    Row::new(
+        "bad input",
+        "check_config_says_whether_a_start_would_succeed_and_touches_nothing",
+    )
+    .done(
+        "`sessiond --check-config` with a good config, beside a running daemon, then with a \
+         misspelt key, a bad SESSIOND_LOG, an empty one, a bad --log-level, a FIFO as the \
+         config, an open state directory",
+    )
+    .runs(8)
+    .checked("exit status and message of each; directories created; the running daemon")
+    .result(
+        "exit 0 and nothing created for the good ones; 1 naming the key, the variable, the \
+         FIFO and the chmod fix; 2 for the flag; the running daemon untouched",
+    )
+    .record();
+}
+
 /// Octal mode bits (permissions only) of `path`, not following a final symlink.
 fn mode_of(path: &std::path::Path) -> u32 {
     std::fs::symlink_metadata(path)

@@ -616,6 +616,9 @@ pub enum DaemonCommand {
     Stop,
 
     /// Stop the daemon (if running) and start a new one: the fix after upgrading sessiond
+    /// or editing its config. A daemon that would not start (`sessiond --check-config` fails
+    /// for it: a config error, an unsafe directory) is refused first, and the running one is
+    /// left running.
     Restart,
 
     /// Change the daemon's log filter until it exits. LEVEL is error, warn, info, debug,

@@ -198,6 +198,22 @@ struct RestartReport {
 }
 
 fn restart(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
+    // A daemon that would not come back up (a config edited into an error, a directory opened
+    // to others) must not cost the user the one that runs: check first, stop second.
+    if let Some(running) = running_daemon(&opts.paths) {
+        if let Some(reason) = autostart::start_refusal(opts)? {
+            let which = running
+                .pid
+                .map(|pid| format!(" (pid {pid})"))
+                .unwrap_or_default();
+            return Err(ClientError::Local(format!(
+                "not restarting: a new sessiond would not start: {reason}\n\
+                 The running daemon{which} was left running. Fix the above, then run \
+                 `sessionctl daemon restart` again; `sessiond --check-config` checks without \
+                 stopping anything."
+            )));
+        }
+    }
     let stopped_pid = stop_daemon(opts)?;
     autostart::ensure_daemon(opts)?;
     let s = fetch_status(&existing_only(opts))?;
