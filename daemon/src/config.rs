@@ -26,7 +26,11 @@ pub struct Config {
 
 /// `[daemon]`: limits and timeouts of the server itself.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a [daemon] table of settings"
+)]
 pub struct DaemonConfig {
     /// Largest frame payload a client may send, in bytes.
     pub max_frame_bytes: u64,

@@ -51,7 +51,10 @@ pub enum OutputFormat {
 
 /// One `[providers.NAME]` table.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [providers.NAME] table with at least command = [\"program\", ...]"
+)]
 pub struct ProviderConfig {
     /// The argv for a turn of a session the provider already knows (it has reported its own
     /// session id), or for every turn when `first_command` is absent.
@@ -200,6 +203,21 @@ impl ProviderConfig {
             for element in template {
                 parse_element(element)?;
             }
+            if template[0].is_empty() {
+                return Err(template_error(
+                    format!("{key}'s program is an empty string; name the program to run"),
+                    None,
+                ));
+            }
+            if key == "first_command" && uses(template, "provider_session_id") {
+                return Err(template_error(
+                    "first_command has {provider_session_id}, but it runs exactly while the \
+                     provider has not named the session; remove it there (command, used \
+                     once the provider has, may have it)"
+                        .into(),
+                    None,
+                ));
+            }
             if parse_element(&template[0])?.contains(&Piece::Var("prompt")) {
                 return Err(template_error(
                     format!(
@@ -229,6 +247,52 @@ impl ProviderConfig {
                     .into(),
                 None,
             ));
+        }
+        // A session learns its provider's id only from the provider's output, through
+        // session_id_pointer: without one, `command` would never run after `first_command`, and
+        // a `command` needing the id would fail every turn.
+        if uses(&self.command, "provider_session_id") && self.first_command.is_none() {
+            return Err(template_error(
+                "command has {provider_session_id}, which a session has only once its \
+                 provider has named it; add a first_command without it for the first turn, \
+                 and session_id_pointer to read the id"
+                    .into(),
+                None,
+            ));
+        }
+        if self.first_command.is_some() && self.session_id_pointer.is_none() {
+            return Err(template_error(
+                "first_command runs until the provider names the session, which only \
+                 session_id_pointer (with output = \"jsonl\") reads: without it command \
+                 would never run; set session_id_pointer, or remove first_command"
+                    .into(),
+                None,
+            ));
+        }
+        if self.needs_input_value.is_some() && self.needs_input_pointer.is_none() {
+            return Err(template_error(
+                "needs_input_value has no needs_input_pointer to compare with; set \
+                 needs_input_pointer, or remove needs_input_value"
+                    .into(),
+                None,
+            ));
+        }
+        for (name, value) in &self.env {
+            if name.is_empty() || name.contains(['=', '\0']) {
+                return Err(template_error(
+                    format!(
+                        "env key {name:?} cannot name an environment variable (empty, or \
+                         holding '=' or NUL); write it as NAME = \"value\""
+                    ),
+                    None,
+                ));
+            }
+            if value.contains('\0') {
+                return Err(template_error(
+                    format!("env.{name} holds a NUL byte, which an environment cannot carry"),
+                    None,
+                ));
+            }
         }
         if self.timeout_secs == Some(0) {
             return Err(template_error(
@@ -668,13 +732,68 @@ mod tests {
             let err = with(command).validate().unwrap_err();
             assert!(err.message.contains(expect), "{command:?}: {}", err.message);
         }
-        let missing_psid = ProviderConfig {
-            command: argv(&["x", "{provider_session_id}", "{prompt}"]),
+        let refused = |p: ProviderConfig, expect: &str| {
+            let err = p.validate().unwrap_err();
+            assert!(err.message.contains(expect), "{p:?}: {}", err.message);
+        };
+        let jsonl = ProviderConfig {
+            output: OutputFormat::Jsonl,
+            session_id_pointer: Some("/id".into()),
             ..base.clone()
         };
-        missing_psid.validate().unwrap();
-        let err = missing_psid.argv(&vars("p", None)).unwrap_err();
-        assert!(err.message.contains("first_command"), "{}", err.message);
+        // Templates no session could ever run.
+        refused(with(&["", "{prompt}"]), "empty string");
+        refused(
+            ProviderConfig {
+                command: argv(&["x", "{provider_session_id}", "{prompt}"]),
+                ..jsonl.clone()
+            },
+            "add a first_command",
+        );
+        refused(
+            ProviderConfig {
+                first_command: Some(argv(&["x", "{provider_session_id}", "{prompt}"])),
+                ..jsonl.clone()
+            },
+            "first_command has {provider_session_id}",
+        );
+        refused(
+            ProviderConfig {
+                first_command: Some(argv(&["x", "{prompt}"])),
+                ..base.clone()
+            },
+            "command would never run",
+        );
+        refused(
+            ProviderConfig {
+                needs_input_value: Some("ask".into()),
+                ..jsonl.clone()
+            },
+            "no needs_input_pointer",
+        );
+        for key in ["", "A=B", "A\0"] {
+            refused(
+                ProviderConfig {
+                    env: BTreeMap::from([(key.to_string(), "1".to_string())]),
+                    ..base.clone()
+                },
+                "cannot name an environment variable",
+            );
+        }
+        refused(
+            ProviderConfig {
+                env: BTreeMap::from([("A".to_string(), "x\0y".to_string())]),
+                ..base.clone()
+            },
+            "NUL",
+        );
+        // Resuming by the provider's id is fine with a first turn that learns it.
+        let resumes = ProviderConfig {
+            command: argv(&["x", "--resume", "{provider_session_id}", "{prompt}"]),
+            first_command: Some(argv(&["x", "{prompt}"])),
+            ..jsonl.clone()
+        };
+        resumes.validate().unwrap();
         let bad_pointer = ProviderConfig {
             output: OutputFormat::Jsonl,
             session_id_pointer: Some("session_id".into()),

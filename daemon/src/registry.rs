@@ -606,12 +606,20 @@ impl Registry {
     }
 
     fn name_conflict(other: &Session, name: &str) -> RequestError {
+        // An archived holder is hidden from `list`: say where to see it, or the refusal
+        // looks wrong.
+        let archived = if other.phase == Phase::Archived {
+            " (archived: `sessionctl list --all` shows it)"
+        } else {
+            ""
+        };
         RequestError::new(
             ErrorCode::INVALID_ARGUMENT,
             format!(
-                "name {name:?} is already used in project {} by session {}; choose another, or \
-                 rename that one",
+                "name {name:?} is already used in project {} by session {}{archived}; choose \
+                 another, or free it with `sessionctl rename {} NEW-NAME`",
                 other.project,
+                other.id.short(),
                 other.id.short()
             ),
         )
@@ -746,10 +754,11 @@ impl Registry {
             ),
         };
         // A project that no longer exists on disk still lists its sessions by its old path.
-        let project = p
-            .project
-            .as_deref()
-            .map(|raw| project_as_meant(raw).unwrap_or_else(|(lexical, _)| lexical));
+        let (project, unresolved) = match p.project.as_deref().map(project_as_meant) {
+            None => (None, None),
+            Some(Ok(project)) => (Some(project), None),
+            Some(Err((lexical, why))) => (Some(lexical.clone()), Some((lexical, why))),
+        };
         let archived_wanted = p.all || state == Some("archived");
         // Most recently active first, then newest, then by id so the order is total. The keys
         // sit beside each reference: comparing through 10,000 pointers into the map costs a
@@ -764,6 +773,14 @@ impl Registry {
             .filter(|s| state.is_none_or(|st| s.phase.as_str() == st || s.activity.as_str() == st))
             .map(|s| (list_key(s), s))
             .collect();
+        if matched.is_empty() {
+            // Nothing matched: say so if nothing ever could (a mistyped path or provider).
+            self.refuse_unknown(
+                unresolved.as_slice(),
+                p.provider.as_slice(),
+                "listed session",
+            )?;
+        }
         // Unstable is exact here: no two entries share an id.
         matched.sort_unstable_by_key(|(key, _)| *key);
         Ok(Listing {
@@ -785,6 +802,25 @@ impl Registry {
             phase.as_str(),
             id.short()
         )))
+    }
+
+    /// Refuses new work for a session whose provider was dropped from the config: every turn
+    /// of it would fail, and no command moves a session to another provider.
+    fn provider_configured(&self, id: SessionId) -> Result<&ProviderConfig, RequestError> {
+        let provider = &*self.session(id).provider;
+        self.providers.get(provider).ok_or_else(|| {
+            RequestError::new(
+                ErrorCode::INVALID_STATE,
+                format!(
+                    "session {} uses provider {provider:?}, which is no longer configured \
+                     (configured: {}); add [providers.{provider}] back to the config and run \
+                     `sessionctl daemon restart`, or make a new session with another provider \
+                     (`sessionctl new --provider NAME`)",
+                    id.short(),
+                    self.configured_providers()
+                ),
+            )
+        })
     }
 
     fn configured_providers(&self) -> String {
@@ -814,33 +850,42 @@ impl Registry {
                  watch --session` also takes names and prefixes)"
             )));
         }
+        self.refuse_unknown(unresolved, &filter.providers, "event")
+    }
+
+    /// Refuses a project or provider that nothing has and nothing could have, so a typo is
+    /// named instead of matching nothing in silence: a project that is not a directory
+    /// (`unresolved`: its path and why) and that no session belongs to, a provider neither
+    /// configured nor any session's (one since dropped from the config stays usable while
+    /// sessions carry it). `what` is what would not match, for the message.
+    fn refuse_unknown(
+        &self,
+        unresolved: &[(String, String)],
+        providers: &[String],
+        what: &str,
+    ) -> Result<(), RequestError> {
         let mut projects: HashSet<&str> = unresolved.iter().map(|(p, _)| p.as_str()).collect();
-        let mut providers: HashSet<&str> = filter
-            .providers
+        let mut unknown: HashSet<&str> = providers
             .iter()
             .map(String::as_str)
             .filter(|p| !self.providers.contains_key(*p))
             .collect();
-        if projects.is_empty() && providers.is_empty() {
+        if projects.is_empty() && unknown.is_empty() {
             return Ok(());
         }
         for s in self.sessions.values() {
             projects.remove(&*s.project);
-            providers.remove(&*s.provider);
+            unknown.remove(&*s.provider);
         }
         if let Some((project, why)) = unresolved
             .iter()
             .find(|(p, _)| projects.contains(p.as_str()))
         {
             return Err(invalid(format!(
-                "no session belongs to project {project}, so no event can match it ({why})"
+                "no session belongs to project {project}, so no {what} can match it ({why})"
             )));
         }
-        if let Some(provider) = filter
-            .providers
-            .iter()
-            .find(|p| providers.contains(p.as_str()))
-        {
+        if let Some(provider) = providers.iter().find(|p| unknown.contains(p.as_str())) {
             return Err(invalid(format!(
                 "unknown provider {provider:?}: no session has it and it is not configured \
                  (configured providers: {})",
@@ -1046,6 +1091,7 @@ impl Registry {
         self.writable()?;
         let context = context_name(p.context.as_deref())?;
         let old_id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
+        self.provider_configured(old_id)?;
         let old = self.session(old_id);
         let now = sessiond_proto::now_ms();
         let fresh = Session {
@@ -1156,18 +1202,14 @@ impl Registry {
                 p.prompt.len()
             )));
         }
-        let session = self.session(id);
-        if let Some(why) = self
-            .providers
-            .get(&*session.provider)
-            .and_then(|provider| provider.refuse_prompt(&p.prompt))
-        {
+        if let Some(why) = self.provider_configured(id)?.refuse_prompt(&p.prompt) {
             return Err(invalid(format!(
                 "provider {:?} of session {} cannot take this prompt: {why}",
-                &*session.provider,
+                &*self.session(id).provider,
                 id.short()
             )));
         }
+        let session = self.session(id);
         self.live(id)?;
         let attached = session.activity == Activity::Attached || self.attached.contains_key(&id);
         let queue = self.queues.entry(id).or_default();

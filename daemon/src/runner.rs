@@ -164,8 +164,8 @@ type Ended = (TurnStatus, Option<i32>, Option<String>);
 async fn run_turn(ctx: &Daemon, order: StartOrder) -> Result<Ended, ()> {
     let Some(provider) = ctx.providers.get(&*order.provider) else {
         return failed(format!(
-            "provider {:?} is no longer configured; add it back to config.toml or move the \
-             session to another provider",
+            "provider {:?} is no longer configured; add it back to the config and run \
+             `sessionctl daemon restart`",
             &*order.provider
         ));
     };

@@ -5,7 +5,7 @@
 //!
 //! | directory | flag            | environment            | default                                           |
 //! |-----------|-----------------|------------------------|---------------------------------------------------|
-//! | runtime   | `--runtime-dir` | `SESSIOND_RUNTIME_DIR` | `$XDG_RUNTIME_DIR/sessiond`, else `$TMPDIR/sessiond-UID` (`/tmp/sessiond-UID`) |
+//! | runtime   | `--runtime-dir` | `SESSIOND_RUNTIME_DIR` | `$XDG_RUNTIME_DIR/sessiond`, else `/tmp/sessiond-UID` (whatever `$TMPDIR` says) |
 //! | state     | `--state-dir`   | `SESSIOND_STATE_DIR`   | `$XDG_STATE_HOME/sessiond` (`~/.local/state/sessiond`) |
 //! | config    | `--config`      | `SESSIOND_CONFIG`      | `$XDG_CONFIG_HOME/sessiond/config.toml`           |
 //!
@@ -71,10 +71,11 @@ impl DirKind {
         }
     }
 
-    fn env(self) -> &'static str {
+    /// The settings that choose it, for advice on pointing it elsewhere.
+    fn setting(self) -> &'static str {
         match self {
-            DirKind::Runtime => ENV_RUNTIME_DIR,
-            DirKind::State => ENV_STATE_DIR,
+            DirKind::Runtime => "--runtime-dir or SESSIOND_RUNTIME_DIR",
+            DirKind::State => "--state-dir or SESSIOND_STATE_DIR",
         }
     }
 }
@@ -86,7 +87,7 @@ pub enum PathError {
     NoHome(&'static str, &'static str),
     #[error(
         "socket path {path} is {len} bytes, over the platform limit of {max}; \
-         set {ENV_RUNTIME_DIR} to a shorter directory"
+         set --runtime-dir or {ENV_RUNTIME_DIR} to a shorter directory"
     )]
     SocketPathTooLong {
         path: PathBuf,
@@ -181,14 +182,19 @@ fn absolute(path: &Path) -> Result<PathBuf, PathError> {
 
 fn default_runtime_dir() -> PathBuf {
     // XDG_RUNTIME_DIR is per-user, 0700 and cleaned at logout: the right home for a socket.
-    // Without it (containers, cron, macOS) fall back to a per-uid name in the temp dir, which
-    // the ownership and mode checks make safe.
+    // Without it (containers, cron, macOS) fall back to a per-uid name in /tmp, which the
+    // ownership and mode checks make safe. Not $TMPDIR: a shell, a cron job and an editor
+    // that disagree on it would each look for, and start, a daemon of their own.
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
         if dir.is_absolute() {
             return dir.join("sessiond");
         }
     }
-    std::env::temp_dir().join(format!("sessiond-{}", current_uid()))
+    #[cfg(unix)]
+    let temp = PathBuf::from("/tmp");
+    #[cfg(not(unix))]
+    let temp = std::env::temp_dir();
+    temp.join(format!("sessiond-{}", current_uid()))
 }
 
 fn default_state_dir() -> Result<PathBuf, PathError> {
@@ -281,7 +287,7 @@ pub fn check_private_dir(path: &Path, kind: DirKind) -> Result<(), PathError> {
         path: path.to_owned(),
         source,
     })?;
-    let (what, env) = (kind.describe(), kind.env());
+    let (what, env) = (kind.describe(), kind.setting());
     let shown = path.display();
     if meta.file_type().is_symlink() {
         return Err(PathError::Unsafe(format!(

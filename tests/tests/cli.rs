@@ -126,6 +126,41 @@ fn restart_keeps_the_running_daemon_when_a_new_one_would_not_start() {
 }
 
 #[test]
+fn version_says_what_the_client_is_even_when_the_daemon_cannot_be_asked() {
+    let sb = Sandbox::new();
+    sb.ctl(&["daemon", "start"]).ok();
+    std::fs::remove_file(sb.socket()).unwrap();
+    let out = sb.ctl(&["version"]);
+    assert_eq!(out.code(), 3, "{}", out.stderr());
+    assert!(out.stdout().starts_with("sessionctl "), "{}", out.stdout());
+    assert!(out.stderr().contains("socket"), "{}", out.stderr());
+    let _ = sb.ctl(&["daemon", "stop"]);
+}
+
+#[test]
+fn the_runtime_fallback_is_the_same_whatever_tmpdir_says() {
+    // Without XDG_RUNTIME_DIR, a shell and a cron job that disagree on TMPDIR must still
+    // find one daemon.
+    let sb = Sandbox::new();
+    let uid = nix::unistd::geteuid();
+    for tmpdir in [sb.root.as_os_str(), std::ffi::OsStr::new("/var/tmp")] {
+        let paths = run_bounded(
+            sb.sessionctl()
+                .env_remove("SESSIOND_RUNTIME_DIR")
+                .env_remove("XDG_RUNTIME_DIR")
+                .env("TMPDIR", tmpdir)
+                .args(["--json", "daemon", "paths"]),
+        )
+        .json();
+        assert_eq!(
+            paths["runtime_dir"],
+            format!("/tmp/sessiond-{uid}"),
+            "{paths}"
+        );
+    }
+}
+
+#[test]
 fn usage_errors_exit_2_with_json_when_asked() {
     let sb = Sandbox::new();
     let out = sb.ctl(&["frobnicate"]);

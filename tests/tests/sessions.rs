@@ -234,6 +234,57 @@ fn an_empty_listing_says_whether_filters_or_archiving_hid_sessions() {
         sb.ctl(&["list", "--all", "--state", "running"]).ok().trim(),
         "no sessions match"
     );
+    sb.ctl(&["reopen", &id]).ok();
+    assert_eq!(
+        sb.ctl(&["list", "--state", "archived"]).ok().trim(),
+        "no sessions match",
+        "archived ones were asked for: `--all` would not help"
+    );
+    // A filter nothing could match is a typo, and named; one that merely matches nothing now
+    // is an empty listing.
+    let out = sb.ctl(&["--json", "list", "--provider", "shel"]);
+    let err = out.refused(1, "invalid_argument", "unknown provider \"shel\"");
+    assert!(err["message"].as_str().unwrap().contains("shell"), "{err}");
+    let gone = sb.root.join("no-such-project");
+    let out = sb.ctl(&["--json", "list", "--project", path_str(&gone)]);
+    out.refused(1, "invalid_argument", "no session belongs to project");
+    let empty = sb.project("empty");
+    assert_eq!(
+        sb.ctl(&["--json", "list", "--project", path_str(&empty)])
+            .json()["sessions"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        sb.ctl(&["--json", "list", "--provider", "claude"]).json()["sessions"],
+        serde_json::json!([])
+    );
+    // A deleted project directory still lists the sessions made in it.
+    std::fs::remove_dir(&a).unwrap();
+    let listed = sb
+        .ctl(&["--json", "list", "--project", path_str(&a)])
+        .json();
+    assert_eq!(listed["sessions"][0]["id"], id.as_str(), "{listed}");
+}
+
+#[test]
+fn a_name_held_by_an_archived_session_says_where_it_is_and_how_to_free_it() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let a = sb.project("a");
+    let id = sb.new_session(&a, &["--name", "b"]);
+    sb.ctl(&["close", &id]).ok();
+    let out = sb.ctl_in(&a, &["--json", "new", "--name", "b"]);
+    let err = out.refused(1, "invalid_argument", "already used");
+    let message = err["message"].as_str().unwrap();
+    assert!(message.contains("archived"), "{message}");
+    let short = &id[..8];
+    assert!(
+        message.contains(&format!("sessionctl rename {short} ")),
+        "{message}"
+    );
+    // The way out it names works.
+    sb.ctl(&["rename", short, "old-b"]).ok();
+    sb.ctl_in(&a, &["new", "--name", "b"]).ok();
 }
 
 #[test]
@@ -1575,6 +1626,32 @@ fn names_with_nul_newlines_or_control_characters_are_refused_and_change_nothing(
 }
 
 #[test]
+fn a_session_whose_provider_was_dropped_takes_no_new_work() {
+    let sb = Sandbox::with_config("[providers.niv]\ncommand = [\"sh\", \"-c\", \"{prompt}\"]\n");
+    let mut daemon = sb.start_daemon();
+    let project = sb.project("p");
+    let id = sb.new_session(&project, &["--provider", "niv", "--name", "n"]);
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait().success());
+    // The provider is dropped from the config; the session stays, and says why it is stuck.
+    std::fs::write(&sb.config, "").unwrap();
+    let _daemon = sb.start_daemon();
+    let before = sb.list_all();
+    let out = sb.ctl(&["--json", "send", &id, "echo hi"]);
+    let err = out.refused(1, "invalid_state", "no longer configured");
+    let message = err["message"].as_str().unwrap();
+    assert!(
+        message.contains("niv") && message.contains("shell"),
+        "{message}"
+    );
+    let out = sb.ctl(&["--json", "regenerate", &id]);
+    out.refused(1, "invalid_state", "no longer configured");
+    assert_eq!(sb.list_all(), before, "a refusal changed the registry");
+    let queue = sb.ctl(&["--json", "queue", &id]).json();
+    assert_eq!(queue["queued"].as_array().map(Vec::len), Some(0), "{queue}");
+}
+
+#[test]
 fn configured_providers_can_be_used_and_bad_ones_stop_start_up() {
     let sb = Sandbox::with_config(
         "[providers.aider]\ncommand = [\"aider\", \"--message\", \"{prompt}\"]\n",
@@ -1606,4 +1683,25 @@ fn configured_providers_can_be_used_and_bad_ones_stop_start_up() {
     let err = out.stderr();
     assert!(err.contains("line 2"), "{err}");
     assert!(err.contains("unknown placeholder {promt}"), "{err}");
+
+    // A provider no session could ever run is refused at start, not at every turn: here
+    // nothing would ever give the session the id its command resumes.
+    let unusable = Sandbox::with_config(
+        "[providers.resumer]\ncommand = [\"agent\", \"--resume\", \"{provider_session_id}\", \
+         \"{prompt}\"]\n",
+    );
+    let out = sessiond_tests::run_bounded(&mut unusable.sessiond());
+    assert_eq!(out.code(), 1);
+    let err = out.stderr();
+    assert!(err.contains("[providers.resumer]"), "{err}");
+    assert!(err.contains("add a first_command"), "{err}");
+
+    let not_a_table = Sandbox::with_config("[providers]\naider = \"aider\"\n");
+    let out = sessiond_tests::run_bounded(&mut not_a_table.sessiond());
+    assert_eq!(out.code(), 1);
+    assert!(
+        out.stderr().contains("expected a [providers.NAME] table"),
+        "{}",
+        out.stderr()
+    );
 }

@@ -1071,3 +1071,58 @@ fn wait_passes_through_only_a_failed_turns_exit_code() {
     assert!(stderr.contains("cancelled (exit code 7)"), "{stderr}");
     assert_eq!(out.status.code(), Some(1), "{stderr}");
 }
+
+#[test]
+fn the_transcript_keeps_prompts_output_and_headers_apart() {
+    use std::io::BufRead;
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    shell_session(&sb);
+    sb.ctl(&["send", "--wait", "printf partial"]).ok();
+    sb.ctl(&["send", "--wait", "echo one\necho two"]).ok();
+    // Output without a final newline ends its line before the next header, and a prompt's
+    // further lines are marked, so neither passes for output.
+    let log = sb.ctl(&["log", "job"]).ok();
+    assert!(log.contains("$ printf partial\npartial\n── "), "{log}");
+    assert!(log.contains("$ echo one\n> echo two\none\ntwo\n"), "{log}");
+
+    // `log --follow` prints the same, then live turns alike.
+    let mut follow = sb
+        .sessionctl()
+        .args(["log", "--follow", "job"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let wait = std::time::Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let mut next = || {
+        let line = lines
+            .recv_timeout(wait)
+            .unwrap_or_else(|_| panic!("log --follow printed no further line"));
+        seen.push(line.clone());
+        line
+    };
+    while next() != "two" {}
+    sb.ctl(&["send", "--wait", "printf tail"]).ok();
+    assert!(next().ends_with(" running ──"));
+    assert_eq!(next(), "tail");
+    let settled = next();
+    assert!(
+        settled.starts_with("── ") && settled.ends_with(" completed (exit 0) ──"),
+        "{settled}"
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(seen.contains(&"partial".to_string()), "{seen:?}");
+    assert!(seen.contains(&"> echo two".to_string()), "{seen:?}");
+}

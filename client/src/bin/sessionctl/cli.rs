@@ -147,7 +147,7 @@ pub struct Target {
     /// The session [default: the context's current session]
     pub session: Option<String>,
 
-    /// Look names up in this project only (when a name exists in several)
+    /// Look names up in this project only (a session chosen otherwise must be in it)
     #[arg(long, value_name = "DIR")]
     pub project: Option<PathBuf>,
 }

@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod output;
+mod transcript;
 
 use std::process::ExitCode;
 use std::time::Duration;

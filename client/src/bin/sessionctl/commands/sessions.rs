@@ -64,7 +64,9 @@ pub fn run(
             }
             let result = client.call::<List>(params)?;
             let filtered = project.is_some() || provider.is_some() || state.is_some();
-            let none = match (filtered, *all) {
+            // Archived sessions are in the listing already when asked for by state.
+            let archived_in = *all || state.as_deref() == Some("archived");
+            let none = match (filtered, archived_in) {
                 (true, true) => "no sessions match",
                 (true, false) => "no open sessions match (`--all` includes archived ones)",
                 (false, true) => "no sessions (create one with `sessionctl new`)",

@@ -14,6 +14,7 @@ use sessiond_proto::session::{event_kind, EventFilter, SessionEvent, TurnInfo, T
 
 use crate::cli::Target;
 use crate::output::Out;
+use crate::transcript::Transcript;
 
 /// What `send` was told.
 pub struct Send<'a> {
@@ -305,32 +306,17 @@ pub fn log(
     let now = sessiond_proto::now_ms();
     out.emit(&result, |w| {
         if result.turns.is_empty() {
-            return writeln!(w, "no turns yet (`sessionctl send PROMPT` starts one)");
-        }
-        for entry in &result.turns {
-            let t = &entry.turn;
-            let exit = t
-                .exit_code
-                .map_or(String::new(), |c| format!(" (exit {c})"));
-            writeln!(
+            return writeln!(
                 w,
-                "── {} {}{exit} · {} ──",
-                t.turn_id.short(),
-                t.status.as_str(),
-                crate::output::ago(now, t.created_at)
-            )?;
-            writeln!(w, "$ {}", t.prompt)?;
-            for chunk in &entry.output {
-                w.write_all(chunk.data.as_bytes())?;
-            }
-            if entry.output.last().is_some_and(|c| !c.data.ends_with('\n')) {
-                writeln!(w)?;
-            }
-            if let Some(error) = &t.error {
-                writeln!(w, "[{error}]")?;
-            }
+                "no turns yet (`sessionctl send {} PROMPT` starts one)",
+                result.session.short()
+            );
         }
-        Ok(())
+        let mut transcript = Transcript::new(w);
+        for entry in &result.turns {
+            transcript.turn(entry, now)?;
+        }
+        transcript.end_line()
     })
 }
 
@@ -398,21 +384,13 @@ fn follow_log(
     };
     let result = read_log(&mut client, None, &target, None, last)?;
     let mut printed: HashMap<sessiond_proto::session::TurnId, u64> = HashMap::new();
-    let stdout = std::io::stdout();
-    let mut w = stdout.lock();
+    let mut w = Transcript::new(std::io::stdout().lock());
     let fail = |e: std::io::Error| ClientError::Local(format!("cannot write output: {e}"));
+    let now = sessiond_proto::now_ms();
     for entry in &result.turns {
-        writeln!(
-            w,
-            "── {} {} ──",
-            entry.turn.turn_id.short(),
-            entry.turn.status.as_str()
-        )
-        .map_err(fail)?;
-        writeln!(w, "$ {}", entry.turn.prompt).map_err(fail)?;
-        for chunk in &entry.output {
-            w.write_all(chunk.data.as_bytes()).map_err(fail)?;
-            printed.insert(entry.turn.turn_id, chunk.chunk + 1);
+        w.turn(entry, now).map_err(fail)?;
+        if let Some(last) = entry.output.last() {
+            printed.insert(entry.turn.turn_id, last.chunk + 1);
         }
     }
     w.flush().map_err(fail)?;
@@ -425,20 +403,24 @@ fn follow_log(
         };
         match event.event.as_str() {
             event_kind::TURN_STARTED => {
-                writeln!(w, "── {} running ──", turn.short()).map_err(fail)?;
+                w.header(turn, "running", None, None).map_err(fail)?;
             }
             event_kind::TURN_OUTPUT => {
                 let chunk = event.data.chunk.unwrap_or(0);
                 let next = printed.entry(turn).or_insert(0);
                 if chunk >= *next {
                     *next = chunk + 1;
-                    w.write_all(event.data.data.unwrap_or_default().as_bytes())
+                    w.output(&event.data.data.unwrap_or_default())
                         .map_err(fail)?;
                 }
             }
             event_kind::TURN_SETTLED => {
                 let status = event.data.status.map_or("settled", |s| s.as_str());
-                writeln!(w, "── {} {status} ──", turn.short()).map_err(fail)?;
+                w.header(turn, status, event.data.exit_code, None)
+                    .map_err(fail)?;
+                if let Some(error) = &event.data.reason {
+                    w.error(error).map_err(fail)?;
+                }
             }
             _ => {}
         }

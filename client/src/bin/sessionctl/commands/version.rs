@@ -31,8 +31,9 @@ pub fn run(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
             pid: Some(w.pid),
         }),
         Err(ClientError::NotRunning { .. }) => None,
-        Err(e @ ClientError::VersionMismatch(_)) if !out.json => {
-            // The case this command exists for: say what we are before the mismatch.
+        Err(e) if !out.json => {
+            // Whatever went wrong with the daemon (a version mismatch, which this command
+            // exists for; a missing socket), what we are is known: say it first.
             println!(
                 "sessionctl {} (protocol {PROTOCOL_VERSION})",
                 env!("CARGO_PKG_VERSION")

@@ -1,0 +1,125 @@
+//! How a session's transcript reads for people: `log` prints stored turns through it, and
+//! `log --follow` prints the same and then live events, so both look alike.
+//!
+//! A turn is a header line (`── ID STATUS (exit N) · AGE ──`), its prompt (`$ ` on the first
+//! line, `> ` on each further one, so a prompt of several lines cannot pass for output), its
+//! output as it was written, and its error in brackets. Output that does not end in a newline
+//! gets one before the next line of ours, or it would run into the next header.
+
+use std::io::{self, Write};
+
+use sessiond_proto::methods::LogTurn;
+use sessiond_proto::session::TurnId;
+
+/// Writes transcript lines to `W`, keeping track of whether output left a line open.
+pub struct Transcript<W: Write> {
+    w: W,
+    /// Whether the last byte written ended a line (or nothing was written yet).
+    at_line_start: bool,
+}
+
+impl<W: Write> Transcript<W> {
+    pub fn new(w: W) -> Self {
+        Transcript {
+            w,
+            at_line_start: true,
+        }
+    }
+
+    /// A header for `turn`: `── ID STATUS (exit N) · AGE ──`, the parts given.
+    pub fn header(
+        &mut self,
+        turn: TurnId,
+        status: &str,
+        exit_code: Option<i32>,
+        age: Option<&str>,
+    ) -> io::Result<()> {
+        let exit = exit_code.map_or(String::new(), |c| format!(" (exit {c})"));
+        let age = age.map_or(String::new(), |a| format!(" · {a}"));
+        self.line(&format!("── {} {status}{exit}{age} ──", turn.short()))
+    }
+
+    /// The prompt: `$ ` before its first line, `> ` before each further one.
+    pub fn prompt(&mut self, prompt: &str) -> io::Result<()> {
+        let mut lines = prompt.lines();
+        self.line(&format!("$ {}", lines.next().unwrap_or_default()))?;
+        for line in lines {
+            self.line(&format!("> {line}"))?;
+        }
+        Ok(())
+    }
+
+    /// Output exactly as the turn wrote it.
+    pub fn output(&mut self, data: &str) -> io::Result<()> {
+        if let Some(&last) = data.as_bytes().last() {
+            self.w.write_all(data.as_bytes())?;
+            self.at_line_start = last == b'\n';
+        }
+        Ok(())
+    }
+
+    /// A turn's error, in brackets.
+    pub fn error(&mut self, error: &str) -> io::Result<()> {
+        self.line(&format!("[{error}]"))
+    }
+
+    /// A whole stored turn: header with its age, prompt, output, error.
+    pub fn turn(&mut self, entry: &LogTurn, now_ms: u64) -> io::Result<()> {
+        let t = &entry.turn;
+        let age = crate::output::ago(now_ms, t.created_at);
+        self.header(t.turn_id, t.status.as_str(), t.exit_code, Some(&age))?;
+        self.prompt(&t.prompt)?;
+        for chunk in &entry.output {
+            self.output(&chunk.data)?;
+        }
+        if let Some(error) = &t.error {
+            self.error(error)?;
+        }
+        Ok(())
+    }
+
+    /// Ends an open line, so what follows starts on its own.
+    pub fn end_line(&mut self) -> io::Result<()> {
+        if !self.at_line_start {
+            self.w.write_all(b"\n")?;
+            self.at_line_start = true;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
+
+    /// One line of ours, on a line of its own.
+    fn line(&mut self, text: &str) -> io::Result<()> {
+        self.end_line()?;
+        self.w.write_all(text.as_bytes())?;
+        self.w.write_all(b"\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_without_a_final_newline_never_runs_into_the_next_line() {
+        let turn: TurnId = "00000000-0000-0000-0000-000000000000".parse().unwrap();
+        let mut t = Transcript::new(Vec::new());
+        t.header(turn, "running", None, None).unwrap();
+        t.prompt("first\nsecond").unwrap();
+        t.output("partial").unwrap();
+        t.header(turn, "completed", Some(0), None).unwrap();
+        t.output("done\n").unwrap();
+        t.error("boom").unwrap();
+        t.output("").unwrap();
+        t.end_line().unwrap();
+        let text = String::from_utf8(t.w).unwrap();
+        assert_eq!(
+            text,
+            "── 00000000 running ──\n$ first\n> second\npartial\n\
+             ── 00000000 completed (exit 0) ──\ndone\n[boom]\n"
+        );
+    }
+}
