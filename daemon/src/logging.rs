@@ -59,6 +59,13 @@ pub fn parse_filter(spec: &str) -> Result<(Targets, String), String> {
                          sessiond::conn"
                     ));
                 }
+                if !known_target(target) {
+                    return Err(format!(
+                        "log target {target:?} matches nothing sessiond logs; use sessiond, or \
+                         sessiond::MODULE with MODULE one of {}",
+                        MODULES.join(", ")
+                    ));
+                }
                 let level = parse_level(level.trim())?;
                 targets = targets.with_target(target, level);
                 parts.push(format!("{target}={}", level.to_string().to_lowercase()));
@@ -75,6 +82,42 @@ pub fn parse_filter(spec: &str) -> Result<(Targets, String), String> {
     let default = default.unwrap_or(LevelFilter::INFO);
     targets = targets.with_default(default);
     Ok((targets, parts.join(",")))
+}
+
+/// The daemon's modules: it logs under `sessiond` and `sessiond::MODULE`, nothing else (a
+/// unit test holds this list to the modules `lib.rs` declares). A directive naming another
+/// target is a typo that would silently match nothing, so it is refused.
+const MODULES: &[&str] = &[
+    "cli",
+    "config",
+    "conn",
+    "context",
+    "control",
+    "dispatch",
+    "events",
+    "instance",
+    "listing",
+    "logging",
+    "platform",
+    "provider",
+    "recovery",
+    "registry",
+    "runner",
+    "server",
+    "session",
+    "session_methods",
+    "shutdown",
+    "startup",
+    "store",
+    "turn",
+];
+
+fn known_target(target: &str) -> bool {
+    target == "sessiond"
+        || target
+            .strip_prefix("sessiond::")
+            .and_then(|rest| rest.split("::").next())
+            .is_some_and(|module| MODULES.contains(&module))
 }
 
 fn parse_level(text: &str) -> Result<LevelFilter, String> {
@@ -162,5 +205,30 @@ mod tests {
         assert!(parse_filter("loud").unwrap_err().contains("\"loud\""));
         assert!(parse_filter("a b=info").unwrap_err().contains("\"a b\""));
         assert!(parse_filter(" , ").unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn refuses_targets_sessiond_never_logs_under() {
+        for typo in ["sesiond=debug", "sessiond::cnn=debug", "tokio=trace"] {
+            let err = parse_filter(typo).unwrap_err();
+            assert!(err.contains("matches nothing"), "{typo}: {err}");
+        }
+        for fine in [
+            "sessiond=debug",
+            "sessiond::conn=trace",
+            "sessiond::store::x=info",
+        ] {
+            parse_filter(fine).unwrap_or_else(|e| panic!("{fine}: {e}"));
+        }
+    }
+
+    #[test]
+    fn the_module_list_is_the_crates() {
+        let declared: Vec<&str> = include_str!("lib.rs")
+            .lines()
+            .filter_map(|line| line.strip_prefix("pub mod "))
+            .map(|rest| rest.trim_end_matches(';'))
+            .collect();
+        assert_eq!(declared, MODULES, "update MODULES to lib.rs's modules");
     }
 }

@@ -50,6 +50,9 @@ fn log_level_command_reports_old_and_new_and_refuses_nonsense() {
         "{}",
         out.stderr()
     );
+    // A target sessiond never logs under is a typo, refused rather than matching nothing.
+    let out = sb.ctl(&["--json", "daemon", "log-level", "sessiond::cnn=trace"]);
+    out.refused(1, "invalid_argument", "matches nothing sessiond logs");
     let status = sb.ctl(&["--json", "daemon", "status"]).json();
     assert_eq!(status["log_level"], "debug");
 }
