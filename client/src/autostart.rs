@@ -122,9 +122,11 @@ pub fn start_refusal(opts: &ConnectOptions) -> Result<Option<String>, ClientErro
     let program = opts.daemon_program();
     let mut cmd = daemon_command(opts);
     cmd.arg("--check-config");
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| ClientError::Local(cannot_run(&program, &e)))?;
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        // A daemon that cannot even be run would not start either.
+        Err(e) => return Ok(Some(cannot_run(&program, &e))),
+    };
     // Read while it runs: a long message must not fill the pipe and stall it.
     let stderr = child.stderr.take().map(|mut pipe| {
         std::thread::spawn(move || {
@@ -171,6 +173,31 @@ pub fn start_refusal(opts: &ConnectOptions) -> Result<Option<String>, ClientErro
         ),
         text => text.strip_prefix("sessiond: ").unwrap_or(text).to_string(),
     }))
+}
+
+/// The `sessiond --check-config` command [`start_refusal`] runs, as a line to paste into a
+/// shell.
+pub fn check_command_line(opts: &ConnectOptions) -> String {
+    let mut cmd = daemon_command(opts);
+    cmd.arg("--check-config");
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|word| shell_word(&word.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `word` as a shell reads it back: as it is when that is safe, else single-quoted.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:=,+@%".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 /// Runs `sessiond --detach` with the same directories and waits for it to report ready.

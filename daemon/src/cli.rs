@@ -14,7 +14,8 @@ FILES:
   STATE/sessiond.log      the log, when started with --detach
   CONFIG                  optional settings (see the README's \"Configuration\")
 
-  RUNTIME defaults to $XDG_RUNTIME_DIR/sessiond, else /tmp/sessiond-UID.
+  RUNTIME defaults to $XDG_RUNTIME_DIR/sessiond, else $TMPDIR/sessiond-UID
+  (/tmp/sessiond-UID when TMPDIR is unset).
   STATE defaults to $XDG_STATE_HOME/sessiond (~/.local/state/sessiond).
   CONFIG defaults to $XDG_CONFIG_HOME/sessiond/config.toml.
   Both directories must be owned by you and closed to others (mode 0700).
@@ -63,10 +64,12 @@ pub struct Args {
     #[arg(long)]
     pub detach: bool,
 
-    /// Check what a start would use, then exit without starting: the config file, the log
-    /// filter and both directories. Prints what a daemon would use and exits 0, or prints the
-    /// reason it would not start and exits 1. Takes no lock and creates nothing, so it is safe
-    /// beside a running daemon; `sessionctl daemon restart` runs it before stopping one.
+    /// Check what a start reads before it takes anything, then exit without starting: the
+    /// config file, the log filter and both directories (not the database, which only a start
+    /// opens). Prints what a daemon would use, and warnings about settings that never take
+    /// effect, and exits 0; or prints why it would not start and exits 1. Takes no lock and
+    /// creates nothing, so it is safe beside a running daemon; `sessionctl daemon restart`
+    /// runs it before stopping one.
     #[arg(long, conflicts_with = "detach")]
     pub check_config: bool,
 

@@ -156,20 +156,24 @@ impl Config {
         all
     }
 
+    /// Settings that are valid but can never take effect, each naming its provider.
+    pub fn warnings(&self) -> Vec<String> {
+        self.providers
+            .iter()
+            .flat_map(|(name, provider)| {
+                provider
+                    .get_ref()
+                    .warnings()
+                    .into_iter()
+                    .map(move |w| format!("[providers.{name}]: {w}"))
+            })
+            .collect()
+    }
+
     /// Reads the configuration named by `paths`, or the defaults when the default file is absent.
     pub fn load(paths: &Paths) -> Result<Config, ConfigError> {
         let path = &paths.config;
-        // Reading a FIFO (or a device) would block the start for ever, waiting for a writer.
-        if let Ok(meta) = std::fs::metadata(path) {
-            if !meta.is_file() && !meta.is_dir() {
-                return Err(ConfigError(format!(
-                    "config file {} is not a regular file; point --config or SESSIOND_CONFIG \
-                     at a TOML file",
-                    path.display()
-                )));
-            }
-        }
-        let text = match std::fs::read_to_string(path) {
+        let text = match read_text(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !paths.config_explicit => {
                 return Ok(Config::default())
@@ -248,6 +252,52 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// The largest config file read: far above any real one, and a bound on what a path such as
+/// `/dev/zero` could make the daemon read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Reads the config file's text. Besides a regular file, a device (`/dev/null`: all defaults)
+/// and a pipe (`--config <(…)`) are read; a FIFO is opened without waiting for a writer, so
+/// one that nothing writes to is refused instead of stalling the start for ever.
+fn read_text(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, Read};
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(
+        &mut options,
+        nix::fcntl::OFlag::O_NONBLOCK.bits(),
+    );
+    let file = options.open(path)?;
+    #[cfg(unix)]
+    let fifo = {
+        use std::os::unix::fs::FileTypeExt;
+        // Reads block again from here: a pipe whose writer is still writing is read whole.
+        nix::fcntl::fcntl(
+            &file,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+        )?;
+        file.metadata()?.file_type().is_fifo()
+    };
+    #[cfg(not(unix))]
+    let fifo = false;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(Error::other(format!(
+            "it is over {} KiB; is it the right file?",
+            MAX_CONFIG_BYTES / 1024
+        )));
+    }
+    if fifo && bytes.is_empty() {
+        return Err(Error::other(
+            "it is a FIFO that nothing wrote to; point --config or SESSIOND_CONFIG at a TOML \
+             file",
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| Error::other("it is not UTF-8 text"))
 }
 
 #[cfg(test)]

@@ -260,23 +260,6 @@ impl ProviderConfig {
                 None,
             ));
         }
-        if self.first_command.is_some() && self.session_id_pointer.is_none() {
-            return Err(template_error(
-                "first_command runs until the provider names the session, which only \
-                 session_id_pointer (with output = \"jsonl\") reads: without it command \
-                 would never run; set session_id_pointer, or remove first_command"
-                    .into(),
-                None,
-            ));
-        }
-        if self.needs_input_value.is_some() && self.needs_input_pointer.is_none() {
-            return Err(template_error(
-                "needs_input_value has no needs_input_pointer to compare with; set \
-                 needs_input_pointer, or remove needs_input_value"
-                    .into(),
-                None,
-            ));
-        }
         for (name, value) in &self.env {
             if name.is_empty() || name.contains(['=', '\0']) {
                 return Err(template_error(
@@ -301,6 +284,29 @@ impl ProviderConfig {
             ));
         }
         Ok(())
+    }
+
+    /// What in a valid provider is surely a mistake, though its turns run: settings that can
+    /// never take effect. Logged at start and printed by `sessiond --check-config`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.first_command.is_some() && self.session_id_pointer.is_none() {
+            warnings.push(
+                "first_command runs until the provider names the session, which only \
+                 session_id_pointer (with output = \"jsonl\") reads: without it every turn \
+                 runs first_command and command never runs; set session_id_pointer, or remove \
+                 first_command"
+                    .to_string(),
+            );
+        }
+        if self.needs_input_value.is_some() && self.needs_input_pointer.is_none() {
+            warnings.push(
+                "needs_input_value is ignored without a needs_input_pointer to compare it with; \
+                 set needs_input_pointer, or remove needs_input_value"
+                    .to_string(),
+            );
+        }
+        warnings
     }
 
     /// Why `prompt` can never reach this provider's process, if it cannot. In an argv element
@@ -757,20 +763,22 @@ mod tests {
             },
             "first_command has {provider_session_id}",
         );
-        refused(
-            ProviderConfig {
-                first_command: Some(argv(&["x", "{prompt}"])),
-                ..base.clone()
-            },
-            "command would never run",
-        );
-        refused(
-            ProviderConfig {
-                needs_input_value: Some("ask".into()),
-                ..jsonl.clone()
-            },
-            "no needs_input_pointer",
-        );
+        // Settings that never take effect are warned of, not refused: the turns run.
+        let dead_command = ProviderConfig {
+            first_command: Some(argv(&["x", "{prompt}"])),
+            ..base.clone()
+        };
+        dead_command.validate().unwrap();
+        assert!(dead_command.warnings()[0].contains("command never runs"));
+        let dead_value = ProviderConfig {
+            needs_input_value: Some("ask".into()),
+            ..jsonl.clone()
+        };
+        dead_value.validate().unwrap();
+        assert!(dead_value.warnings()[0].contains("ignored"));
+        for (name, provider) in builtin() {
+            assert!(provider.warnings().is_empty(), "{name}");
+        }
         for key in ["", "A=B", "A\0"] {
             refused(
                 ProviderConfig {

@@ -778,7 +778,7 @@ impl Registry {
             self.refuse_unknown(
                 unresolved.as_slice(),
                 p.provider.as_slice(),
-                "listed session",
+                "none can be listed for it",
             )?;
         }
         // Unstable is exact here: no two entries share an id.
@@ -850,19 +850,19 @@ impl Registry {
                  watch --session` also takes names and prefixes)"
             )));
         }
-        self.refuse_unknown(unresolved, &filter.providers, "event")
+        self.refuse_unknown(unresolved, &filter.providers, "no event can match it")
     }
 
     /// Refuses a project or provider that nothing has and nothing could have, so a typo is
     /// named instead of matching nothing in silence: a project that is not a directory
     /// (`unresolved`: its path and why) and that no session belongs to, a provider neither
     /// configured nor any session's (one since dropped from the config stays usable while
-    /// sessions carry it). `what` is what would not match, for the message.
+    /// sessions carry it). `consequence` says what that means for the request.
     fn refuse_unknown(
         &self,
         unresolved: &[(String, String)],
         providers: &[String],
-        what: &str,
+        consequence: &str,
     ) -> Result<(), RequestError> {
         let mut projects: HashSet<&str> = unresolved.iter().map(|(p, _)| p.as_str()).collect();
         let mut unknown: HashSet<&str> = providers
@@ -882,7 +882,7 @@ impl Registry {
             .find(|(p, _)| projects.contains(p.as_str()))
         {
             return Err(invalid(format!(
-                "no session belongs to project {project}, so no {what} can match it ({why})"
+                "no session belongs to project {project}, so {consequence} ({why})"
             )));
         }
         if let Some(provider) = providers.iter().find(|p| unknown.contains(p.as_str())) {
@@ -1202,6 +1202,7 @@ impl Registry {
                 p.prompt.len()
             )));
         }
+        self.live(id)?;
         if let Some(why) = self.provider_configured(id)?.refuse_prompt(&p.prompt) {
             return Err(invalid(format!(
                 "provider {:?} of session {} cannot take this prompt: {why}",
@@ -1210,7 +1211,6 @@ impl Registry {
             )));
         }
         let session = self.session(id);
-        self.live(id)?;
         let attached = session.activity == Activity::Attached || self.attached.contains_key(&id);
         let queue = self.queues.entry(id).or_default();
         let busy = attached

@@ -70,7 +70,7 @@ fn start(args: Args) -> Result<(), Failure> {
     }
     ensure_private_dir(&paths.runtime_dir, DirKind::Runtime)?;
     ensure_private_dir(&paths.state_dir, DirKind::State)?;
-    let (config, filter) = read_settings(&paths, &args)?;
+    let settings = read_settings(&paths, &args)?;
     let mut instance = match Instance::acquire(&paths) {
         Ok(instance) => instance,
         Err(e @ InstanceError::AlreadyRunning { .. }) => {
@@ -109,14 +109,7 @@ fn start(args: Args) -> Result<(), Failure> {
         }
     }
 
-    let outcome = serve(
-        paths,
-        config,
-        &filter.spec,
-        &mut instance,
-        log_file,
-        &mut ready,
-    );
+    let outcome = serve(paths, settings, &mut instance, log_file, &mut ready);
     if let (Err(why), Some(signal)) = (&outcome, ready.take()) {
         signal.fail(why);
     }
@@ -144,36 +137,46 @@ fn check_config(paths: &Paths, args: &Args) -> Result<(), Failure> {
         };
         dirs.push(shown);
     }
-    let (config, filter) = read_settings(paths, args)?;
+    let settings = read_settings(paths, args)?;
     let config_note = if paths.config.exists() {
         ""
     } else {
         " (absent: defaults)"
     };
-    let providers: Vec<String> = config.providers().into_keys().collect();
+    let providers: Vec<String> = settings.config.providers().into_keys().collect();
     println!("sessiond would start with:");
     for (key, value) in [
         ("config", format!("{}{config_note}", paths.config.display())),
-        ("log filter", format!("{} ({})", filter.spec, filter.source)),
+        (
+            "log filter",
+            format!("{} ({})", settings.log_filter, settings.log_source),
+        ),
         ("providers", providers.join(", ")),
         ("runtime dir", dirs[0].clone()),
         ("state dir", dirs[1].clone()),
     ] {
         println!("  {key:<12} {value}");
     }
+    for warning in &settings.warnings {
+        eprintln!("sessiond: warning: {warning}");
+    }
     Ok(())
 }
 
-/// The log filter a start uses, checked, and where it came from.
-struct LogSetting {
+/// What a start reads before it takes anything, checked.
+struct Settings {
+    config: Config,
     /// Normalised by [`crate::logging::parse_filter`].
-    spec: String,
-    source: &'static str,
+    log_filter: String,
+    /// Where the filter came from, for messages.
+    log_source: &'static str,
+    /// What is valid but surely a mistake: logged once logging is up.
+    warnings: Vec<String>,
 }
 
-/// What a start reads before it takes anything, checked: the config file and the log filter
-/// (`--log-level`, else a non-empty `SESSIOND_LOG`, else the config's, else the default).
-fn read_settings(paths: &Paths, args: &Args) -> Result<(Config, LogSetting), Failure> {
+/// Reads and checks the config file and the log filter (`--log-level`, else a non-empty
+/// `SESSIOND_LOG`, else the config's, else the default).
+fn read_settings(paths: &Paths, args: &Args) -> Result<Settings, Failure> {
     let config = Config::load(paths)?;
     let from_env = std::env::var("SESSIOND_LOG")
         .ok()
@@ -187,22 +190,39 @@ fn read_settings(paths: &Paths, args: &Args) -> Result<(Config, LogSetting), Fai
     } else {
         (DEFAULT_FILTER.to_string(), "the default")
     };
-    let (_, spec) = crate::logging::parse_filter(&spec)
+    let (_, log_filter) = crate::logging::parse_filter(&spec)
         .map_err(|e| format!("log filter {spec:?} ({source}): {e}"))?;
-    Ok((config, LogSetting { spec, source }))
+    // A target that matches nothing is a warning here, not a refusal: a config that ran
+    // before must still start (a filter changed at runtime is refused instead).
+    let mut warnings = config.warnings();
+    let unmatched = crate::logging::unmatched_targets(&log_filter);
+    if !unmatched.is_empty() {
+        warnings.push(format!(
+            "log filter ({source}): {}",
+            crate::logging::unmatched_message(&unmatched)
+        ));
+    }
+    Ok(Settings {
+        config,
+        log_filter,
+        log_source: source,
+        warnings,
+    })
 }
 
 /// Everything after the daemon process is settled: logging, runtime, socket, serving.
 fn serve(
     paths: Paths,
-    config: Config,
-    filter: &str,
+    settings: Settings,
     instance: &mut Instance,
     log_file: Option<std::path::PathBuf>,
     ready: &mut Option<ReadySignal>,
 ) -> Result<(), String> {
-    let (log, _flush_on_exit) = LogControl::init(filter)?;
-    let outcome = run_server(paths, config, instance, log, log_file, ready);
+    let (log, _flush_on_exit) = LogControl::init(&settings.log_filter)?;
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
+    let outcome = run_server(paths, settings.config, instance, log, log_file, ready);
     if let Err(why) = &outcome {
         // Into the log too: a detached daemon's parent may be gone by the time anyone looks.
         tracing::error!("sessiond failed: {why}");

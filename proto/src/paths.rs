@@ -5,7 +5,7 @@
 //!
 //! | directory | flag            | environment            | default                                           |
 //! |-----------|-----------------|------------------------|---------------------------------------------------|
-//! | runtime   | `--runtime-dir` | `SESSIOND_RUNTIME_DIR` | `$XDG_RUNTIME_DIR/sessiond`, else `/tmp/sessiond-UID` (whatever `$TMPDIR` says) |
+//! | runtime   | `--runtime-dir` | `SESSIOND_RUNTIME_DIR` | `$XDG_RUNTIME_DIR/sessiond`, else `$TMPDIR/sessiond-UID` (`/tmp/sessiond-UID` when `TMPDIR` is unset) |
 //! | state     | `--state-dir`   | `SESSIOND_STATE_DIR`   | `$XDG_STATE_HOME/sessiond` (`~/.local/state/sessiond`) |
 //! | config    | `--config`      | `SESSIOND_CONFIG`      | `$XDG_CONFIG_HOME/sessiond/config.toml`           |
 //!
@@ -182,19 +182,17 @@ fn absolute(path: &Path) -> Result<PathBuf, PathError> {
 
 fn default_runtime_dir() -> PathBuf {
     // XDG_RUNTIME_DIR is per-user, 0700 and cleaned at logout: the right home for a socket.
-    // Without it (containers, cron, macOS) fall back to a per-uid name in /tmp, which the
-    // ownership and mode checks make safe. Not $TMPDIR: a shell, a cron job and an editor
-    // that disagree on it would each look for, and start, a daemon of their own.
+    // Without it (containers, cron, macOS) fall back to a per-uid name in the temp dir, which
+    // the ownership and mode checks make safe. The temp dir is $TMPDIR when set: on macOS
+    // that is a private per-user directory, where /tmp is shared (and anyone could take the
+    // name first); it is also where every earlier version looked, so an upgraded client still
+    // finds the daemon it must restart.
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
         if dir.is_absolute() {
             return dir.join("sessiond");
         }
     }
-    #[cfg(unix)]
-    let temp = PathBuf::from("/tmp");
-    #[cfg(not(unix))]
-    let temp = std::env::temp_dir();
-    temp.join(format!("sessiond-{}", current_uid()))
+    std::env::temp_dir().join(format!("sessiond-{}", current_uid()))
 }
 
 fn default_state_dir() -> Result<PathBuf, PathError> {

@@ -118,13 +118,67 @@ fn restart_keeps_the_running_daemon_when_a_new_one_would_not_start() {
     std::fs::write(&sb.config, "[daemon]\nmax_connections = 4\n").unwrap();
     let restarted = sb.ctl(&["--json", "daemon", "restart"]).json();
     assert_eq!(restarted["stopped_pid"], started["pid"]);
+
+    // A sessiond too old to know the check (it calls the flag a bad command line) does not
+    // block the restart.
+    let old = sb.root.join("old-sessiond");
+    std::fs::write(
+        &old,
+        format!(
+            "#!/bin/sh\nfor a; do [ \"$a\" = --check-config ] && exit 2; done\nexec '{}' \"$@\"\n",
+            sessiond_tests::sessiond_bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let again = run_bounded(
+        sb.sessionctl()
+            .env("SESSIOND_BIN", &old)
+            .args(["--json", "daemon", "restart"]),
+    )
+    .json();
+    assert_eq!(again["stopped_pid"], restarted["pid"]);
+
+    // A daemon running with another state directory is not swapped for one that would not
+    // see its sessions.
+    sb.ctl(&["daemon", "stop"]).ok();
+    let elsewhere = sb.root.join("other-state");
+    let out = run_bounded(
+        std::process::Command::new(sessiond_tests::sessiond_bin())
+            .arg("--detach")
+            .arg("--runtime-dir")
+            .arg(&sb.runtime)
+            .arg("--state-dir")
+            .arg(&elsewhere)
+            .arg("--config")
+            .arg(&sb.config),
+    );
+    out.ok();
+    let pid = sb.ctl(&["--json", "daemon", "status"]).json()["pid"].clone();
+    let out = sb.ctl(&["--json", "daemon", "restart"]);
+    let err = out.refused(1, "local_error", "not restarting");
+    let message = err["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("SESSIOND_STATE_DIR={}", elsewhere.display())),
+        "{message}"
+    );
+    let status = sb.ctl(&["--json", "daemon", "status"]).json();
+    assert_eq!(status["pid"], pid, "the daemon was stopped");
+    sb.ctl(&["daemon", "stop"]).ok();
     Row::new(
         "bad input",
         "restart_keeps_the_running_daemon_when_a_new_one_would_not_start",
     )
-    .done("`sessionctl daemon restart` after a misspelt key was written into the config")
+    .done(
+        "`sessionctl daemon restart` after a misspelt key was written into the config, then \
+         beside a daemon running with another state directory",
+    )
+    .runs(2)
     .checked("exit status, message, and that the running daemon still answers")
-    .result("exit 1 naming the key and the kept pid; the same daemon answers; restart works once mended")
+    .result(
+        "exit 1 naming the key (then the state directory to use) and the kept pid; the same \
+         daemon answers; restart works once mended, and with a sessiond too old to check",
+    )
     .record();
 }
 
@@ -141,26 +195,29 @@ fn version_says_what_the_client_is_even_when_the_daemon_cannot_be_asked() {
 }
 
 #[test]
-fn the_runtime_fallback_is_the_same_whatever_tmpdir_says() {
-    // Without XDG_RUNTIME_DIR, a shell and a cron job that disagree on TMPDIR must still
-    // find one daemon.
+fn the_runtime_fallback_is_in_tmpdir_else_in_tmp() {
+    // Without XDG_RUNTIME_DIR: $TMPDIR/sessiond-UID, as PROTOCOL.md says clients must look.
     let sb = Sandbox::new();
     let uid = nix::unistd::geteuid();
-    for tmpdir in [sb.root.as_os_str(), std::ffi::OsStr::new("/var/tmp")] {
-        let paths = run_bounded(
-            sb.sessionctl()
-                .env_remove("SESSIOND_RUNTIME_DIR")
-                .env_remove("XDG_RUNTIME_DIR")
-                .env("TMPDIR", tmpdir)
-                .args(["--json", "daemon", "paths"]),
-        )
-        .json();
-        assert_eq!(
-            paths["runtime_dir"],
-            format!("/tmp/sessiond-{uid}"),
-            "{paths}"
-        );
-    }
+    let runtime_dir = |tmpdir: Option<&std::path::Path>| {
+        let mut cmd = sb.sessionctl();
+        cmd.env_remove("SESSIOND_RUNTIME_DIR")
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("TMPDIR")
+            .args(["--json", "daemon", "paths"]);
+        if let Some(dir) = tmpdir {
+            cmd.env("TMPDIR", dir);
+        }
+        run_bounded(&mut cmd).json()["runtime_dir"].clone()
+    };
+    assert_eq!(
+        runtime_dir(Some(&sb.root)),
+        sb.root
+            .join(format!("sessiond-{uid}"))
+            .display()
+            .to_string()
+    );
+    assert_eq!(runtime_dir(None), format!("/tmp/sessiond-{uid}"));
 }
 
 #[test]

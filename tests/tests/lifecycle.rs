@@ -616,10 +616,46 @@ fn check_config_says_whether_a_start_would_succeed_and_touches_nothing() {
     );
     assert_eq!(out.code(), 1, "{}", out.stderr());
     assert!(
-        out.stderr().contains("not a regular file"),
+        out.stderr().contains("FIFO that nothing wrote to"),
         "{}",
         out.stderr()
     );
+    // A device reads as it is: /dev/null is all defaults.
+    let defaults = run_bounded(
+        Command::new(sessiond_tests::sessiond_bin())
+            .arg("--check-config")
+            .arg("--runtime-dir")
+            .arg(&sb.runtime)
+            .arg("--state-dir")
+            .arg(&sb.state)
+            .args(["--config", "/dev/null"]),
+    );
+    assert!(
+        defaults.ok().contains("config       /dev/null"),
+        "{}",
+        defaults.stdout()
+    );
+    // What is valid but surely a mistake starts, with a warning: a filter target nothing
+    // logs under, a first_command nothing ever ends.
+    std::fs::write(
+        &sb.config,
+        "[daemon]\nlog_level = \"info,tokio=warn\"\n[providers.once]\n\
+         first_command = [\"echo\", \"{prompt}\"]\ncommand = [\"echo\", \"{prompt}\"]\n",
+    )
+    .unwrap();
+    let out = run_bounded(sb.sessiond().arg("--check-config"));
+    assert_eq!(out.code(), 0, "{}", out.stderr());
+    assert!(
+        out.stderr().contains("warning: log filter") && out.stderr().contains("\"tokio\""),
+        "{}",
+        out.stderr()
+    );
+    assert!(
+        out.stderr().contains("warning: [providers.once]"),
+        "{}",
+        out.stderr()
+    );
+    std::fs::write(&sb.config, "").unwrap();
     // An unsafe directory too, and the running daemon was never disturbed.
     std::fs::set_permissions(&sb.state, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = run_bounded(sb.sessiond().arg("--check-config"));
@@ -634,14 +670,16 @@ fn check_config_says_whether_a_start_would_succeed_and_touches_nothing() {
     )
     .done(
         "`sessiond --check-config` with a good config, beside a running daemon, then with a \
-         misspelt key, a bad SESSIOND_LOG, an empty one, a bad --log-level, a FIFO as the \
-         config, an open state directory",
+         misspelt key, a bad SESSIOND_LOG, an empty one, a bad --log-level, a FIFO nothing \
+         writes as the config, /dev/null, settings that never take effect, an open state \
+         directory",
     )
-    .runs(8)
+    .runs(10)
     .checked("exit status and message of each; directories created; the running daemon")
     .result(
-        "exit 0 and nothing created for the good ones; 1 naming the key, the variable, the \
-         FIFO and the chmod fix; 2 for the flag; the running daemon untouched",
+        "exit 0 and nothing created for the good ones (with a warning naming each setting \
+         that never takes effect); 1 naming the key, the variable, the FIFO and the chmod \
+         fix; 2 for the flag; the running daemon untouched",
     )
     .record();
 }

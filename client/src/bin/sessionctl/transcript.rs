@@ -1,5 +1,6 @@
 //! How a session's transcript reads for people: `log` prints stored turns through it, and
-//! `log --follow` prints the same and then live events, so both look alike.
+//! `log --follow` prints the same, then live turns in the same form (a live turn's header
+//! comes without its prompt, which events do not carry).
 //!
 //! A turn is a header line (`── ID STATUS (exit N) · AGE ──`), its prompt (`$ ` on the first
 //! line, `> ` on each further one, so a prompt of several lines cannot pass for output), its

@@ -197,22 +197,57 @@ struct RestartReport {
     socket: String,
 }
 
-fn restart(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
-    // A daemon that would not come back up (a config edited into an error, a directory opened
-    // to others) must not cost the user the one that runs: check first, stop second.
-    if let Some(running) = running_daemon(&opts.paths) {
-        if let Some(reason) = autostart::start_refusal(opts)? {
-            let which = running
-                .pid
-                .map(|pid| format!(" (pid {pid})"))
-                .unwrap_or_default();
+/// Refuses a restart that would not give back the daemon that runs (`pid`): one started from
+/// here with another state directory or config (it would not see the same sessions), or one
+/// that would not start at all (a config edited into an error, a directory opened to others).
+/// Stopping first would cost the user the daemon they have.
+fn check_replacement(opts: &ConnectOptions, pid: Option<u32>) -> Result<(), ClientError> {
+    let which = pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default();
+    // A daemon that cannot be asked (another protocol version, no socket) is restarted as
+    // before: that is what restart is for.
+    if let Ok(s) = fetch_status(&existing_only(opts)) {
+        let ours = &opts.paths;
+        let differ: Vec<String> = [
+            (
+                "state dir",
+                &s.state_dir,
+                &ours.state_dir,
+                "SESSIOND_STATE_DIR",
+            ),
+            ("config", &s.config, &ours.config, "SESSIOND_CONFIG"),
+        ]
+        .into_iter()
+        .filter(|(_, theirs, ours, _)| std::path::Path::new(theirs) != *ours)
+        .map(|(what, theirs, ours, var)| {
+            format!(
+                "{what} {theirs} (this sessionctl would give a new one {}; set {var}={theirs})",
+                ours.display()
+            )
+        })
+        .collect();
+        if !differ.is_empty() {
             return Err(ClientError::Local(format!(
-                "not restarting: a new sessiond would not start: {reason}\n\
-                 The running daemon{which} was left running. Fix the above, then run \
-                 `sessionctl daemon restart` again; `sessiond --check-config` checks without \
-                 stopping anything."
+                "not restarting: the running daemon{which} uses {}, so a new one started from \
+                 here would not be the same daemon. Restart with its settings, or run \
+                 `sessionctl daemon stop` first to change them on purpose.",
+                differ.join(", and ")
             )));
         }
+    }
+    if let Some(reason) = autostart::start_refusal(opts)? {
+        return Err(ClientError::Local(format!(
+            "not restarting: a new sessiond would not start: {reason}\n\
+             The running daemon{which} was left running. Fix the above, then run `sessionctl \
+             daemon restart` again; `{}` checks without stopping anything.",
+            autostart::check_command_line(opts)
+        )));
+    }
+    Ok(())
+}
+
+fn restart(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
+    if let Some(running) = running_daemon(&opts.paths) {
+        check_replacement(opts, running.pid)?;
     }
     let stopped_pid = stop_daemon(opts)?;
     autostart::ensure_daemon(opts)?;

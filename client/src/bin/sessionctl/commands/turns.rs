@@ -387,10 +387,24 @@ fn follow_log(
     let mut w = Transcript::new(std::io::stdout().lock());
     let fail = |e: std::io::Error| ClientError::Local(format!("cannot write output: {e}"));
     let now = sessiond_proto::now_ms();
+    // What the history showed already, so events queued meanwhile do not show it again: a
+    // turn's start (shown as running or settled), its settling.
+    let mut started = std::collections::HashSet::new();
+    let mut settled = std::collections::HashSet::new();
     for entry in &result.turns {
         w.turn(entry, now).map_err(fail)?;
         if let Some(last) = entry.output.last() {
             printed.insert(entry.turn.turn_id, last.chunk + 1);
+        }
+        match entry.turn.status {
+            TurnStatus::Queued => {}
+            TurnStatus::Running => {
+                started.insert(entry.turn.turn_id);
+            }
+            _ => {
+                started.insert(entry.turn.turn_id);
+                settled.insert(entry.turn.turn_id);
+            }
         }
     }
     w.flush().map_err(fail)?;
@@ -398,11 +412,20 @@ fn follow_log(
     while let Some(payload) = client.next_event()? {
         let event: Event<SessionEvent> = frame::decode(&payload)
             .map_err(|e| ClientError::Protocol(format!("undecodable event: {e}")))?;
+        if event.event == event_kind::LAGGED {
+            w.end_line().and_then(|()| w.flush()).map_err(fail)?;
+            eprintln!(
+                "sessionctl: fell behind the session's output and lost some; `sessionctl log \
+                 {}` shows all of it",
+                info.id.short()
+            );
+            continue;
+        }
         let Some(turn) = event.data.turn else {
             continue;
         };
         match event.event.as_str() {
-            event_kind::TURN_STARTED => {
+            event_kind::TURN_STARTED if started.insert(turn) => {
                 w.header(turn, "running", None, None).map_err(fail)?;
             }
             event_kind::TURN_OUTPUT => {
@@ -414,7 +437,7 @@ fn follow_log(
                         .map_err(fail)?;
                 }
             }
-            event_kind::TURN_SETTLED => {
+            event_kind::TURN_SETTLED if settled.insert(turn) => {
                 let status = event.data.status.map_or("settled", |s| s.as_str());
                 w.header(turn, status, event.data.exit_code, None)
                     .map_err(fail)?;
@@ -431,5 +454,7 @@ fn follow_log(
             return Err(fail(e));
         }
     }
+    // The daemon went away: leave the terminal on a line of its own.
+    let _ = w.end_line().and_then(|()| w.flush());
     Ok(())
 }
