@@ -23,6 +23,7 @@ FILES:
 SIGNALS:
   SIGTERM, SIGINT, SIGHUP
                     shut down gracefully: stop accepting, finish requests in flight,
+                    end running turns (interrupted; their queues pause until resumed),
                     remove the socket and pid file, exit 0
   a second one      during a slow shutdown: exit at once (status 1)
 

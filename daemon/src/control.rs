@@ -73,9 +73,17 @@ pub fn shutdown(
     _id: u64,
     _p: ShutdownParams,
 ) -> HandlerResult<Reply<ShutdownResult>> {
+    let running_turns = ctx.registry().running_turns();
     ctx.trigger_shutdown("shutdown requested by a client");
+    // Ending running turns comes after the connections' grace, and takes up to its own.
+    let ending = if running_turns > 0 {
+        crate::runner::ending_grace(ctx).as_millis() as u64
+    } else {
+        0
+    };
     Ok(Reply::Now(ShutdownResult {
         pid: ctx.pid,
-        grace_ms: ctx.config.shutdown_grace_ms,
+        grace_ms: ctx.config.shutdown_grace_ms + ending,
+        running_turns: running_turns as u32,
     }))
 }

@@ -109,9 +109,14 @@ pub struct Registry {
     queues: HashMap<SessionId, SessionQueue>,
     /// The next queue order number to hand out (above every stored one).
     next_order: i64,
+    /// Set when the daemon begins to stop: no turn starts from then on.
+    stopping: bool,
     store: Store,
     pub events: EventBus,
 }
+
+/// The pause reason of a queue whose running turn a graceful stop ended.
+const DAEMON_STOPPED: &str = "daemon_stopped";
 
 fn invalid(message: impl Into<String>) -> RequestError {
     RequestError::new(ErrorCode::INVALID_ARGUMENT, message)
@@ -275,6 +280,7 @@ impl Registry {
             turns: HashMap::new(),
             queues: HashMap::new(),
             next_order: 1,
+            stopping: false,
             generation_floor: 0,
             store,
             events: EventBus::default(),
@@ -1438,6 +1444,13 @@ impl Registry {
                 TurnStatus::Interrupted,
                 Some("interrupted by a steer, which runs next".into()),
             ),
+            Some(Stop::Shutdown) => {
+                self.queues.entry(turn.session).or_default().paused = Some(DAEMON_STOPPED.into());
+                (
+                    TurnStatus::Interrupted,
+                    Some("the daemon was stopped while it ran; resume the queue to go on".into()),
+                )
+            }
             None => (status, error),
         };
         let error = match turn.output_unsaved {
@@ -1480,17 +1493,18 @@ impl Registry {
             rest,
             &format!("turn {} {}", turn_id.short(), status.as_str()),
         ));
-        if turn.stop == Some(Stop::Cancel) {
+        if matches!(turn.stop, Some(Stop::Cancel | Stop::Shutdown)) {
             self.publish_paused(session_id, paused.as_deref().unwrap_or("cancelled"));
         }
         if let Some(session) = self.sessions.get_mut(&session_id) {
             session.last_active_at = sessiond_proto::now_ms();
             writes.push(Write::Session(session.clone()));
         }
+        let stopping = self.stopping;
         let next = self
             .queues
             .get_mut(&session_id)
-            .filter(|q| q.paused.is_none())
+            .filter(|q| q.paused.is_none() && !stopping)
             .and_then(|q| q.queued.pop_front());
         let order = next.map(|next| {
             writes.extend(self.sync_queue_length(session_id));
@@ -1894,6 +1908,31 @@ impl Registry {
     /// Whether the turn is to be stopped (the runner checks before starting it).
     pub fn stop_requested(&self, turn: TurnId) -> bool {
         self.turns.get(&turn).is_some_and(|t| t.stop.is_some())
+    }
+
+    /// Begins a graceful stop: from now on no turn starts, and every running turn is to be
+    /// stopped (a cancel already asked for stays a cancel). Returns them with their workers,
+    /// for the runner to end.
+    pub fn stop_all(&mut self) -> Vec<(TurnId, Option<u32>)> {
+        self.stopping = true;
+        self.turns
+            .values_mut()
+            .filter(|t| t.status == TurnStatus::Running)
+            .map(|t| {
+                if t.stop != Some(Stop::Cancel) {
+                    t.stop = Some(Stop::Shutdown);
+                }
+                (t.id, t.worker_pid)
+            })
+            .collect()
+    }
+
+    /// How many turns are running (or about to: started, waiting for a slot).
+    pub fn running_turns(&self) -> usize {
+        self.turns
+            .values()
+            .filter(|t| t.status == TurnStatus::Running)
+            .count()
     }
 
     /// Turns that were running when the previous daemon stopped, for settlement at start-up.

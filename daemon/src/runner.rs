@@ -135,6 +135,50 @@ pub async fn stop_worker(ctx: Arc<Daemon>, turn: sessiond_proto::session::TurnId
     }
 }
 
+/// The longest ending every running turn at a graceful stop may take: each worker's interrupt
+/// and terminate graces, its output's drain, and a moment to settle and save.
+pub fn ending_grace(ctx: &Daemon) -> std::time::Duration {
+    ctx.config.interrupt_grace()
+        + ctx.config.terminate_grace()
+        + DRAIN
+        + std::time::Duration::from_secs(1)
+}
+
+/// At a graceful stop: ends every running turn's worker as a cancel does (SIGINT, then SIGTERM
+/// and SIGKILL after the graces), each turn settling `interrupted` with its queue paused, and
+/// waits until all have settled and been saved (at most [`ending_grace`]). A worker must not
+/// outlive its daemon: nothing would read its output, and it would work on unsupervised
+/// until the next daemon ended it anyway. Returns how many turns were running.
+pub async fn end_all(ctx: &Daemon) -> usize {
+    let running = ctx.registry().stop_all();
+    if running.is_empty() {
+        return 0;
+    }
+    tracing::info!(turns = running.len(), "ending the running turns");
+    for &(turn, pid) in &running {
+        // Without a pid the worker is not started yet: it is stopped as it starts, or the
+        // turn settles when its slot comes.
+        if let Some(pid) = pid {
+            ctx.stop_worker(turn, pid);
+        }
+    }
+    let deadline = tokio::time::Instant::now() + ending_grace(ctx);
+    while ctx.registry().running_turns() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            warn!(
+                turns = ctx.registry().running_turns(),
+                "turns still running after {:?}; the next daemon settles them",
+                ending_grace(ctx)
+            );
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let saved = ctx.registry().barrier();
+    let _ = saved.await;
+    running.len()
+}
+
 /// SIGINT, SIGTERM, SIGKILL to a worker's group with the configured grace periods, stopping
 /// as soon as the leader is gone.
 async fn stop_group(ctx: &Daemon, pid: u32) {

@@ -164,6 +164,7 @@ pub async fn serve(ctx: Arc<Daemon>, mut bound: Bound, lock_identity: Option<(u6
             ctx.config.shutdown_grace()
         );
     }
+    crate::runner::end_all(&ctx).await;
 }
 
 fn spawn_connection(ctx: &Arc<Daemon>, stream: Stream, id: u64, drain: &Drain) {

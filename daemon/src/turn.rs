@@ -43,6 +43,9 @@ pub enum Stop {
     Cancel,
     /// A steer takes its place: it settles `interrupted`, and the steer runs next.
     Steer,
+    /// The daemon is stopping: it settles `interrupted` and pauses the queue, as a restart
+    /// after a crash would leave it, but with its worker ended and its output saved.
+    Shutdown,
 }
 
 impl Turn {

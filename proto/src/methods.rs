@@ -135,10 +135,19 @@ pub struct ShutdownParams {}
 pub struct ShutdownResult {
     /// The pid of the daemon that is shutting down, so a client can wait for it to exit.
     pub pid: u32,
-    /// How long the daemon will wait for requests in flight before exiting anyway, in ms: how
-    /// long a client should be prepared to wait for it to be gone.
+    /// How long the daemon will wait for requests in flight, and for running turns to end,
+    /// before exiting anyway, in ms: how long a client should be prepared to wait for it to be
+    /// gone.
     #[serde(default)]
     pub grace_ms: u64,
+    /// Turns running when it was asked: the shutdown ends them (they settle `interrupted`, and
+    /// their queues pause with `daemon_stopped`). Absent when none ran.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub running_turns: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 // ---- Sessions -------------------------------------------------------------------------------

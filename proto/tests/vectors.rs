@@ -185,6 +185,7 @@ fn golden_vectors_match_typed_messages() {
             ShutdownResult {
                 pid: 4243,
                 grace_ms: 5000,
+                running_turns: 0,
             },
         ),
     );

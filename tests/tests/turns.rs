@@ -1126,3 +1126,66 @@ fn the_transcript_keeps_prompts_output_and_headers_apart() {
     assert!(seen.contains(&"partial".to_string()), "{seen:?}");
     assert!(seen.contains(&"> echo two".to_string()), "{seen:?}");
 }
+
+#[test]
+fn a_graceful_stop_ends_running_turns_and_holds_their_queues() {
+    let sb = Sandbox::with_config("[daemon]\ninterrupt_grace_ms = 500\nterminate_grace_ms = 500\n");
+    sb.ctl(&["daemon", "start"]).ok();
+    let project = shell_session(&sb);
+    sb.ctl(&["send", "echo $$ > worker.pid; echo started; exec sleep 60"])
+        .ok();
+    sb.ctl(&["send", "echo once >> queued.log"]).ok();
+    sessiond_tests::eventually("the worker to start", || {
+        project.join("worker.pid").exists()
+    });
+    let pid = sessiond_tests::pid_written_to(&project.join("worker.pid"));
+    let stopped = sb.ctl(&["--json", "daemon", "stop"]).json();
+    assert_eq!(stopped["ended_turns"], 1, "{stopped}");
+    // The worker went with its daemon, where it used to run on unsupervised until the next
+    // daemon ended it.
+    assert!(
+        !sessiond_tests::process_running(pid),
+        "the worker outlived a graceful stop"
+    );
+    let log = sb.ctl(&["--json", "log", "job", "--last", "2"]).json();
+    let ended = &log["turns"][0];
+    assert_eq!(ended["turn"]["status"], "interrupted", "{log}");
+    assert!(
+        ended["turn"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("daemon was stopped")),
+        "{log}"
+    );
+    assert!(
+        ended["output"][0]["data"]
+            .as_str()
+            .is_some_and(|d| d.contains("started")),
+        "the output before the stop was kept: {log}"
+    );
+    // The queued turn waits for a resume, and then runs once.
+    let queue = sb.ctl(&["--json", "queue"]).json();
+    assert!(queue["paused"].is_string(), "{queue}");
+    assert_eq!(queue["queued"].as_array().unwrap().len(), 1, "{queue}");
+    assert!(!project.join("queued.log").exists());
+    sb.ctl(&["resume"]).ok();
+    sessiond_tests::eventually("the queued turn to run", || {
+        project.join("queued.log").exists()
+    });
+    let human = sb.ctl(&["daemon", "stop"]).ok();
+    assert!(!human.contains("ended"), "nothing ran: {human}");
+    assert_eq!(
+        std::fs::read_to_string(project.join("queued.log")).unwrap(),
+        "once\n"
+    );
+    sessiond_tests::report::Row::new(
+        "fault",
+        "a_graceful_stop_ends_running_turns_and_holds_their_queues",
+    )
+    .done("`sessionctl daemon stop` while a turn ran (`sleep 60`) and another was queued")
+    .checked("the worker after the stop; the turn, its output and the queue after a restart")
+    .result(
+        "stop reported 1 ended turn; the worker was gone when it returned; the turn settled \
+         interrupted with its output kept; the queued turn waited for resume, then ran once",
+    )
+    .record();
+}

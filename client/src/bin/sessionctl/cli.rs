@@ -611,8 +611,10 @@ pub enum DaemonCommand {
     /// Start the daemon in the background if none runs; prints its pid
     Start,
 
-    /// Stop the daemon gracefully and wait until it has exited. Succeeds (exit 0) when none
-    /// was running.
+    /// Stop the daemon gracefully and wait until it has exited. Running turns are ended with
+    /// it (SIGINT, then SIGTERM and SIGKILL after the configured graces): they settle
+    /// interrupted, their output kept, and each session's queue waits for `sessionctl
+    /// resume`. Succeeds (exit 0) when none was running.
     Stop,
 
     /// Stop the daemon (if running) and start a new one: the fix after upgrading sessiond

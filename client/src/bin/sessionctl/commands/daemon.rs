@@ -117,6 +117,27 @@ struct StopReport {
     stopped: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pid: Option<u32>,
+    /// Turns that were running and were ended with it (absent when none ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended_turns: Option<u32>,
+}
+
+/// A daemon that was stopped: its pid, and how many running turns it ended.
+struct Stopped {
+    pid: u32,
+    ended_turns: u32,
+}
+
+/// What to tell a person about turns a stop ended, if it ended any.
+fn ended_note(ended_turns: u32) -> String {
+    match ended_turns {
+        0 => String::new(),
+        n => format!(
+            "; it ended {n} running turn{} (interrupted; each session's queue is paused until \
+             `sessionctl resume SESSION`)",
+            if n == 1 { "" } else { "s" }
+        ),
+    }
 }
 
 /// Asks the daemon to stop and waits until it has exited; `None` when none was running.
@@ -124,12 +145,12 @@ struct StopReport {
 /// A daemon that cannot be asked (it speaks another protocol version after an upgrade, or its
 /// socket was deleted) is sent SIGTERM instead, which every version treats as a graceful
 /// shutdown: `restart` must work exactly when the client and daemon disagree.
-fn stop_daemon(opts: &ConnectOptions) -> Result<Option<u32>, ClientError> {
+fn stop_daemon(opts: &ConnectOptions) -> Result<Option<Stopped>, ClientError> {
     let opts = existing_only(opts);
     let asked =
         BlockingClient::connect(&opts).and_then(|mut c| c.call::<Shutdown>(ShutdownParams {}));
-    let (pid, grace) = match asked {
-        Ok(r) => (r.pid, Duration::from_millis(r.grace_ms)),
+    let (pid, grace, ended_turns) = match asked {
+        Ok(r) => (r.pid, Duration::from_millis(r.grace_ms), r.running_turns),
         Err(ClientError::NotRunning { .. }) => return Ok(None),
         Err(
             e @ (ClientError::VersionMismatch(_)
@@ -144,7 +165,7 @@ fn stop_daemon(opts: &ConnectOptions) -> Result<Option<u32>, ClientError> {
                     "cannot ask sessiond (pid {pid}) to stop: {e}; and SIGTERM failed: {err}"
                 ))
             })?;
-            (pid, DEFAULT_GRACE)
+            (pid, DEFAULT_GRACE, 0)
         }
         Err(e) => return Err(e),
     };
@@ -161,11 +182,13 @@ fn stop_daemon(opts: &ConnectOptions) -> Result<Option<u32>, ClientError> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    Ok(Some(pid))
+    Ok(Some(Stopped { pid, ended_turns }))
 }
 
-/// The daemon's default shutdown grace, assumed when it could not tell us its own.
-const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+/// How long a daemon that could not tell us may take to stop, by its defaults: 5 s for
+/// requests in flight, then up to 8 s to end running turns (interrupt and terminate graces,
+/// the output's drain, the last save).
+const DEFAULT_GRACE: Duration = Duration::from_secs(13);
 
 fn terminate(pid: u32) -> std::io::Result<()> {
     let pid = i32::try_from(pid).map_err(|_| std::io::Error::other("pid out of range"))?;
@@ -177,13 +200,19 @@ fn terminate(pid: u32) -> std::io::Result<()> {
 }
 
 fn stop(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
-    let pid = stop_daemon(opts)?;
+    let stopped = stop_daemon(opts)?;
     let report = StopReport {
-        stopped: pid.is_some(),
-        pid,
+        stopped: stopped.is_some(),
+        pid: stopped.as_ref().map(|s| s.pid),
+        ended_turns: stopped.as_ref().map(|s| s.ended_turns).filter(|&n| n > 0),
     };
-    out.emit(&report, |w| match pid {
-        Some(pid) => writeln!(w, "stopped sessiond (pid {pid})"),
+    out.emit(&report, |w| match &stopped {
+        Some(s) => writeln!(
+            w,
+            "stopped sessiond (pid {}){}",
+            s.pid,
+            ended_note(s.ended_turns)
+        ),
         None => writeln!(w, "sessiond is not running"),
     })
 }
@@ -193,6 +222,9 @@ struct RestartReport {
     /// The pid of the daemon that was stopped, if one ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     stopped_pid: Option<u32>,
+    /// Turns that were running and were ended with it (absent when none ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended_turns: Option<u32>,
     pid: u32,
     socket: String,
 }
@@ -249,16 +281,23 @@ fn restart(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
     if let Some(running) = running_daemon(&opts.paths) {
         check_replacement(opts, running.pid)?;
     }
-    let stopped_pid = stop_daemon(opts)?;
+    let stopped = stop_daemon(opts)?;
     autostart::ensure_daemon(opts)?;
     let s = fetch_status(&existing_only(opts))?;
     let report = RestartReport {
-        stopped_pid,
+        stopped_pid: stopped.as_ref().map(|s| s.pid),
+        ended_turns: stopped.as_ref().map(|s| s.ended_turns).filter(|&n| n > 0),
         pid: s.pid,
         socket: s.socket,
     };
-    out.emit(&report, |w| match report.stopped_pid {
-        Some(old) => writeln!(w, "restarted sessiond: pid {old} → pid {}", report.pid),
+    out.emit(&report, |w| match &stopped {
+        Some(old) => writeln!(
+            w,
+            "restarted sessiond: pid {} → pid {}{}",
+            old.pid,
+            report.pid,
+            ended_note(old.ended_turns)
+        ),
         None => writeln!(w, "started sessiond: pid {}", report.pid),
     })
 }
