@@ -252,7 +252,8 @@ async fn read_loop(
             &outbox,
             ErrorCode::SHUTTING_DOWN,
             "sessiond is shutting down; requests on this connection that got no answer were \
-             not run. The next client command starts a new daemon."
+             not run, and running turns are being ended (`sessionctl log` shows how each \
+             settled). The next client command starts a new daemon."
                 .to_string(),
         )
         .await;

@@ -96,6 +96,8 @@ impl Daemon {
     }
 
     pub fn trigger_shutdown(&self, reason: &str) {
+        // Before anything watches the trigger: from here on, no turn starts.
+        self.registry().begin_stopping();
         self.shutdown.trigger(reason);
     }
 

@@ -73,10 +73,13 @@ pub fn shutdown(
     _id: u64,
     _p: ShutdownParams,
 ) -> HandlerResult<Reply<ShutdownResult>> {
-    let running_turns = ctx.registry().running_turns();
+    let (running_turns, any_running) = {
+        let registry = ctx.registry();
+        (registry.turns_to_end(), registry.running_turns() > 0)
+    };
     ctx.trigger_shutdown("shutdown requested by a client");
     // Ending running turns comes after the connections' grace, and takes up to its own.
-    let ending = if running_turns > 0 {
+    let ending = if any_running {
         crate::runner::ending_grace(ctx).as_millis() as u64
     } else {
         0

@@ -1292,6 +1292,10 @@ impl Registry {
         let Some(turn) = self.turns.get_mut(&turn_id) else {
             return false;
         };
+        // A worker that starts as the daemon stops is ended with the others.
+        if self.stopping && turn.stop.is_none() {
+            turn.stop = Some(Stop::Shutdown);
+        }
         let stop = turn.stop.is_some();
         turn.worker_pid = Some(pid);
         turn.worker_start_time = start_time;
@@ -1431,7 +1435,12 @@ impl Registry {
         // An aborted turn is cancelled whatever its exit, and holds the queue: what was
         // queued after it may depend on work that did not happen. A steered one is
         // interrupted, and the steer (at the head of the queue) runs next.
-        let (status, error) = match turn.stop.filter(|_| status != TurnStatus::Completed) {
+        // A turn that completed as it was cancelled or steered did its work; one the daemon's
+        // stop interrupted did not, whatever its exit (agents often exit 0 on SIGINT).
+        let (status, error) = match turn
+            .stop
+            .filter(|stop| *stop == Stop::Shutdown || status != TurnStatus::Completed)
+        {
             Some(Stop::Cancel) => {
                 let reason = format!("turn {} was cancelled", turn_id.short());
                 self.queues.entry(turn.session).or_default().paused = Some(reason);
@@ -1493,8 +1502,8 @@ impl Registry {
             rest,
             &format!("turn {} {}", turn_id.short(), status.as_str()),
         ));
-        if matches!(turn.stop, Some(Stop::Cancel | Stop::Shutdown)) {
-            self.publish_paused(session_id, paused.as_deref().unwrap_or("cancelled"));
+        if let (Some(Stop::Cancel | Stop::Shutdown), Some(reason)) = (turn.stop, &paused) {
+            self.publish_paused(session_id, reason);
         }
         if let Some(session) = self.sessions.get_mut(&session_id) {
             session.last_active_at = sessiond_proto::now_ms();
@@ -1910,21 +1919,41 @@ impl Registry {
         self.turns.get(&turn).is_some_and(|t| t.stop.is_some())
     }
 
-    /// Begins a graceful stop: from now on no turn starts, and every running turn is to be
-    /// stopped (a cancel already asked for stays a cancel). Returns them with their workers,
-    /// for the runner to end.
-    pub fn stop_all(&mut self) -> Vec<(TurnId, Option<u32>)> {
+    /// Marks the daemon as stopping: from now on no turn starts (see [`Self::hold_if_stopping`])
+    /// and a settled turn hands out no next one.
+    pub fn begin_stopping(&mut self) {
         self.stopping = true;
+    }
+
+    /// At a graceful stop: every running turn is to end `interrupted`, its queue held (a cancel
+    /// already under way stays a cancel). Returns the workers to signal: those no stop was
+    /// already under way for, so none gets a second SIGINT.
+    pub fn stop_all(&mut self) -> Vec<(TurnId, u32)> {
+        self.stopping = true;
+        let mut to_signal = Vec::new();
+        for t in self.turns.values_mut() {
+            if t.status != TurnStatus::Running || t.stop == Some(Stop::Cancel) {
+                continue;
+            }
+            if let (None, Some(pid)) = (t.stop, t.worker_pid) {
+                to_signal.push((t.id, pid));
+            }
+            t.stop = Some(Stop::Shutdown);
+        }
+        to_signal
+    }
+
+    /// Turns whose worker runs and that a stop would end `interrupted` (not those being
+    /// cancelled, nor those not started yet, which go back to their queues).
+    pub fn turns_to_end(&self) -> usize {
         self.turns
-            .values_mut()
-            .filter(|t| t.status == TurnStatus::Running)
-            .map(|t| {
-                if t.stop != Some(Stop::Cancel) {
-                    t.stop = Some(Stop::Shutdown);
-                }
-                (t.id, t.worker_pid)
+            .values()
+            .filter(|t| {
+                t.status == TurnStatus::Running
+                    && t.worker_pid.is_some()
+                    && t.stop != Some(Stop::Cancel)
             })
-            .collect()
+            .count()
     }
 
     /// How many turns are running (or about to: started, waiting for a slot).
@@ -1933,6 +1962,27 @@ impl Registry {
             .values()
             .filter(|t| t.status == TurnStatus::Running)
             .count()
+    }
+
+    /// The workers running now, for a stop that cannot wait for them.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.turns
+            .values()
+            .filter(|t| t.status == TurnStatus::Running)
+            .filter_map(|t| t.worker_pid)
+            .collect()
+    }
+
+    /// Once the daemon is stopping, a turn about to start goes back to the head of its queue,
+    /// held, as if it had never left it; returns whether it did. A turn being cancelled or
+    /// steered away settles as that says instead.
+    pub fn hold_if_stopping(&mut self, turn: TurnId) -> bool {
+        let stop = self.turns.get(&turn).and_then(|t| t.stop);
+        if !self.stopping || matches!(stop, Some(Stop::Cancel | Stop::Steer)) {
+            return false;
+        }
+        self.requeue_blocked(turn, DAEMON_STOPPED);
+        true
     }
 
     /// Turns that were running when the previous daemon stopped, for settlement at start-up.

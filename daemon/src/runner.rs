@@ -67,6 +67,9 @@ pub async fn run(ctx: Arc<Daemon>, mut orders: mpsc::UnboundedReceiver<Order>, l
                 return;
             };
             let turn = order.turn;
+            if ctx.registry().hold_if_stopping(turn) {
+                return;
+            }
             if ctx.registry().stop_requested(turn) {
                 drop(slot);
                 // Settle maps the stop to its status (cancelled, or interrupted by a steer).
@@ -148,19 +151,20 @@ pub fn ending_grace(ctx: &Daemon) -> std::time::Duration {
 /// and SIGKILL after the graces), each turn settling `interrupted` with its queue paused, and
 /// waits until all have settled and been saved (at most [`ending_grace`]). A worker must not
 /// outlive its daemon: nothing would read its output, and it would work on unsupervised
-/// until the next daemon ended it anyway. Returns how many turns were running.
-pub async fn end_all(ctx: &Daemon) -> usize {
-    let running = ctx.registry().stop_all();
-    if running.is_empty() {
-        return 0;
+/// until the next daemon ended it anyway.
+pub async fn end_all(ctx: &Daemon) {
+    // Turns not started yet go back to their queues as their slots come (`hold_if_stopping`);
+    // a worker starting meanwhile is stopped as it starts (`worker_started`).
+    let to_signal = ctx.registry().stop_all();
+    if ctx.registry().running_turns() == 0 {
+        return;
     }
-    tracing::info!(turns = running.len(), "ending the running turns");
-    for &(turn, pid) in &running {
-        // Without a pid the worker is not started yet: it is stopped as it starts, or the
-        // turn settles when its slot comes.
-        if let Some(pid) = pid {
-            ctx.stop_worker(turn, pid);
-        }
+    tracing::info!(
+        turns = ctx.registry().running_turns(),
+        "ending the running turns"
+    );
+    for (turn, pid) in to_signal {
+        ctx.stop_worker(turn, pid);
     }
     let deadline = tokio::time::Instant::now() + ending_grace(ctx);
     while ctx.registry().running_turns() > 0 {
@@ -176,7 +180,6 @@ pub async fn end_all(ctx: &Daemon) -> usize {
     }
     let saved = ctx.registry().barrier();
     let _ = saved.await;
-    running.len()
 }
 
 /// SIGINT, SIGTERM, SIGKILL to a worker's group with the configured grace periods, stopping

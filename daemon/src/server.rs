@@ -192,6 +192,11 @@ pub fn spawn_signal_handlers(ctx: &Arc<Daemon>) -> io::Result<()> {
                 };
                 if ctx.shutting_down() {
                     warn!("received {which} again during shutdown; exiting now");
+                    // "Now" leaves no time for graces, but no worker may outlive its daemon.
+                    for pid in ctx.registry().worker_pids() {
+                        let _ =
+                            crate::platform::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                    }
                     let _ = std::fs::remove_file(ctx.paths.socket());
                     let _ = std::fs::remove_file(ctx.paths.pid_file());
                     std::process::exit(1);

@@ -140,8 +140,8 @@ pub struct ShutdownResult {
     /// gone.
     #[serde(default)]
     pub grace_ms: u64,
-    /// Turns running when it was asked: the shutdown ends them (they settle `interrupted`, and
-    /// their queues pause with `daemon_stopped`). Absent when none ran.
+    /// Turns whose workers ran when it was asked: the shutdown ends them (they settle
+    /// `interrupted`, and their queues are held). Absent when none ran.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub running_turns: u32,
 }

@@ -1189,3 +1189,64 @@ fn a_graceful_stop_ends_running_turns_and_holds_their_queues() {
     )
     .record();
 }
+
+#[test]
+fn a_stop_holds_turns_that_had_not_started_and_interrupts_those_that_exit_0() {
+    // One turn at a time: b's turn waits for a's slot when the stop comes.
+    let sb = Sandbox::with_config(
+        "[daemon]\nmax_concurrent_turns = 1\ninterrupt_grace_ms = 500\nterminate_grace_ms = 500\n",
+    );
+    sb.ctl(&["daemon", "start"]).ok();
+    let a = sb.project("a");
+    let b = sb.project("b");
+    let in_a = sb.new_session(&a, &["--name", "a"]);
+    let in_b = sb.new_session(&b, &["--name", "b"]);
+    // An agent that takes SIGINT as "finish now" and exits 0.
+    sb.ctl(&[
+        "send",
+        &in_a,
+        "trap 'exit 0' INT; echo $$ > worker.pid; sleep 60 & wait",
+    ])
+    .ok();
+    sessiond_tests::eventually("a's worker to start", || a.join("worker.pid").exists());
+    sb.ctl(&["send", &in_b, "touch b_ran"]).ok();
+    let stopped = sb.ctl(&["--json", "daemon", "stop"]).json();
+    assert_eq!(stopped["ended_turns"], 1, "only a's turn ran: {stopped}");
+    sb.ctl(&["daemon", "start"]).ok();
+    let a_log = sb.ctl(&["--json", "log", &in_a]).json();
+    assert_eq!(
+        a_log["turns"][0]["turn"]["status"], "interrupted",
+        "exit 0 on SIGINT is not completing the work: {a_log}"
+    );
+    // b's turn never started: it waits in its queue, held, not settled as interrupted.
+    let b_queue = sb.ctl(&["--json", "queue", &in_b]).json();
+    assert!(b_queue["running"].is_null(), "{b_queue}");
+    assert_eq!(b_queue["queued"].as_array().unwrap().len(), 1, "{b_queue}");
+    assert!(b_queue["paused"].is_string(), "{b_queue}");
+    assert!(!b.join("b_ran").exists());
+    sb.ctl(&["resume", &in_b]).ok();
+    sessiond_tests::eventually("b's turn to run on resume", || b.join("b_ran").exists());
+    sb.ctl(&["daemon", "stop"]).ok();
+}
+
+#[test]
+fn a_second_signal_during_a_stop_takes_the_workers_with_it() {
+    let sb = Sandbox::with_config("[daemon]\ninterrupt_grace_ms = 20000\n");
+    let mut daemon = sb.start_daemon();
+    let project = shell_session(&sb);
+    // A worker that shrugs off SIGINT and SIGTERM: the stop would wait its graces.
+    sb.ctl(&["send", "trap '' INT TERM; echo $$ > worker.pid; sleep 60"])
+        .ok();
+    sessiond_tests::eventually("the worker to start", || {
+        project.join("worker.pid").exists()
+    });
+    let pid = sessiond_tests::pid_written_to(&project.join("worker.pid"));
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(daemon.running(), "the stop waits for the worker's grace");
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(daemon.wait().code(), Some(1));
+    sessiond_tests::eventually("the worker to be killed with its daemon", || {
+        !sessiond_tests::process_running(pid)
+    });
+}
