@@ -86,6 +86,11 @@ pub async fn run(ctx: Arc<Daemon>, mut orders: mpsc::UnboundedReceiver<Order>, l
             // its queue, which is paused until someone resumes it.
             if !matches!(saved.await, Ok(Ok(()))) {
                 drop(slot);
+                // A stop of the daemon that came meanwhile holds it, as it would have held
+                // it before its save.
+                if ctx.registry().hold_if_stopping(turn) {
+                    return;
+                }
                 // A cancel or steer that came while the save failed still counts: settle
                 // maps it to its status (a steer then runs next, or waits, like this one).
                 if ctx.registry().stop_requested(turn) {
