@@ -78,7 +78,7 @@ pub fn shutdown(
         (registry.turns_to_end(), registry.running_turns() > 0)
     };
     ctx.trigger_shutdown("shutdown requested by a client");
-    // Ending running turns comes after the connections' grace, and takes up to its own.
+    // Running turns are ended while the connections finish, within a grace of their own.
     let ending = if any_running {
         crate::runner::ending_grace(ctx).as_millis() as u64
     } else {

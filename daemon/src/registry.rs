@@ -1805,10 +1805,11 @@ impl Registry {
             .set_activity(id, rest, "detached")
             .into_iter()
             .collect();
+        let stopping = self.stopping;
         let next = self
             .queues
             .get_mut(&id)
-            .filter(|q| q.paused.is_none() && q.running.is_none())
+            .filter(|q| q.paused.is_none() && q.running.is_none() && !stopping)
             .and_then(|q| q.queued.pop_front());
         let order = next.map(|turn| {
             writes.extend(self.sync_queue_length(id));
@@ -1906,12 +1907,20 @@ impl Registry {
         Ok((turn.info(None), self.store.write(writes), None))
     }
 
-    /// The worker pid of a turn still running, if it has one.
+    /// The worker pid of a turn still running, if it has one and it has not exited (a pid
+    /// already reaped may be another process's by now).
     pub fn worker_of(&self, turn: TurnId) -> Option<u32> {
         self.turns
             .get(&turn)
-            .filter(|t| t.status == TurnStatus::Running)
+            .filter(|t| t.status == TurnStatus::Running && !t.exited)
             .and_then(|t| t.worker_pid)
+    }
+
+    /// Records that a turn's worker has exited; its output may still be draining.
+    pub fn worker_exited(&mut self, turn: TurnId) {
+        if let Some(t) = self.turns.get_mut(&turn) {
+            t.exited = true;
+        }
     }
 
     /// Whether the turn is to be stopped (the runner checks before starting it).
@@ -1931,11 +1940,13 @@ impl Registry {
     pub fn stop_all(&mut self) -> Vec<(TurnId, u32)> {
         self.stopping = true;
         let mut to_signal = Vec::new();
+        // A turn being cancelled or steered stays so (its worker has had its SIGINT), and one
+        // whose worker has exited keeps its exit status.
         for t in self.turns.values_mut() {
-            if t.status != TurnStatus::Running || t.stop == Some(Stop::Cancel) {
+            if t.status != TurnStatus::Running || t.stop.is_some() || t.exited {
                 continue;
             }
-            if let (None, Some(pid)) = (t.stop, t.worker_pid) {
+            if let Some(pid) = t.worker_pid {
                 to_signal.push((t.id, pid));
             }
             t.stop = Some(Stop::Shutdown);
@@ -1944,14 +1955,15 @@ impl Registry {
     }
 
     /// Turns whose worker runs and that a stop would end `interrupted` (not those being
-    /// cancelled, nor those not started yet, which go back to their queues).
+    /// cancelled or steered, nor those not started yet, which go back to their queues).
     pub fn turns_to_end(&self) -> usize {
         self.turns
             .values()
             .filter(|t| {
                 t.status == TurnStatus::Running
                     && t.worker_pid.is_some()
-                    && t.stop != Some(Stop::Cancel)
+                    && !t.exited
+                    && t.stop.is_none()
             })
             .count()
     }
@@ -1968,7 +1980,7 @@ impl Registry {
     pub fn worker_pids(&self) -> Vec<u32> {
         self.turns
             .values()
-            .filter(|t| t.status == TurnStatus::Running)
+            .filter(|t| t.status == TurnStatus::Running && !t.exited)
             .filter_map(|t| t.worker_pid)
             .collect()
     }

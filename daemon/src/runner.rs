@@ -212,7 +212,8 @@ async fn stop_group(ctx: &Daemon, pid: u32) {
 type Ended = (TurnStatus, Option<i32>, Option<String>);
 
 /// Runs one turn's process to the end. `Err(())` when it could not start because another
-/// process owns the session; it is then back at the head of its queue, which is paused.
+/// process owns the session, or the daemon began to stop; it is then back at the head of its
+/// queue, which is paused.
 async fn run_turn(ctx: &Daemon, order: StartOrder) -> Result<Ended, ()> {
     let Some(provider) = ctx.providers.get(&*order.provider) else {
         return failed(format!(
@@ -288,6 +289,11 @@ async fn run_turn(ctx: &Daemon, order: StartOrder) -> Result<Ended, ()> {
             cmd.pre_exec(move || sessiond_proto::process::inherit_in_child(lock_fd));
         }
     }
+    // The last moment a stop of the daemon can hold the turn instead of interrupting it:
+    // returning releases the session's lock, and the turn waits at the head of its queue.
+    if ctx.registry().hold_if_stopping(order.turn) {
+        return Err(());
+    }
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -361,6 +367,7 @@ async fn run_turn(ctx: &Daemon, order: StartOrder) -> Result<Ended, ()> {
             _ = &mut pumps, if !drained => drained = true,
         }
     };
+    ctx.registry().worker_exited(turn);
     // A descendant that left the process group could keep the pipes open for ever: give the
     // output a moment to drain, then stop reading.
     if !drained {

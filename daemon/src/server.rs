@@ -158,13 +158,18 @@ pub async fn serve(ctx: Arc<Daemon>, mut bound: Bound, lock_identity: Option<(u6
             warn!(socket = %socket.display(), "cannot remove socket: {e}");
         }
     }
-    if !drain.wait(ctx.config.shutdown_grace()).await {
+    // Running turns are ended while the connections finish: the turns a `shutdown` answer
+    // counted are the ones ended, not whichever are left once the connections are done.
+    let (drained, ()) = tokio::join!(
+        drain.wait(ctx.config.shutdown_grace()),
+        crate::runner::end_all(&ctx)
+    );
+    if !drained {
         warn!(
             "connections still busy after {:?}; exiting anyway",
             ctx.config.shutdown_grace()
         );
     }
-    crate::runner::end_all(&ctx).await;
 }
 
 fn spawn_connection(ctx: &Arc<Daemon>, stream: Stream, id: u64, drain: &Drain) {

@@ -602,6 +602,7 @@ fn load(conn: &Connection) -> Result<Loaded, DbError> {
             output_truncated: false,
             output_unsaved: 0,
             stop: None,
+            exited: false,
         });
     }
     let starts: Option<i64> = conn

@@ -34,6 +34,9 @@ pub struct Turn {
     pub output_unsaved: u64,
     /// Why it is being stopped while it runs, if it is.
     pub stop: Option<Stop>,
+    /// Its worker has exited (its output may still be draining): there is nothing left to
+    /// stop, and its exit status stands.
+    pub exited: bool,
 }
 
 /// Why a running turn is being stopped.
@@ -70,6 +73,7 @@ impl Turn {
             output_truncated: false,
             output_unsaved: 0,
             stop: None,
+            exited: false,
         }
     }
 

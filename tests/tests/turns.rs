@@ -1250,3 +1250,22 @@ fn a_second_signal_during_a_stop_takes_the_workers_with_it() {
         !sessiond_tests::process_running(pid)
     });
 }
+
+#[test]
+fn a_turn_whose_worker_finished_keeps_its_status_through_a_stop() {
+    let sb = Sandbox::new();
+    sb.ctl(&["daemon", "start"]).ok();
+    let project = shell_session(&sb);
+    // The worker exits 0 at once, but a process it left outside its group holds the output
+    // open, so the turn waits for its output to drain when the stop comes.
+    sb.ctl(&["send", "setsid sleep 3 & echo done > done; exit 0"])
+        .ok();
+    sessiond_tests::eventually("the worker to finish", || project.join("done").exists());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let stopped = sb.ctl(&["--json", "daemon", "stop"]).json();
+    assert!(stopped["ended_turns"].is_null(), "{stopped}");
+    sb.ctl(&["daemon", "start"]).ok();
+    let log = sb.ctl(&["--json", "log", "job"]).json();
+    assert_eq!(log["turns"][0]["turn"]["status"], "completed", "{log}");
+    sb.ctl(&["daemon", "stop"]).ok();
+}
