@@ -22,6 +22,9 @@ use crate::transport::{running_daemon, try_connect_sync, Attempt};
 /// sessiond's exit status when another daemon already runs (see `sessiond --help`).
 const DAEMON_EXIT_ALREADY_RUNNING: i32 = 3;
 
+/// sessiond's exit status for a bad command line.
+const DAEMON_EXIT_USAGE: i32 = 2;
+
 /// Makes sure a daemon runs, starting one if needed. Returns once one accepts connections or
 /// the startup timeout passes.
 pub fn ensure_daemon(opts: &ConnectOptions) -> Result<(), ClientError> {
@@ -117,8 +120,6 @@ fn cannot_run(program: &Path, e: &std::io::Error) -> String {
 /// A sessiond too old to know the check (it refuses the flag as a bad command line) passes:
 /// the restart then goes ahead as it did before the check existed.
 pub fn start_refusal(opts: &ConnectOptions) -> Result<Option<String>, ClientError> {
-    /// sessiond's exit status for a bad command line.
-    const DAEMON_EXIT_USAGE: i32 = 2;
     let program = opts.daemon_program();
     let mut cmd = daemon_command(opts);
     cmd.arg("--check-config");
@@ -137,28 +138,15 @@ pub fn start_refusal(opts: &ConnectOptions) -> Result<Option<String>, ClientErro
     });
     // It reads one file; a config path that is a FIFO nobody writes must not hang us.
     let deadline = Instant::now() + opts.startup_timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Ok(Some(format!(
-                    "`{} --check-config` did not finish within {:?}; is the config file {} \
-                     readable?",
-                    program.display(),
-                    opts.startup_timeout,
-                    opts.paths.config.display()
-                )));
-            }
-            Err(e) => {
-                return Err(ClientError::Local(format!(
-                    "waiting for {}: {e}",
-                    program.display()
-                )))
-            }
-        }
+    let Some(status) = wait_until(&mut child, deadline, &program)? else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Ok(Some(format!(
+            "`{} --check-config` did not finish within {:?}; is the config file {} readable?",
+            program.display(),
+            opts.startup_timeout,
+            opts.paths.config.display()
+        )));
     };
     if status.success() || status.code() == Some(DAEMON_EXIT_USAGE) {
         return Ok(None);
@@ -211,29 +199,17 @@ fn spawn_detached(opts: &ConnectOptions, deadline: Instant) -> Result<(), Client
         log: paths.log_file(),
         tail: String::new(),
     })?;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
-            Ok(None) => {
-                // It may still come up; leave it be rather than kill a daemon mid-start.
-                return Err(ClientError::Autostart {
-                    reason: format!(
-                        "{} did not report ready within {:?}",
-                        program.display(),
-                        opts.startup_timeout
-                    ),
-                    log: paths.log_file(),
-                    tail: log_tail(&paths.log_file()),
-                });
-            }
-            Err(e) => {
-                return Err(ClientError::Local(format!(
-                    "waiting for {}: {e}",
-                    program.display()
-                )))
-            }
-        }
+    let Some(status) = wait_until(&mut child, deadline, &program)? else {
+        // It may still come up; leave it be rather than kill a daemon mid-start.
+        return Err(ClientError::Autostart {
+            reason: format!(
+                "{} did not report ready within {:?}",
+                program.display(),
+                opts.startup_timeout
+            ),
+            log: paths.log_file(),
+            tail: log_tail(&paths.log_file()),
+        });
     };
     let mut stderr = String::new();
     if let Some(mut pipe) = child.stderr.take() {
@@ -266,6 +242,27 @@ fn spawn_detached(opts: &ConnectOptions, deadline: Instant) -> Result<(), Client
         log: paths.log_file(),
         tail: log_tail(&paths.log_file()),
     })
+}
+
+/// Waits for `child` (running `program`) to exit; `None` if it has not by `deadline`.
+fn wait_until(
+    child: &mut std::process::Child,
+    deadline: Instant,
+    program: &Path,
+) -> Result<Option<std::process::ExitStatus>, ClientError> {
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(Some(status)),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                return Err(ClientError::Local(format!(
+                    "waiting for {}: {e}",
+                    program.display()
+                )))
+            }
+        }
+    }
 }
 
 /// The last lines of the daemon's log, for an error message.

@@ -1942,10 +1942,7 @@ impl Registry {
         let mut to_signal = Vec::new();
         // A turn being cancelled or steered stays so (its worker has had its SIGINT), and one
         // whose worker has exited keeps its exit status.
-        for t in self.turns.values_mut() {
-            if t.status != TurnStatus::Running || t.stop.is_some() || t.exited {
-                continue;
-            }
+        for t in self.turns.values_mut().filter(|t| t.to_end_at_stop()) {
             if let Some(pid) = t.worker_pid {
                 to_signal.push((t.id, pid));
             }
@@ -1959,12 +1956,7 @@ impl Registry {
     pub fn turns_to_end(&self) -> usize {
         self.turns
             .values()
-            .filter(|t| {
-                t.status == TurnStatus::Running
-                    && t.worker_pid.is_some()
-                    && !t.exited
-                    && t.stop.is_none()
-            })
+            .filter(|t| t.to_end_at_stop() && t.worker_pid.is_some())
             .count()
     }
 

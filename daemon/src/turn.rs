@@ -52,6 +52,12 @@ pub enum Stop {
 }
 
 impl Turn {
+    /// Whether a stop of the daemon is to end it: running, its worker not exited, and no
+    /// cancel or steer already stopping it.
+    pub fn to_end_at_stop(&self) -> bool {
+        self.status == TurnStatus::Running && self.stop.is_none() && !self.exited
+    }
+
     /// A new turn at the back of `session`'s queue (position `order`), not yet started.
     pub fn queued(session: SessionId, order: i64, prompt: String, created_at: u64) -> Turn {
         Turn {

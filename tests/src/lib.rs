@@ -180,6 +180,30 @@ impl Sandbox {
         cmd
     }
 
+    /// Starts `sessionctl ARGS` (a `watch`, a `log --follow`) in the background, with a
+    /// channel of the lines it prints on stdout. The caller ends it.
+    pub fn spawn_lines(&self, args: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) {
+        use std::io::BufRead;
+        let mut child = self
+            .sessionctl()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sessionctl");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
+    }
+
     /// Runs `sessionctl ARGS` to completion (bounded by [`WAIT`]).
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
         run_bounded(self.sessionctl().args(args))

@@ -1,8 +1,6 @@
 //! Lifecycle events: ordering against answers, scope and seq, filters, subscription
 //! management, a slow subscriber that must not slow anyone else, and `sessionctl watch`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -606,27 +604,6 @@ fn slow_subscriber_gets_lagged_while_others_stay_fast() {
         .record();
 }
 
-/// `sessionctl ARGS` (a `watch`) running, with a channel of the lines it prints.
-fn spawn_watch(sb: &Sandbox, args: &[&str]) -> (Child, Receiver<String>) {
-    let mut watch = sb
-        .sessionctl()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = watch.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
-    (watch, rx)
-}
-
 /// The next line a watch prints, as JSON.
 fn next_event(lines: &Receiver<String>) -> serde_json::Value {
     let line = lines.recv_timeout(WAIT).expect("watch prints a line");
@@ -638,7 +615,7 @@ fn watch_prints_events_as_json_lines() {
     let sb = Sandbox::new();
     let _daemon = sb.start_daemon();
     let project = sb.project("p");
-    let (mut watch, lines) = spawn_watch(&sb, &["watch", "--event", "session_created"]);
+    let (mut watch, lines) = sb.spawn_lines(&["watch", "--event", "session_created"]);
     eventually("watch to subscribe", || subscriptions(&sb) == 1);
 
     // Not a creation: filtered out.
@@ -719,10 +696,8 @@ fn a_filter_no_event_can_match_is_refused() {
     let gone_slash = format!("{}/", gone.to_str().unwrap());
     let listed = sb.ctl(&["--json", "list", "--project", &gone_slash]).json();
     assert_eq!(listed["sessions"][0]["id"], old.as_str(), "{listed}");
-    let (mut watch, lines) = spawn_watch(
-        &sb,
-        &["watch", "--project", &gone_slash, "--provider", "retired"],
-    );
+    let (mut watch, lines) =
+        sb.spawn_lines(&["watch", "--project", &gone_slash, "--provider", "retired"]);
     eventually("watch to subscribe", || subscriptions(&sb) == 1);
     sb.ctl(&["rename", &old, "older"]).ok();
     let event = next_event(&lines);
@@ -760,30 +735,24 @@ fn watch_looks_session_names_up_in_its_projects() {
 
     // In a project, it is that project's session. With several projects, a name is kept
     // wherever it is found: web is only in two.
-    let (mut watch, lines) = spawn_watch(
-        &sb,
-        &[
-            "watch",
-            "--session",
-            "api",
-            "--session",
-            "web",
-            "--project",
-            two,
-        ],
-    );
-    let (mut both, both_lines) = spawn_watch(
-        &sb,
-        &[
-            "watch",
-            "--session",
-            "web",
-            "--project",
-            one,
-            "--project",
-            two,
-        ],
-    );
+    let (mut watch, lines) = sb.spawn_lines(&[
+        "watch",
+        "--session",
+        "api",
+        "--session",
+        "web",
+        "--project",
+        two,
+    ]);
+    let (mut both, both_lines) = sb.spawn_lines(&[
+        "watch",
+        "--session",
+        "web",
+        "--project",
+        one,
+        "--project",
+        two,
+    ]);
     eventually("both watches to subscribe", || subscriptions(&sb) == 2);
     sb.ctl(&["rename", "--project", one, "api", "api-one"]).ok();
     sb.ctl(&["rename", &api_two, "api-two"]).ok();

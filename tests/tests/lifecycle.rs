@@ -604,16 +604,20 @@ fn check_config_says_whether_a_start_would_succeed_and_touches_nothing() {
     // A config path that is a FIFO is refused, where reading it waited for a writer for ever.
     let fifo = sb.root.join("fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let out = run_bounded(
-        Command::new(sessiond_tests::sessiond_bin())
-            .arg("--check-config")
-            .arg("--runtime-dir")
-            .arg(&sb.runtime)
-            .arg("--state-dir")
-            .arg(&sb.state)
-            .arg("--config")
-            .arg(&fifo),
-    );
+    // The sandbox's own sessiond names its config file: these name another.
+    let check_with = |config: &std::path::Path| {
+        run_bounded(
+            Command::new(sessiond_tests::sessiond_bin())
+                .arg("--check-config")
+                .arg("--runtime-dir")
+                .arg(&sb.runtime)
+                .arg("--state-dir")
+                .arg(&sb.state)
+                .arg("--config")
+                .arg(config),
+        )
+    };
+    let out = check_with(&fifo);
     assert_eq!(out.code(), 1, "{}", out.stderr());
     assert!(
         out.stderr().contains("FIFO that nothing wrote to"),
@@ -621,15 +625,7 @@ fn check_config_says_whether_a_start_would_succeed_and_touches_nothing() {
         out.stderr()
     );
     // A device reads as it is: /dev/null is all defaults.
-    let defaults = run_bounded(
-        Command::new(sessiond_tests::sessiond_bin())
-            .arg("--check-config")
-            .arg("--runtime-dir")
-            .arg(&sb.runtime)
-            .arg("--state-dir")
-            .arg(&sb.state)
-            .args(["--config", "/dev/null"]),
-    );
+    let defaults = check_with(std::path::Path::new("/dev/null"));
     assert!(
         defaults.ok().contains("config       /dev/null"),
         "{}",

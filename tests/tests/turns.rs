@@ -1074,7 +1074,6 @@ fn wait_passes_through_only_a_failed_turns_exit_code() {
 
 #[test]
 fn the_transcript_keeps_prompts_output_and_headers_apart() {
-    use std::io::BufRead;
     let sb = Sandbox::new();
     let _daemon = sb.start_daemon();
     shell_session(&sb);
@@ -1087,22 +1086,7 @@ fn the_transcript_keeps_prompts_output_and_headers_apart() {
     assert!(log.contains("$ echo one\n> echo two\none\ntwo\n"), "{log}");
 
     // `log --follow` prints the same, then live turns alike.
-    let mut follow = sb
-        .sessionctl()
-        .args(["log", "--follow", "job"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = follow.stdout.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut follow, lines) = sb.spawn_lines(&["log", "--follow", "job"]);
     let wait = std::time::Duration::from_secs(20);
     let mut seen = Vec::new();
     let mut next = || {

@@ -128,6 +128,11 @@ struct Stopped {
     ended_turns: u32,
 }
 
+/// `ended_turns` for `--json`: absent when no daemon was stopped or it ended no turn.
+fn ended_turns(stopped: &Option<Stopped>) -> Option<u32> {
+    stopped.as_ref().map(|s| s.ended_turns).filter(|&n| n > 0)
+}
+
 /// What to tell a person about turns a stop ended, if it ended any.
 fn ended_note(ended_turns: u32) -> String {
     match ended_turns {
@@ -204,7 +209,7 @@ fn stop(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
     let report = StopReport {
         stopped: stopped.is_some(),
         pid: stopped.as_ref().map(|s| s.pid),
-        ended_turns: stopped.as_ref().map(|s| s.ended_turns).filter(|&n| n > 0),
+        ended_turns: ended_turns(&stopped),
     };
     out.emit(&report, |w| match &stopped {
         Some(s) => writeln!(
@@ -286,7 +291,7 @@ fn restart(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
     let s = fetch_status(&existing_only(opts))?;
     let report = RestartReport {
         stopped_pid: stopped.as_ref().map(|s| s.pid),
-        ended_turns: stopped.as_ref().map(|s| s.ended_turns).filter(|&n| n > 0),
+        ended_turns: ended_turns(&stopped),
         pid: s.pid,
         socket: s.socket,
     };
