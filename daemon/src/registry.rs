@@ -511,6 +511,12 @@ impl Registry {
                 });
         };
         let sel = sel.trim();
+        if sel.is_empty() {
+            return Err(invalid(
+                "the session to act on is empty; give its name, id, id prefix or provider \
+                 session id (`sessionctl list` shows them)",
+            ));
+        }
         // A UUID is usually our id, but a provider's own ids (Claude's, Codex's) are UUIDs
         // too, and so may a name be: when no session has it as id, keep looking.
         let as_id = sel.parse::<SessionId>().ok();
@@ -1840,6 +1846,12 @@ impl Registry {
     /// Finds an unsettled turn by full id or unique prefix.
     fn resolve_turn(&self, selector: &str) -> Result<TurnId, RequestError> {
         let sel = selector.trim();
+        if sel.is_empty() {
+            return Err(invalid(format!(
+                "the turn to act on is empty; give its id or at least {MIN_PREFIX} hex digits \
+                 of it (`sessionctl queue` lists them)"
+            )));
+        }
         if let Ok(id) = sel.parse::<TurnId>() {
             if self.turns.contains_key(&id) {
                 return Ok(id);

@@ -414,6 +414,21 @@ fn bad_input_is_refused_and_changes_nothing() {
             vec!["no session matches".into()],
         ),
         (
+            vec!["switch", "  "],
+            "invalid_argument",
+            vec!["session to act on is empty".into()],
+        ),
+        (
+            vec!["close", ""],
+            "invalid_argument",
+            vec!["session to act on is empty".into()],
+        ),
+        (
+            vec!["cancel", " "],
+            "invalid_argument",
+            vec!["turn to act on is empty".into(), "sessionctl queue".into()],
+        ),
+        (
             vec!["rename", &known, "   "],
             "invalid_argument",
             vec!["empty".into()],
