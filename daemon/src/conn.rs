@@ -201,7 +201,9 @@ async fn read_loop(
     let why = loop {
         tokio::select! {
             biased;
-            _ = shutdown.triggered() => {
+            // Until then, a stopping daemon keeps the connection, so its subscriptions and
+            // pending answers go on, but refuses new requests (`handle_frame`).
+            _ = shutdown.closing() => {
                 shutting_down = true;
                 break "daemon shutting down";
             }
@@ -251,9 +253,8 @@ async fn read_loop(
         send_fatal(
             &outbox,
             ErrorCode::SHUTTING_DOWN,
-            "sessiond is shutting down; requests on this connection that got no answer were \
-             not run, and running turns are being ended (`sessionctl log` shows how each \
-             settled). The next client command starts a new daemon."
+            "sessiond has shut down; requests on this connection that got no answer were \
+             not run. The next client command starts a new daemon."
                 .to_string(),
         )
         .await;
@@ -421,6 +422,18 @@ async fn handle_frame(
             .expect("an error frame of plain strings always encodes")
     };
     match (head.kind.as_str(), head.id) {
+        ("request", Some(id)) if ctx.shutting_down() => {
+            let bytes = frame::encode(&ErrorFrame::new(
+                Some(id),
+                ErrorCode::SHUTTING_DOWN,
+                "sessiond is stopping: it is ending the running turns (each settles \
+                 `interrupted`), then closes this connection; this request was not run. The \
+                 next client command starts a new daemon."
+                    .to_string(),
+            ))
+            .expect("an error frame of plain strings always encodes");
+            send(outbox, bytes).await
+        }
         ("request", Some(id)) => {
             let answer = match head.method.as_deref() {
                 Some(method) => dispatch::dispatch(ctx, conn, id, method, payload),

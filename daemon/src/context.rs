@@ -101,6 +101,11 @@ impl Daemon {
         self.shutdown.trigger(reason);
     }
 
+    /// The second stage of shutdown: the turns have been ended; connections close.
+    pub fn close_connections(&self) {
+        self.shutdown.close();
+    }
+
     pub fn shutting_down(&self) -> bool {
         self.shutdown.is_triggered()
     }

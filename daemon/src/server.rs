@@ -158,13 +158,11 @@ pub async fn serve(ctx: Arc<Daemon>, mut bound: Bound, lock_identity: Option<(u6
             warn!(socket = %socket.display(), "cannot remove socket: {e}");
         }
     }
-    // Running turns are ended while the connections finish: the turns a `shutdown` answer
-    // counted are the ones ended, not whichever are left once the connections are done.
-    let (drained, ()) = tokio::join!(
-        drain.wait(ctx.config.shutdown_grace()),
-        crate::runner::end_all(&ctx)
-    );
-    if !drained {
+    // Running turns are ended while the connections stay open (refusing new requests), so
+    // subscribers and clients waiting on a turn see it settle. Then they close.
+    crate::runner::end_all(&ctx).await;
+    ctx.close_connections();
+    if !drain.wait(ctx.config.shutdown_grace()).await {
         warn!(
             "connections still busy after {:?}; exiting anyway",
             ctx.config.shutdown_grace()

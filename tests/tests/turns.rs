@@ -1253,3 +1253,90 @@ fn a_turn_whose_worker_finished_keeps_its_status_through_a_stop() {
     assert_eq!(log["turns"][0]["turn"]["status"], "completed", "{log}");
     sb.ctl(&["daemon", "stop"]).ok();
 }
+
+#[test]
+fn clients_see_the_turns_a_stop_ends_settle_and_new_requests_are_refused_meanwhile() {
+    // The worker shrugs off SIGINT, so the stop spends its interrupt grace ending it: time
+    // for requests to arrive while it does.
+    let sb = Sandbox::with_config("[daemon]\ninterrupt_grace_ms = 3000\n");
+    sb.ctl(&["daemon", "start"]).ok();
+    let project = shell_session(&sb);
+    let id = sb.session_id("job");
+    let waiting = sb
+        .sessionctl()
+        .args([
+            "send",
+            "--wait",
+            "trap '' INT; echo $$ > worker.pid; sleep 60",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn send --wait");
+    sessiond_tests::eventually("the worker to start", || {
+        project.join("worker.pid").exists()
+    });
+    let mut conn = sb.raw();
+    conn.handshake();
+    let (_, answer) = conn.call(
+        1,
+        "subscribe",
+        serde_json::json!({"filter": {"events": ["turn_settled"], "sessions": [id]}}),
+    );
+    assert_eq!(sessiond_tests::kind(&answer), "response");
+
+    let stop = sb
+        .sessionctl()
+        .args(["--json", "daemon", "stop"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn daemon stop");
+    sessiond_tests::eventually("the stop to begin (the socket goes first)", || {
+        !sb.socket().exists()
+    });
+    // The connection is still served, but a new request is not run.
+    let (mut events, refused) = conn.call(2, "new", serde_json::json!({"project": "/"}));
+    let refused: sessiond_proto::envelope::ErrorFrame =
+        sessiond_proto::frame::decode(&refused).expect("an error frame");
+    assert_eq!(refused.id, Some(2));
+    assert_eq!(refused.code, sessiond_proto::ErrorCode::SHUTTING_DOWN);
+    assert!(refused.message.contains("not run"), "{}", refused.message);
+    // The turn settles where the subscriber sees it, and only then does the connection close.
+    loop {
+        let payload = conn
+            .read()
+            .expect("the connection closed before the turn settled");
+        match sessiond_tests::kind(&payload).as_str() {
+            "event" => events.push(payload),
+            "error" => {
+                let closing: sessiond_proto::envelope::ErrorFrame =
+                    sessiond_proto::frame::decode(&payload).unwrap();
+                assert_eq!(closing.id, None);
+                assert_eq!(closing.code, sessiond_proto::ErrorCode::SHUTTING_DOWN);
+                break;
+            }
+            other => panic!("unexpected {other}: {}", sessiond_tests::as_json(&payload)),
+        }
+    }
+    conn.expect_closed();
+    let settled: Vec<_> = events
+        .iter()
+        .map(|e| sessiond_tests::session_event(e))
+        .collect();
+    assert_eq!(settled.len(), 1, "one turn settled");
+    assert_eq!(
+        settled[0].data.status,
+        Some(sessiond_proto::session::TurnStatus::Interrupted)
+    );
+
+    // The client waiting on the turn was told how it ended, not that the daemon went away.
+    let waited = sessiond_tests::CtlOutput(waiting.wait_with_output().unwrap());
+    assert_eq!(waited.code(), 1, "stderr: {}", waited.stderr());
+    assert!(
+        waited.stderr().contains("interrupted") && waited.stderr().contains("daemon was stopped"),
+        "{}",
+        waited.stderr()
+    );
+    let stopped = sessiond_tests::CtlOutput(stop.wait_with_output().unwrap()).json();
+    assert_eq!(stopped["ended_turns"], 1, "{stopped}");
+}

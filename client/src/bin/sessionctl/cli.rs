@@ -614,7 +614,8 @@ pub enum DaemonCommand {
     /// Stop the daemon gracefully and wait until it has exited. Running turns are ended with
     /// it (SIGINT, then SIGTERM and SIGKILL after the configured graces): they settle
     /// interrupted, their output kept, and each session's queue waits for `sessionctl
-    /// resume`. Succeeds (exit 0) when none was running.
+    /// resume`; clients waiting on them (`send --wait`, `watch`) see them settle before the
+    /// daemon closes their connections. Succeeds (exit 0) when none was running.
     Stop,
 
     /// Stop the daemon (if running) and start a new one: the fix after upgrading sessiond
