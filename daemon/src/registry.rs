@@ -130,6 +130,18 @@ fn invalid_state(message: impl Into<String>) -> RequestError {
     RequestError::new(ErrorCode::INVALID_STATE, message)
 }
 
+/// What a cancel did.
+pub struct Cancelled {
+    /// The turn, as the answer shows it.
+    pub turn: sessiond_proto::session::TurnInfo,
+    /// Resolves once the change is saved.
+    pub saved: Commit,
+    /// A running worker the caller must stop (the turn settles when it exits).
+    pub worker: Option<u32>,
+    /// The turn that takes the cancelled one's place, when it had not started.
+    pub next: Option<StartOrder>,
+}
+
 /// A turn selector's hex digits, lower-cased and without dashes: the form turn ids are
 /// matched in by prefix, so a prefix may be copied from the hyphenated id or the plain one.
 /// `None` when it holds anything but hex digits and dashes, or no digit at all.
@@ -1275,11 +1287,26 @@ impl Registry {
             SubmitResult {
                 accepted,
                 turn: info,
-                paused: self.queues.get(&id).and_then(|q| q.paused.clone()),
+                paused: self.held(id),
             },
             commit,
             start,
         ))
+    }
+
+    /// Why a session's queue is held, or will be once a cancel under way lands: either way
+    /// queued turns wait for `resume`.
+    fn held(&self, id: SessionId) -> Option<String> {
+        let queue = self.queues.get(&id)?;
+        queue.paused.clone().or_else(|| {
+            let running = queue.running?;
+            (self.turns.get(&running)?.stop == Some(Stop::Cancel)).then(|| {
+                format!(
+                    "turn {} is being cancelled, which pauses the queue",
+                    running.short()
+                )
+            })
+        })
     }
 
     fn position(&self, turn: TurnId) -> Option<u32> {
@@ -1437,16 +1464,25 @@ impl Registry {
         exit_code: Option<i32>,
         error: Option<String>,
     ) -> Option<StartOrder> {
+        self.settle_turn(turn_id, status, exit_code, error)
+            .and_then(|(_, next)| next)
+    }
+
+    /// [`Self::settle`], also returning the settled turn.
+    fn settle_turn(
+        &mut self,
+        turn_id: TurnId,
+        status: TurnStatus,
+        exit_code: Option<i32>,
+        error: Option<String>,
+    ) -> Option<(Turn, Option<StartOrder>)> {
         let mut turn = self.turns.remove(&turn_id)?;
-        // An aborted turn is cancelled whatever its exit, and holds the queue: what was
-        // queued after it may depend on work that did not happen. A steered one is
-        // interrupted, and the steer (at the head of the queue) runs next.
-        // A turn that completed as it was cancelled or steered did its work; one the daemon's
-        // stop interrupted did not, whatever its exit (agents often exit 0 on SIGINT).
-        let (status, error) = match turn
-            .stop
-            .filter(|stop| *stop == Stop::Shutdown || status != TurnStatus::Completed)
-        {
+        // A stop is only ever asked of a worker that has not exited (a cancel after that is
+        // refused), so the stop decides the status, whatever the exit: agents often exit 0 on
+        // SIGINT. An aborted turn is cancelled, and holds the queue: what was queued after it
+        // may depend on work that did not happen. A steered one is interrupted, and the steer
+        // (at the head of the queue) runs next.
+        let (status, error) = match turn.stop {
             Some(Stop::Cancel) => {
                 let reason = format!("turn {} was cancelled", turn_id.short());
                 self.queues.entry(turn.session).or_default().paused = Some(reason);
@@ -1458,6 +1494,10 @@ impl Registry {
             Some(Stop::Steer) => (
                 TurnStatus::Interrupted,
                 Some("interrupted by a steer, which runs next".into()),
+            ),
+            Some(Stop::SteerWithdrawn) => (
+                TurnStatus::Interrupted,
+                Some("interrupted by a steer that was cancelled before it ran".into()),
             ),
             Some(Stop::Shutdown) => {
                 self.queues.entry(turn.session).or_default().paused = Some(DAEMON_STOPPED.into());
@@ -1526,7 +1566,7 @@ impl Registry {
             self.start(next, &mut writes)
         });
         drop(self.store.write(writes));
-        order
+        Some((turn, order))
     }
 
     fn publish_paused(&mut self, id: SessionId, reason: &str) {
@@ -1645,6 +1685,20 @@ impl Registry {
                     id.short()
                 )));
             }
+            // A cancel under way pauses the queue when its turn settles: the same wait.
+            if let Some(running) = self.queues.get(&id).and_then(|q| q.running) {
+                if self.turns.get(&running).and_then(|t| t.stop) == Some(Stop::Cancel) {
+                    return Err(invalid_state(format!(
+                        "session {}'s running turn {} is being cancelled, which pauses the \
+                         queue: a steer would wait behind the pause. Send it once the turn has \
+                         settled, then resume (`sessionctl resume {}`), or steer with \
+                         --no-interrupt to put the prompt at the head of the queue",
+                        id.short(),
+                        running.short(),
+                        id.short()
+                    )));
+                }
+            }
         }
         let submitted = SubmitParams {
             session: p.session.clone(),
@@ -1676,7 +1730,7 @@ impl Registry {
         if !p.no_interrupt {
             if let Some(running) = self.queues.get(&session).and_then(|q| q.running) {
                 if let Some(t) = self.turns.get_mut(&running) {
-                    if t.stop.is_none() {
+                    if t.stop.is_none() && !t.exited {
                         t.stop = Some(Stop::Steer);
                         stop = t.worker_pid.map(|pid| (running, pid));
                     }
@@ -1891,17 +1945,44 @@ impl Registry {
 
     /// Cancels a turn. A queued one is settled at once; for a running one the answer carries
     /// its worker's pid, which the caller must signal (the turn settles when it exits).
-    pub fn cancel(
-        &mut self,
-        selector: &str,
-    ) -> Result<(sessiond_proto::session::TurnInfo, Commit, Option<u32>), RequestError> {
+    pub fn cancel(&mut self, selector: &str) -> Result<Cancelled, RequestError> {
         self.writable()?;
         let id = self.resolve_turn(selector)?;
         let turn = self.turns.get_mut(&id).expect("resolved");
+        if turn.status == TurnStatus::Running && turn.worker_pid.is_none() && !turn.launching {
+            // Waiting for a slot under max_concurrent_turns: nothing ran, so nothing is held;
+            // the next queued turn takes its place.
+            let (turn, next) = self
+                .settle_turn(
+                    id,
+                    TurnStatus::Cancelled,
+                    None,
+                    Some("cancelled by a client before it started".into()),
+                )
+                .expect("resolved");
+            return Ok(Cancelled {
+                turn: turn.info(None),
+                saved: self.barrier(),
+                worker: None,
+                next,
+            });
+        }
+        if turn.status == TurnStatus::Running && turn.exited {
+            return Err(invalid_state(format!(
+                "turn {} has already finished (its last output is being saved); nothing is \
+                 left to cancel. `sessionctl log` shows how it settled",
+                id.short()
+            )));
+        }
         if turn.status == TurnStatus::Running {
             turn.stop = Some(Stop::Cancel);
             let (info, pid) = (turn.info(None), turn.worker_pid);
-            return Ok((info, self.barrier(), pid));
+            return Ok(Cancelled {
+                turn: info,
+                saved: self.barrier(),
+                worker: pid,
+                next: None,
+            });
         }
         let mut turn = self.turns.remove(&id).expect("resolved");
         turn.status = TurnStatus::Cancelled;
@@ -1910,13 +1991,33 @@ impl Registry {
         if let Some(q) = self.queues.get_mut(&turn.session) {
             q.queued.retain(|t| *t != id);
         }
+        if turn.kind == TurnKind::Steer {
+            self.withdraw_steer(turn.session);
+        }
         let mut writes = vec![Write::Turn(turn.clone())];
         writes.extend(self.sync_queue_length(turn.session));
         let mut event = self.turn_event(&turn);
         event.status = Some(TurnStatus::Cancelled);
         event.reason = turn.error.clone();
         self.events.publish(event_kind::TURN_SETTLED, event);
-        Ok((turn.info(None), self.store.write(writes), None))
+        Ok(Cancelled {
+            turn: turn.info(None),
+            saved: self.store.write(writes),
+            worker: None,
+            next: None,
+        })
+    }
+
+    /// The runner has a slot for a turn and goes on to start it; false when the turn was
+    /// settled meanwhile (cancelled while it waited), and there is nothing to start.
+    pub fn begin_launch(&mut self, turn: TurnId) -> bool {
+        match self.turns.get_mut(&turn) {
+            Some(t) if t.status == TurnStatus::Running => {
+                t.launching = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The worker pid of a turn still running, if it has one and it has not exited (a pid
@@ -1926,6 +2027,34 @@ impl Registry {
             .get(&turn)
             .filter(|t| t.status == TurnStatus::Running && !t.exited)
             .and_then(|t| t.worker_pid)
+    }
+
+    /// The worker pid of a turn still being stopped, for the next, harder signal: none once
+    /// the stop was withdrawn (its steer cancelled) or the worker is gone.
+    pub fn worker_to_press(&self, turn: TurnId) -> Option<u32> {
+        self.worker_of(turn)
+            .filter(|_| self.turns.get(&turn).is_some_and(Turn::pressed))
+    }
+
+    /// After a queued steer is cancelled: unless another steer is still waiting, the running
+    /// turn it was stopping is stopped no further. A worker not started yet is not stopped
+    /// at all; one that has had its SIGINT settles `interrupted` if it exits.
+    fn withdraw_steer(&mut self, session: SessionId) {
+        let Some(queue) = self.queues.get(&session) else {
+            return;
+        };
+        let steer_waits = queue
+            .queued
+            .iter()
+            .any(|t| self.turns.get(t).is_some_and(|t| t.kind == TurnKind::Steer));
+        let Some(running) = queue.running.filter(|_| !steer_waits) else {
+            return;
+        };
+        if let Some(t) = self.turns.get_mut(&running) {
+            if t.stop == Some(Stop::Steer) {
+                t.stop = t.worker_pid.map(|_| Stop::SteerWithdrawn);
+            }
+        }
     }
 
     /// Records that a turn's worker has exited; its output may still be draining.

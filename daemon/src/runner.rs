@@ -67,6 +67,10 @@ pub async fn run(ctx: Arc<Daemon>, mut orders: mpsc::UnboundedReceiver<Order>, l
                 return;
             };
             let turn = order.turn;
+            // Cancelled while it waited for the slot: settled already, nothing to start.
+            if !ctx.registry().begin_launch(turn) {
+                return;
+            }
             if ctx.registry().hold_if_stopping(turn) {
                 return;
             }
@@ -134,7 +138,7 @@ pub async fn stop_worker(ctx: Arc<Daemon>, turn: sessiond_proto::session::TurnId
         (Signal::SIGKILL, std::time::Duration::ZERO),
     ];
     for (signal, then_wait) in steps {
-        if ctx.registry().worker_of(turn) != Some(pid) {
+        if ctx.registry().worker_to_press(turn) != Some(pid) {
             return;
         }
         debug!(turn = %turn, pid, ?signal, "stopping worker");

@@ -287,11 +287,14 @@ pub fn cancel(
     _id: u64,
     p: TurnParams,
 ) -> HandlerResult<Reply<TurnInfo>> {
-    let (info, commit, worker) = ctx.registry().cancel(&p.turn)?;
-    if let Some(pid) = worker {
-        ctx.stop_worker(info.turn_id, pid);
+    let cancelled = ctx.registry().cancel(&p.turn)?;
+    if let Some(pid) = cancelled.worker {
+        ctx.stop_worker(cancelled.turn.turn_id, pid);
     }
-    Ok(Reply::AfterCommit(info, commit))
+    if let Some(next) = cancelled.next {
+        ctx.start_turn(next);
+    }
+    Ok(Reply::AfterCommit(cancelled.turn, cancelled.saved))
 }
 
 pub fn subscribe(

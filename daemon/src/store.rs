@@ -603,6 +603,7 @@ fn load(conn: &Connection) -> Result<Loaded, DbError> {
             output_unsaved: 0,
             stop: None,
             exited: false,
+            launching: false,
         });
     }
     let starts: Option<i64> = conn

@@ -37,6 +37,9 @@ pub struct Turn {
     /// Its worker has exited (its output may still be draining): there is nothing left to
     /// stop, and its exit status stands.
     pub exited: bool,
+    /// The runner has a slot for it and is starting its worker. Before that a cancel settles
+    /// it at once: there is no process to stop.
+    pub launching: bool,
 }
 
 /// Why a running turn is being stopped.
@@ -46,6 +49,10 @@ pub enum Stop {
     Cancel,
     /// A steer takes its place: it settles `interrupted`, and the steer runs next.
     Steer,
+    /// The steer that interrupted it was cancelled before it ran: its worker has had its
+    /// SIGINT, but is not pressed further; it settles `interrupted` if it exits, and the queue
+    /// goes on.
+    SteerWithdrawn,
     /// The daemon is stopping: it settles `interrupted` and pauses the queue, as a restart
     /// after a crash would leave it, but with its worker ended and its output saved.
     Shutdown,
@@ -55,7 +62,14 @@ impl Turn {
     /// Whether a stop of the daemon is to end it: running, its worker not exited, and no
     /// cancel or steer already stopping it.
     pub fn to_end_at_stop(&self) -> bool {
-        self.status == TurnStatus::Running && self.stop.is_none() && !self.exited
+        self.status == TurnStatus::Running
+            && matches!(self.stop, None | Some(Stop::SteerWithdrawn))
+            && !self.exited
+    }
+
+    /// Whether its worker is to be pressed on (SIGTERM, then SIGKILL) if SIGINT did not end it.
+    pub fn pressed(&self) -> bool {
+        matches!(self.stop, Some(Stop::Cancel | Stop::Steer | Stop::Shutdown))
     }
 
     /// A new turn at the back of `session`'s queue (position `order`), not yet started.
@@ -80,6 +94,7 @@ impl Turn {
             output_unsaved: 0,
             stop: None,
             exited: false,
+            launching: false,
         }
     }
 

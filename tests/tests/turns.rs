@@ -1340,3 +1340,165 @@ fn clients_see_the_turns_a_stop_ends_settle_and_new_requests_are_refused_meanwhi
     let stopped = sessiond_tests::CtlOutput(stop.wait_with_output().unwrap()).json();
     assert_eq!(stopped["ended_turns"], 1, "{stopped}");
 }
+
+/// The settled turn with this id in `sessionctl log --json`.
+fn settled(sb: &Sandbox, session: &str, turn: &str) -> serde_json::Value {
+    let log = sb.ctl(&["--json", "log", session]).json();
+    log["turns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["turn"].clone())
+        .find(|t| t["turn_id"] == turn)
+        .unwrap_or_else(|| panic!("no turn {turn} in {log}"))
+}
+
+fn turn_id(answer: &serde_json::Value) -> String {
+    answer["turn"]["turn_id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_cancel_or_steer_decides_the_status_of_an_agent_that_exits_0_on_sigint() {
+    let sb = Sandbox::new();
+    sb.ctl(&["daemon", "start"]).ok();
+    let project = shell_session(&sb);
+    // Like many agents: SIGINT means "finish now", and the process exits 0.
+    let polite = "trap 'exit 0' INT; echo $$ > worker.pid; sleep 60 & wait";
+    let first = turn_id(&sb.ctl(&["--json", "send", polite]).json());
+    sb.ctl(&["send", "touch ran-after-cancel"]).ok();
+    sessiond_tests::eventually("the worker to start", || {
+        project.join("worker.pid").exists()
+    });
+    sb.ctl(&["cancel", &first]).ok();
+    sessiond_tests::eventually("the cancelled turn to settle", || {
+        sb.ctl(&["--json", "queue"]).json()["running"].is_null()
+    });
+    let turn = settled(&sb, "job", &first);
+    assert_eq!(turn["status"], "cancelled", "{turn}");
+    let queue = sb.ctl(&["--json", "queue"]).json();
+    assert!(queue["paused"].is_string(), "the queue holds: {queue}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!project.join("ran-after-cancel").exists());
+
+    // A steer interrupts it the same way, and runs next.
+    let _ = std::fs::remove_file(project.join("worker.pid"));
+    sb.ctl(&["resume"]).ok();
+    sessiond_tests::eventually("the queued turn to run", || {
+        project.join("ran-after-cancel").exists()
+    });
+    let second = turn_id(&sb.ctl(&["--json", "send", polite]).json());
+    sessiond_tests::eventually("the worker to start", || {
+        project.join("worker.pid").exists()
+    });
+    sb.ctl(&["steer", "--wait", "touch steered"]).ok();
+    let turn = settled(&sb, "job", &second);
+    assert_eq!(turn["status"], "interrupted", "{turn}");
+    assert!(project.join("steered").exists());
+}
+
+#[test]
+fn a_steer_is_refused_while_the_running_turn_is_being_cancelled() {
+    let sb = Sandbox::with_config("[daemon]\ninterrupt_grace_ms = 5000\n");
+    sb.ctl(&["daemon", "start"]).ok();
+    let project = shell_session(&sb);
+    let first = turn_id(
+        &sb.ctl(&[
+            "--json",
+            "send",
+            "trap '' INT; echo $$ > worker.pid; sleep 60",
+        ])
+        .json(),
+    );
+    sessiond_tests::eventually("the worker to start", || {
+        project.join("worker.pid").exists()
+    });
+    sb.ctl(&["cancel", &first]).ok();
+    // The cancel will pause the queue: a steer would stop nothing and wait behind the pause.
+    sb.ctl(&["--json", "steer", "touch steered"])
+        .refused(1, "invalid_state", "is being cancelled");
+    // A prompt queued meanwhile is told it will wait for a resume.
+    let queued = sb.ctl(&["--json", "send", "touch later"]).json();
+    assert!(
+        queued["paused"]
+            .as_str()
+            .is_some_and(|p| p.contains("being cancelled")),
+        "{queued}"
+    );
+    let queue = sb.ctl(&["--json", "queue"]).json();
+    assert_eq!(queue["queued"].as_array().unwrap().len(), 1, "{queue}");
+}
+
+#[test]
+fn cancelling_a_turn_that_waits_for_a_slot_settles_it_at_once() {
+    let sb = Sandbox::with_config("[daemon]\nmax_concurrent_turns = 1\n");
+    sb.ctl(&["daemon", "start"]).ok();
+    let a = sb.project("a");
+    let b = sb.project("b");
+    let in_a = sb.new_session(&a, &["--name", "a"]);
+    let in_b = sb.new_session(&b, &["--name", "b"]);
+    sb.ctl(&["send", &in_a, "echo $$ > worker.pid; sleep 60"])
+        .ok();
+    sessiond_tests::eventually("a's worker to start", || a.join("worker.pid").exists());
+    // b's turn holds no slot: it shows running, but no process runs it.
+    let waiting = turn_id(&sb.ctl(&["--json", "send", &in_b, "touch b_ran"]).json());
+    let cancelled = sb.ctl(&["--json", "cancel", &waiting]).json();
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    // Nothing ran, so nothing is held: b is free again at once.
+    let queue = sb.ctl(&["--json", "queue", &in_b]).json();
+    assert!(queue["running"].is_null(), "{queue}");
+    assert!(queue["paused"].is_null(), "{queue}");
+    let turn = settled(&sb, &in_b, &waiting);
+    assert_eq!(turn["status"], "cancelled", "{turn}");
+    // Once a's turn ends, b's next turn gets the slot, and the cancelled one never ran.
+    let after = turn_id(&sb.ctl(&["--json", "send", &in_b, "touch b_next"]).json());
+    let running = sb.ctl(&["--json", "queue", &in_a]).json();
+    sb.ctl(&["cancel", running["running"]["turn_id"].as_str().unwrap()])
+        .ok();
+    sessiond_tests::eventually("b's next turn to run", || b.join("b_next").exists());
+    assert!(!b.join("b_ran").exists());
+    sessiond_tests::eventually("b's next turn to settle", || {
+        settled(&sb, &in_b, &after)["status"] == "completed"
+    });
+}
+
+#[test]
+fn cancelling_a_queued_steer_stops_pressing_the_turn_it_interrupted() {
+    let sb = Sandbox::with_config("[daemon]\ninterrupt_grace_ms = 300\nterminate_grace_ms = 300\n");
+    sb.ctl(&["daemon", "start"]).ok();
+    let project = shell_session(&sb);
+    // Shrugs off SIGINT; SIGTERM would end it. It finishes when the test says.
+    let first = turn_id(
+        &sb.ctl(&[
+            "--json",
+            "send",
+            "trap '' INT; echo $$ > worker.pid; while [ ! -e release ]; do sleep 0.05; done",
+        ])
+        .json(),
+    );
+    sessiond_tests::eventually("the worker to start", || {
+        project.join("worker.pid").exists()
+    });
+    let pid = sessiond_tests::pid_written_to(&project.join("worker.pid"));
+    sb.ctl(&["send", "touch queued_ran"]).ok();
+    let steer = turn_id(&sb.ctl(&["--json", "steer", "touch steered"]).json());
+    sb.ctl(&["cancel", &steer]).ok();
+    // Well past both graces: the worker was not sent SIGTERM or SIGKILL.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        sessiond_tests::process_running(pid),
+        "the worker was pressed for a steer that was withdrawn"
+    );
+    std::fs::write(project.join("release"), "").unwrap();
+    sessiond_tests::eventually("the queued turn to run after it", || {
+        project.join("queued_ran").exists()
+    });
+    let turn = settled(&sb, "job", &first);
+    assert_eq!(turn["status"], "interrupted", "{turn}");
+    assert!(
+        turn["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cancelled before it ran")),
+        "{turn}"
+    );
+    assert!(!project.join("steered").exists());
+}

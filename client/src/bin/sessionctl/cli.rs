@@ -433,7 +433,8 @@ pub enum Command {
     Resume(Target),
 
     /// Remove a queued turn, or abort the running one (SIGINT to its process group, then
-    /// SIGTERM, then SIGKILL); an aborted turn pauses its session's queue
+    /// SIGTERM, then SIGKILL); an aborted turn settles cancelled, whatever its exit status,
+    /// and pauses its session's queue. Cancelling a queued steer withdraws its interruption
     Cancel(CancelArgs),
 
     /// Manage the daemon itself: status, start, stop, restart, log level, paths
