@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use interprocess::local_socket::traits::Stream as _;
 use interprocess::local_socket::Stream;
-use sessiond_proto::envelope::Welcome;
+use sessiond_proto::envelope::{ErrorFrame, Welcome};
 use sessiond_proto::frame::{self, FrameError, CLIENT_MAX_FRAME};
 use sessiond_proto::methods::Method;
 
@@ -22,6 +22,9 @@ use crate::options::ConnectOptions;
 use crate::payload::Payload;
 use crate::raw::RawResult;
 use crate::transport::{absent_error, try_connect_sync, Attempt};
+
+/// Frames read past, after a failed write, looking for the error that closed the connection.
+const CLOSING_FRAMES: usize = 64;
 
 /// A blocking connection to the daemon.
 pub struct BlockingClient {
@@ -74,19 +77,31 @@ impl BlockingClient {
     }
 
     /// After a failed write: a daemon that refuses a connection (another user, too many
-    /// connections, another protocol) says why and closes, so a write can fail before the
-    /// reason is read. Prefer that reason to a bare broken pipe.
+    /// connections, another protocol) or a frame (too large) says why and closes, so a write
+    /// can fail before the reason is read. Prefer that reason to a bare broken pipe.
     fn refusal_or(&mut self, write_error: String) -> ClientError {
-        if self.welcome.is_some() {
-            return ClientError::Disconnected(write_error);
-        }
-        let refusal = self.read_payload().and_then(|p| exchange::welcome(&p));
-        match refusal {
-            Err(ClientError::Disconnected(_) | ClientError::Timeout(_)) | Ok(_) => {
-                ClientError::Disconnected(write_error)
+        if self.welcome.is_none() {
+            match self.read_payload().and_then(|p| exchange::welcome(&p)) {
+                Ok(welcome) => self.welcome = Some(welcome),
+                Err(ClientError::Disconnected(_) | ClientError::Timeout(_)) => {
+                    return ClientError::Disconnected(write_error)
+                }
+                Err(refusal) => return refusal,
             }
-            Err(refusal) => refusal,
         }
+        // The peer has closed, so these reads end at once: answers and events still in
+        // flight, then perhaps the error that closed the connection.
+        for _ in 0..CLOSING_FRAMES {
+            let Ok(payload) = self.read_payload() else {
+                break;
+            };
+            if let Ok(refusal) = frame::decode::<ErrorFrame>(&payload) {
+                if refusal.id.is_none() {
+                    return refusal.into();
+                }
+            }
+        }
+        ClientError::Disconnected(write_error)
     }
 
     /// The daemon's welcome, reading it if it has not arrived yet.

@@ -50,8 +50,7 @@ const MAX_CANDIDATES: usize = 10;
 /// generations strictly increasing for every client across restarts.
 pub const GENERATION_RESTART_STEP: u64 = 1 << 20;
 
-/// Largest prompt accepted, in bytes.
-pub const MAX_PROMPT_BYTES: usize = 1024 * 1024;
+pub use sessiond_proto::methods::MAX_PROMPT_BYTES;
 
 /// One session's turns in flight.
 #[derive(Default)]

@@ -339,6 +339,10 @@ method!(
 
 use crate::session::TurnInfo;
 
+/// The largest prompt `submit` and `steer` accept, in bytes. A client can refuse a larger one
+/// before sending it (the daemon refuses it with `invalid_argument` too).
+pub const MAX_PROMPT_BYTES: usize = 1024 * 1024;
+
 /// Params of `submit`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubmitParams {

@@ -1502,3 +1502,92 @@ fn cancelling_a_queued_steer_stops_pressing_the_turn_it_interrupted() {
     );
     assert!(!project.join("steered").exists());
 }
+
+#[test]
+fn send_follow_and_log_follow_that_fall_behind_say_so() {
+    // Followers that stop reading are not dropped while the test holds them back.
+    let sb = Sandbox::with_config("[daemon]\nwrite_timeout_ms = 60000\n");
+    sb.ctl(&["daemon", "start"]).ok();
+    shell_session(&sb);
+    // Thousands of output events while the followers do not read: the daemon drops some for
+    // them and says so with a `lagged` notice, which carries no session.
+    let spew =
+        "i=0; while [ $i -lt 4000 ]; do printf '%0200d\\n' $i; i=$((i+1)); sleep 0.0005; done";
+    let log_errors = sb.root.join("log-follow.err");
+    let mut log = sb
+        .sessionctl()
+        .args(["log", "--follow", "job"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log_errors).unwrap())
+        .spawn()
+        .expect("spawn log --follow");
+    let send = sb
+        .sessionctl()
+        .args(["send", "--follow", spew])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn send --follow");
+    // Neither reads its output meanwhile, so neither reads its socket.
+    sessiond_tests::eventually("the turn to settle", || {
+        let log = sb.ctl(&["--json", "log", "job", "--last", "1"]).json();
+        log["turns"][0]["turn"]["status"] == "completed"
+    });
+    let sent = sessiond_tests::CtlOutput(send.wait_with_output().unwrap());
+    assert_eq!(sent.code(), 1, "stderr: {}", sent.stderr());
+    assert!(
+        sent.stderr().contains("fell behind the turn's output"),
+        "{}",
+        sent.stderr()
+    );
+    // `log --follow` goes on after saying so: let it read again.
+    let mut out = log.stdout.take().unwrap();
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    sessiond_tests::eventually("log --follow to report its lag", || {
+        std::fs::read_to_string(&log_errors)
+            .unwrap()
+            .contains("fell behind the session's output")
+    });
+    assert!(log.try_wait().unwrap().is_none(), "log --follow goes on");
+    let _ = log.kill();
+    let _ = log.wait();
+}
+
+/// Runs `sessionctl ARGS` with `input` on its standard input.
+fn ctl_with_input(sb: &Sandbox, args: &[&str], input: Vec<u8>) -> sessiond_tests::CtlOutput {
+    use std::io::Write;
+    let mut child = sb
+        .sessionctl()
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn sessionctl");
+    let mut stdin = child.stdin.take().unwrap();
+    // sessionctl may stop reading early (it refuses past the limit): a broken pipe is fine.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    sessiond_tests::CtlOutput(out)
+}
+
+#[test]
+fn oversized_prompts_and_frames_are_refused_with_their_reason() {
+    let sb = Sandbox::with_config("[daemon]\nmax_frame_bytes = 65536\n");
+    sb.ctl(&["daemon", "start"]).ok();
+    shell_session(&sb);
+    // Far past the prompt limit (and the daemon's frame limit): refused as the limit, not as
+    // a lost connection (exit 3, which a script would take for a missing daemon).
+    let huge = ctl_with_input(&sb, &["--json", "send", "-"], vec![b'x'; 9 << 20]);
+    huge.refused(1, "invalid_argument", "the limit is 1048576 bytes");
+    // Within the prompt limit but past this daemon's frame limit: the daemon's reason, read
+    // after the write broke, not a broken pipe.
+    let large = ctl_with_input(&sb, &["--json", "send", "-"], vec![b'x'; 900 << 10]);
+    large.refused(1, "frame_too_large", "daemon.max_frame_bytes");
+    let queue = sb.ctl(&["--json", "queue"]).json();
+    assert!(queue["running"].is_null(), "nothing was queued: {queue}");
+    assert_eq!(queue["queued"].as_array().unwrap().len(), 0, "{queue}");
+}

@@ -8,9 +8,10 @@ use sessiond_proto::envelope::Event;
 use sessiond_proto::frame;
 use sessiond_proto::methods::{
     Cancel, Get, Log, LogParams, LogResult, Pause, Promote, Queue, Resume, SessionParams, Steer,
-    SteerParams, Submit, SubmitParams, Subscribe, SubscribeParams, TurnParams,
+    SteerParams, Submit, SubmitParams, Subscribe, SubscribeParams, TurnParams, MAX_PROMPT_BYTES,
 };
 use sessiond_proto::session::{event_kind, EventFilter, SessionEvent, TurnInfo, TurnStatus};
+use sessiond_proto::ErrorCode;
 
 use crate::cli::Target;
 use crate::output::Out;
@@ -38,15 +39,34 @@ pub fn send(
         [session, prompt] => (Some(session.clone()), prompt.clone()),
         _ => unreachable!("clap takes one or two"),
     };
-    let prompt = if prompt == "-" {
+    let from_stdin = prompt == "-";
+    let prompt = if from_stdin {
+        // One byte past the limit is enough to refuse it; a runaway pipe is not read whole.
         let mut text = String::new();
         std::io::stdin()
+            .take(MAX_PROMPT_BYTES as u64 + 1)
             .read_to_string(&mut text)
             .map_err(|e| ClientError::Local(format!("cannot read the prompt from stdin: {e}")))?;
         text
     } else {
         prompt
     };
+    // Refused here as the daemon would refuse it, rather than sent: a prompt past the
+    // daemon's frame limit would only break the connection.
+    if prompt.len() > MAX_PROMPT_BYTES {
+        let size = if from_stdin {
+            format!("more than {MAX_PROMPT_BYTES}")
+        } else {
+            prompt.len().to_string()
+        };
+        return Err(ClientError::Remote {
+            code: ErrorCode::INVALID_ARGUMENT,
+            message: format!(
+                "the prompt is {size} bytes; the limit is {MAX_PROMPT_BYTES} bytes. Put long \
+                 material in a file and refer to it"
+            ),
+        });
+    }
     let project = s
         .project
         .map(|p| crate::commands::sessions::absolute(p))
@@ -122,15 +142,13 @@ pub fn send(
                 "the daemon closed the connection before the turn finished".into(),
             ));
         };
-        let event: Event<SessionEvent> = frame::decode(&payload)
-            .map_err(|e| ClientError::Protocol(format!("undecodable event: {e}")))?;
-        if event.event == event_kind::LAGGED {
+        let Some(event) = session_event(&payload)? else {
             return Err(ClientError::Local(format!(
                 "fell behind the turn's output and lost some; the turn goes on, and \
                  `sessionctl log {} --turn {turn}` shows all of its output",
                 result.turn.session
             )));
-        }
+        };
         if event.data.turn != Some(turn) {
             continue;
         }
@@ -410,9 +428,7 @@ fn follow_log(
     w.flush().map_err(fail)?;
     client.set_timeout(None)?;
     while let Some(payload) = client.next_event()? {
-        let event: Event<SessionEvent> = frame::decode(&payload)
-            .map_err(|e| ClientError::Protocol(format!("undecodable event: {e}")))?;
-        if event.event == event_kind::LAGGED {
+        let Some(event) = session_event(&payload)? else {
             w.end_line().and_then(|()| w.flush()).map_err(fail)?;
             eprintln!(
                 "sessionctl: fell behind the session's output and lost some; `sessionctl log \
@@ -420,7 +436,7 @@ fn follow_log(
                 info.id.short()
             );
             continue;
-        }
+        };
         let Some(turn) = event.data.turn else {
             continue;
         };
@@ -457,4 +473,15 @@ fn follow_log(
     // The daemon went away: leave the terminal on a line of its own.
     let _ = w.end_line().and_then(|()| w.flush());
     Ok(())
+}
+
+/// Decodes an event of a session subscription; `None` for `lagged`, which carries no session
+/// (only how many events were dropped for this client).
+fn session_event(payload: &[u8]) -> Result<Option<Event<SessionEvent>>, ClientError> {
+    let undecodable = |e| ClientError::Protocol(format!("undecodable event: {e}"));
+    let head: Event<serde::de::IgnoredAny> = frame::decode(payload).map_err(undecodable)?;
+    if head.event == event_kind::LAGGED {
+        return Ok(None);
+    }
+    frame::decode(payload).map(Some).map_err(undecodable)
 }
