@@ -1617,6 +1617,10 @@ impl Registry {
         let context = context_name(p.context.as_deref())?;
         let id = self.resolve(p.session.as_deref(), p.project.as_deref(), &context)?;
         self.live(id)?;
+        // Its queued turns would start only to fail, one after another.
+        if self.queues.get(&id).is_some_and(|q| !q.queued.is_empty()) {
+            self.provider_configured(id)?;
+        }
         let attached = self.attached.contains_key(&id);
         let queue = self.queues.entry(id).or_default();
         if queue.paused.take().is_none() {

@@ -220,11 +220,16 @@ type Ended = (TurnStatus, Option<i32>, Option<String>);
 /// queue, which is paused.
 async fn run_turn(ctx: &Daemon, order: StartOrder) -> Result<Ended, ()> {
     let Some(provider) = ctx.providers.get(&*order.provider) else {
-        return failed(format!(
-            "provider {:?} is no longer configured; add it back to the config and run \
-             `sessionctl daemon restart`",
-            &*order.provider
-        ));
+        // Failing it would start the next queued turn only to fail it too: hold them all.
+        ctx.registry().requeue_blocked(
+            order.turn,
+            &format!(
+                "provider {:?} is no longer configured; add it back to the config, run \
+                 `sessionctl daemon restart` and resume, or cancel the queued turns",
+                &*order.provider
+            ),
+        );
+        return Err(());
     };
     let id = order.session.to_string();
     let vars = Vars {

@@ -1646,6 +1646,10 @@ fn a_session_whose_provider_was_dropped_takes_no_new_work() {
     let mut daemon = sb.start_daemon();
     let project = sb.project("p");
     let id = sb.new_session(&project, &["--provider", "niv", "--name", "n"]);
+    // Two prompts wait in a held queue when the provider goes.
+    sb.ctl(&["pause", &id]).ok();
+    sb.ctl(&["send", &id, "touch first"]).ok();
+    sb.ctl(&["send", &id, "touch second"]).ok();
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(daemon.wait().success());
     // The provider is dropped from the config; the session stays, and says why it is stuck.
@@ -1662,8 +1666,13 @@ fn a_session_whose_provider_was_dropped_takes_no_new_work() {
     let out = sb.ctl(&["--json", "regenerate", &id]);
     out.refused(1, "invalid_state", "no longer configured");
     assert_eq!(sb.list_all(), before, "a refusal changed the registry");
+    // Resuming would start them only to fail each in turn: refused, and they stay queued.
+    let out = sb.ctl(&["--json", "resume", &id]);
+    out.refused(1, "invalid_state", "no longer configured");
     let queue = sb.ctl(&["--json", "queue", &id]).json();
-    assert_eq!(queue["queued"].as_array().map(Vec::len), Some(0), "{queue}");
+    assert_eq!(queue["queued"].as_array().map(Vec::len), Some(2), "{queue}");
+    assert!(queue["paused"].is_string(), "{queue}");
+    assert!(!project.join("first").exists());
 }
 
 #[test]
