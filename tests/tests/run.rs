@@ -89,10 +89,15 @@ fn turns_sent_while_attached_are_queued_and_run_after() {
     eventually("the command to start", || {
         project.join("attached.pid").exists()
     });
+    // The pid file names the command, which holds the lock as long as anything does.
+    let command: i32 = sessiond_tests::pid_written_to(&project.join("attached.pid"));
+    eventually("the pid file to name the command", || {
+        sb.ctl(&["--json", "show", "job"]).json()["owner"]["pid"] == command
+    });
     let shown = sb.ctl(&["--json", "show", "job"]).json();
     assert_eq!(shown["activity"], "attached");
     assert_eq!(shown["owner"]["owner"], "sessionctl run");
-    assert_eq!(shown["owner"]["pid"], run.id());
+    assert_ne!(shown["owner"]["pid"], run.id());
     let sent = sb.ctl(&["--json", "send", "touch ran-after"]).json();
     assert_eq!(sent["accepted"], false, "queued while attached");
     assert!(!project.join("ran-after").exists());
@@ -200,4 +205,128 @@ fn run_holds_the_lock_the_daemon_checks_whatever_state_dir_it_was_told() {
     );
     let after = sb.ctl(&["--json", "show", "job"]).json();
     assert!(after["owner"].is_null(), "released: {}", after["owner"]);
+}
+
+#[test]
+fn sigterm_to_run_is_passed_on_to_the_command_and_the_session_given_back() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = setup(&sb);
+    let run = sb
+        .sessionctl()
+        .args([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo term > got-term; kill $!; exit 7' TERM; echo $$ > attached.pid; sleep 30 & wait",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("the command to start", || {
+        project.join("attached.pid").exists()
+    });
+    // What `kill` and a closing terminal send: sessionctl stays to give the session back.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = sessiond_tests::CtlOutput(run.wait_with_output().unwrap());
+    assert_eq!(out.code(), 7, "the command's status: {}", out.stderr());
+    assert!(
+        project.join("got-term").exists(),
+        "the command got the SIGTERM"
+    );
+    let shown = sb.ctl(&["--json", "show", "job"]).json();
+    assert_eq!(shown["activity"], "idle", "{shown}");
+    assert!(shown["owner"].is_null(), "{shown}");
+}
+
+#[test]
+fn run_wait_waits_attached_and_says_once_what_for() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = setup(&sb);
+    // A command left holding the session's lock after its sessionctl was killed.
+    let mut first = sb
+        .sessionctl()
+        .args([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "echo $$ > holder.pid; exec sleep 30",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("the command to start", || {
+        project.join("holder.pid").exists()
+    });
+    let holder: i32 = sessiond_tests::pid_written_to(&project.join("holder.pid"));
+    eventually("the pid file to name the command", || {
+        sb.ctl(&["--json", "show", "job"]).json()["owner"]["pid"] == holder
+    });
+    first.kill().unwrap();
+    first.wait().unwrap();
+    eventually("the daemon to detach the killed client", || {
+        sb.ctl(&["--json", "show", "job"]).json()["activity"] != "attached"
+    });
+
+    let said = sb.root.join("run-wait.err");
+    let mut waiting = sb
+        .sessionctl()
+        .args(["run", "--wait", "--", "sh", "-c", "echo in > got-in"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&said).unwrap())
+        .spawn()
+        .unwrap();
+    eventually("run --wait to say what it waits for", || {
+        std::fs::read_to_string(&said)
+            .unwrap()
+            .contains(&format!("pid {holder} (sessionctl run) holds its lock"))
+    });
+    // It waits attached, without flapping: nothing queued may start meanwhile.
+    sb.ctl(&["send", "touch turn-ran"]).ok();
+    for _ in 0..6 {
+        let shown = sb.ctl(&["--json", "show", "job"]).json();
+        assert_eq!(shown["activity"], "attached", "{shown}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!project.join("turn-ran").exists());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(holder),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(waiting.wait().unwrap().success());
+    assert!(project.join("got-in").exists());
+    let told = std::fs::read_to_string(&said).unwrap();
+    assert_eq!(told.lines().count(), 1, "said once: {told}");
+    eventually("the queued turn to run after the command", || {
+        project.join("turn-ran").exists()
+    });
+}
+
+#[test]
+fn run_in_a_deleted_working_directory_names_the_directory() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = sb.project("p");
+    let cwd = project.join("sub");
+    std::fs::create_dir(&cwd).unwrap();
+    sb.new_session(&project, &["--name", "job", "--cwd", cwd.to_str().unwrap()]);
+    std::fs::remove_dir(&cwd).unwrap();
+    let out = sb.ctl(&["--json", "run", "job", "--", "sh", "-c", "true"]);
+    let err = out.refused(1, "local_error", "no longer exists");
+    assert!(
+        err["message"].as_str().unwrap().contains("sub"),
+        "names the directory: {err}"
+    );
+    let shown = sb.ctl(&["--json", "show", "job"]).json();
+    assert_eq!(shown["activity"], "idle", "nothing changed: {shown}");
 }

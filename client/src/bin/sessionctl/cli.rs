@@ -395,7 +395,10 @@ pub enum Command {
     /// queued. With one argument it goes to the context's current session. PROMPT `-` reads it
     /// from standard input. Prints the turn id (and its place in the queue, if queued, and
     /// whether the queue is paused).
-    #[command(override_usage = "sessionctl send [OPTIONS] [SESSION] <PROMPT>")]
+    #[command(
+        override_usage = "sessionctl send [OPTIONS] [SESSION] <PROMPT>",
+        after_help = PROMPT_ARGUMENTS
+    )]
     Send(SendArgs),
 
     /// Send a prompt that runs next: it interrupts the running turn (SIGINT to its process
@@ -403,7 +406,10 @@ pub enum Command {
     /// only goes to the head of the queue. Arguments, --project, --wait and --follow are as
     /// for `send`. Refused, unless --no-interrupt, while the session's queue is paused with a
     /// turn running: the steer would wait behind the pause after the interruption.
-    #[command(override_usage = "sessionctl steer [OPTIONS] [SESSION] <PROMPT>")]
+    #[command(
+        override_usage = "sessionctl steer [OPTIONS] [SESSION] <PROMPT>",
+        after_help = PROMPT_ARGUMENTS
+    )]
     Steer(SteerArgs),
 
     /// Move a queued turn to the head of its queue (nothing is interrupted)
@@ -420,6 +426,9 @@ pub enum Command {
     /// session's owner: refused while a turn runs or another process owns it (--wait waits);
     /// the session shows `attached`, turns sent meanwhile are queued, and the command's exit
     /// status is passed through. Ownership ends when the command ends or sessionctl dies.
+    /// SIGTERM and SIGHUP sent to sessionctl are passed on to the command, and sessionctl
+    /// gives the session back once it has ended.
+    #[command(override_usage = "sessionctl run [OPTIONS] [SESSION] -- <CMD>...")]
     Run(RunArgs),
 
     /// Show a session's running turn and its queue
@@ -517,11 +526,17 @@ pub struct WatchArgs {
     pub event: Vec<String>,
 }
 
+/// The arguments of `send` and `steer`, as their help shows them.
+const PROMPT_ARGUMENTS: &str = "Arguments:
+  [SESSION]  The session [default: the context's current session]
+  <PROMPT>   The prompt, one argument: quote it (`sessionctl send \"fix the tests\"`); `-` reads it
+             from standard input";
+
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// [SESSION] PROMPT: the session (default: the context's current one) and the prompt, one
-    /// argument (quote it)
-    #[arg(num_args = 1..=2, value_names = ["SESSION", "PROMPT"], required = true)]
+    /// [SESSION] PROMPT (described in PROMPT_ARGUMENTS: clap would show one optional,
+    /// repeatable argument after a required one)
+    #[arg(num_args = 1..=2, value_names = ["SESSION", "PROMPT"], required = true, hide = true)]
     pub args: Vec<String>,
     /// Look names up in this project only (a session chosen otherwise must be in it)
     #[arg(long, value_name = "DIR")]
@@ -541,9 +556,9 @@ pub struct SendArgs {
 
 #[derive(Debug, Args)]
 pub struct SteerArgs {
-    /// [SESSION] PROMPT: the session (default: the context's current one) and the prompt, one
-    /// argument (quote it)
-    #[arg(num_args = 1..=2, value_names = ["SESSION", "PROMPT"], required = true)]
+    /// [SESSION] PROMPT (described in PROMPT_ARGUMENTS: clap would show one optional,
+    /// repeatable argument after a required one)
+    #[arg(num_args = 1..=2, value_names = ["SESSION", "PROMPT"], required = true, hide = true)]
     pub args: Vec<String>,
     /// Look names up in this project only (a session chosen otherwise must be in it)
     #[arg(long, value_name = "DIR")]

@@ -42,6 +42,28 @@ pub fn run(opts: &ConnectOptions, context: Option<&str>, r: Run) -> Result<u8, C
             "cannot use the daemon's session files in {state_dir}: {e}"
         ))
     })?;
+    // Checked before anything changes: the command would fail to start there, and the error
+    // would name the command, not the directory.
+    if !Path::new(&info.cwd).is_dir() {
+        return Err(ClientError::Local(format!(
+            "the session's working directory {} no longer exists; recreate it, or start a new \
+             session",
+            info.cwd
+        )));
+    }
+    // `--wait` says once what it waits for, and waits attached: detaching between tries
+    // would flap the session between attached and idle, and let a queued turn start and
+    // find the lock taken.
+    let mut told = false;
+    let mut tell = |what: &str| {
+        if !told {
+            eprintln!(
+                "sessionctl: waiting for session {}: {what}",
+                info.id.short()
+            );
+            told = true;
+        }
+    };
     let claim = loop {
         let attached = client.call::<Attach>(AttachParams {
             session: Some(id.clone()),
@@ -51,18 +73,28 @@ pub fn run(opts: &ConnectOptions, context: Option<&str>, r: Run) -> Result<u8, C
         });
         match attached {
             Ok(_) => {}
-            Err(ClientError::Remote { code, .. }) if code == ErrorCode::BUSY && r.wait => {
+            Err(ClientError::Remote { code, message }) if code == ErrorCode::BUSY && r.wait => {
+                tell(&message);
                 std::thread::sleep(RETRY);
                 continue;
             }
             Err(e) => return Err(e),
         }
-        match files.claim(&id, std::process::id(), "sessionctl run") {
-            Ok(claim) => break claim,
-            Err(ClaimError::Held { .. }) if r.wait => {
-                detach(&mut client, &id)?;
-                std::thread::sleep(RETRY);
+        let claimed = loop {
+            match files.claim(&id, std::process::id(), "sessionctl run") {
+                Err(ClaimError::Held { record, .. }) if r.wait => {
+                    tell(
+                        &record.map_or("another process holds its lock".to_string(), |r| {
+                            format!("pid {} ({}) holds its lock", r.pid, r.owner)
+                        }),
+                    );
+                    std::thread::sleep(RETRY);
+                }
+                other => break other,
             }
+        };
+        match claimed {
+            Ok(claim) => break claim,
             Err(e) => {
                 detach(&mut client, &id)?;
                 return Err(ClientError::Remote {
@@ -83,21 +115,39 @@ pub fn run(opts: &ConnectOptions, context: Option<&str>, r: Run) -> Result<u8, C
     // The command inherits the lock too: if sessionctl is killed, the session stays owned for
     // as long as the command (or anything it started) can still write it.
     let lock_fd = claim.lock_fd();
+    // SIGTERM and SIGHUP are held for a thread that passes them on to the command: this
+    // process must outlive it to give the session back.
+    let passed_on = passed_on_signals();
+    let _ = passed_on.thread_block();
     {
         use std::os::unix::process::CommandExt;
-        // SAFETY: runs in the child between fork and exec and only calls fcntl, which is
-        // async-signal-safe.
+        // SAFETY: runs in the child between fork and exec and only calls fcntl and
+        // sigprocmask, which are async-signal-safe.
         unsafe {
-            cmd.pre_exec(move || sessiond_proto::process::inherit_in_child(lock_fd));
+            cmd.pre_exec(move || {
+                sessiond_proto::process::inherit_in_child(lock_fd)?;
+                nix::sys::signal::sigprocmask(
+                    nix::sys::signal::SigmaskHow::SIG_UNBLOCK,
+                    Some(&passed_on_signals()),
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            });
         }
     }
     let mut claim = claim;
     let status = match cmd.spawn() {
         Ok(mut child) => {
             claim.mark_inherited();
+            // The pid file names the process that holds the lock for as long as anything
+            // does: the command outlives a sessionctl killed with SIGKILL.
+            if let Err(e) = claim.hand_to(child.id(), "sessionctl run") {
+                eprintln!("sessionctl: cannot name the command in the session's pid file: {e}");
+            }
             // The terminal's Ctrl-C goes to the command, which decides what it means; this
             // process must stay to give the session back.
             ignore_interrupts();
+            pass_on_signals(child.id(), passed_on);
             child.wait()
         }
         Err(e) => Err(e),
@@ -132,6 +182,29 @@ fn ignore_interrupts() {
         let _ = signal(Signal::SIGINT, SigHandler::SigIgn);
         let _ = signal(Signal::SIGQUIT, SigHandler::SigIgn);
     }
+}
+
+/// What sessionctl passes on to the command rather than dying of: the signals that end a
+/// process politely (`kill`, a closed terminal).
+fn passed_on_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGHUP);
+    set
+}
+
+/// Passes each of `signals` (blocked in every thread) on to the command, until sessionctl
+/// exits.
+fn pass_on_signals(pid: u32, signals: nix::sys::signal::SigSet) {
+    let Ok(pid) = i32::try_from(pid) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        while let Ok(signal) = signals.wait() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    });
 }
 
 /// The command's status as sessionctl's own: its exit code, or 128 + the signal that ended it.
