@@ -27,6 +27,7 @@ pub struct Parts {
     pub registry: Registry,
     pub session_files: SessionFiles,
     pub providers: std::collections::BTreeMap<String, ProviderConfig>,
+    pub supervisor: Option<String>,
     pub orders: Orders,
 }
 
@@ -46,6 +47,8 @@ pub struct Daemon {
     pub session_files: SessionFiles,
     /// Every provider by name (built in and configured).
     pub providers: std::collections::BTreeMap<String, ProviderConfig>,
+    /// The service manager running this daemon, if any (see `startup::supervisor`).
+    pub supervisor: Option<String>,
     /// Start orders for the runner.
     orders: Orders,
     connections: AtomicU32,
@@ -70,6 +73,7 @@ impl Daemon {
             log_file: parts.log_file,
             session_files: parts.session_files,
             providers: parts.providers,
+            supervisor: parts.supervisor,
             orders: parts.orders,
             connections: AtomicU32::new(0),
             large_answers: AtomicU64::new(0),

@@ -50,6 +50,7 @@ pub fn status(
         subscriptions,
         database,
         storage_error,
+        supervisor: ctx.supervisor.clone(),
     }))
 }
 

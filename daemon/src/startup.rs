@@ -276,6 +276,8 @@ fn run_server(
         let socket = paths.socket();
         let (orders, order_queue) = tokio::sync::mpsc::unbounded_channel();
         let turn_limit = config.daemon.turn_limit();
+        // A detached daemon (the one with a log file) is never a service's.
+        let supervisor = supervisor(log_file.is_some());
         let ctx = Arc::new(Daemon::new(crate::context::Parts {
             paths,
             config: config.daemon,
@@ -284,6 +286,7 @@ fn run_server(
             registry,
             session_files,
             providers,
+            supervisor,
             orders,
         }));
         tokio::spawn(crate::runner::run(ctx.clone(), order_queue, turn_limit));
@@ -306,4 +309,17 @@ fn run_server(
         tracing::info!("sessiond stopped");
         Ok(())
     })
+}
+
+/// The service manager running this daemon, if any: `sessionctl daemon stop` and `restart`
+/// must then go through it. systemd gives each service an `INVOCATION_ID` and is the parent
+/// of its main process. A detached daemon is never a service's main process, whatever it
+/// inherited, though its parent may be a subreaping `systemd --user`.
+fn supervisor(detached: bool) -> Option<String> {
+    if detached || std::env::var_os("INVOCATION_ID").is_none_or(|id| id.is_empty()) {
+        return None;
+    }
+    let parent = std::os::unix::process::parent_id();
+    let name = std::fs::read_to_string(format!("/proc/{parent}/comm")).ok()?;
+    (name.trim_end() == "systemd").then(|| "systemd".to_string())
 }

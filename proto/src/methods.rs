@@ -106,6 +106,10 @@ pub struct StatusResult {
     /// Set once a commit has failed: why. The daemon then refuses changes until restarted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_error: Option<String>,
+    /// The service manager running the daemon (`"systemd"`), if one does: stop and restart it
+    /// through that, or the manager loses it (and, with `Restart=on-failure`, leaves it down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor: Option<String>,
 }
 
 /// Params of `set_log_level`.

@@ -73,6 +73,7 @@ fn status() -> impl Strategy<Value = Response<StatusResult>> {
                         subscriptions: 0,
                         database: "/db".into(),
                         storage_error: None,
+                        supervisor: None,
                     },
                 )
             },

@@ -119,6 +119,7 @@ fn status_result() -> StatusResult {
         subscriptions: 1,
         database: "/home/ada/.local/state/sessiond/sessiond.db".into(),
         storage_error: None,
+        supervisor: None,
     }
 }
 

@@ -876,3 +876,68 @@ fn socket_missing_is_reported_not_papered_over_with_a_second_daemon() {
     )
     .record();
 }
+
+#[test]
+fn a_daemon_systemd_runs_is_not_stopped_or_restarted_from_sessionctl() {
+    let sb = Sandbox::new();
+    // systemd as the daemon's parent: a shell under that name, with the id systemd gives
+    // every service run.
+    let systemd = sb.root.join("systemd");
+    std::fs::copy("/bin/sh", &systemd).unwrap();
+    let mut service = std::process::Command::new(&systemd)
+        .arg("-c")
+        .arg("\"$0\" \"$@\"; exit $?")
+        .arg(sessiond_tests::sessiond_bin())
+        .args(["--runtime-dir", sb.runtime.to_str().unwrap()])
+        .args(["--state-dir", sb.state.to_str().unwrap()])
+        .args(["--config", sb.config.to_str().unwrap()])
+        .env("INVOCATION_ID", "0123456789abcdef0123456789abcdef")
+        .env_remove("SESSIOND_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    sessiond_tests::eventually("the daemon to answer", || {
+        sb.ctl(&["--no-autostart", "ping"]).code() == 0
+    });
+    let status = sb.ctl(&["--json", "daemon", "status"]).json();
+    assert_eq!(status["supervisor"], "systemd", "{status}");
+    let pid = status["pid"].as_u64().unwrap();
+    assert!(sb.ctl(&["daemon", "status"]).ok().contains("run by"));
+    for (verb, args) in [
+        ("stop", ["daemon", "stop"]),
+        ("restart", ["daemon", "restart"]),
+    ] {
+        let out = sb.ctl(&["--json", args[0], args[1]]);
+        let err = out.refused(1, "local_error", "is run by systemd");
+        let message = err["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("systemctl --user {verb} sessiond")),
+            "{message}"
+        );
+        let still = sb.ctl(&["--json", "daemon", "status"]).json();
+        assert_eq!(still["pid"].as_u64(), Some(pid), "{verb} changed nothing");
+    }
+    // What systemd does to stop it: SIGTERM to the daemon.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(service.wait().unwrap().success());
+
+    // A daemon started from a shell is not a service's, whatever it inherited.
+    let mut plain = sb.sessiond();
+    plain
+        .env("INVOCATION_ID", "0123456789abcdef0123456789abcdef")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut daemon = plain.spawn().unwrap();
+    sessiond_tests::eventually("the daemon to answer", || {
+        sb.ctl(&["--no-autostart", "ping"]).code() == 0
+    });
+    let status = sb.ctl(&["--json", "daemon", "status"]).json();
+    assert!(status["supervisor"].is_null(), "{status}");
+    sb.ctl(&["daemon", "stop"]).ok();
+    assert!(daemon.wait().unwrap().success());
+}

@@ -631,13 +631,15 @@ pub enum DaemonCommand {
     /// it (SIGINT, then SIGTERM and SIGKILL after the configured graces): they settle
     /// interrupted, their output kept, and each session's queue waits for `sessionctl
     /// resume`; clients waiting on them (`send --wait`, `watch`) see them settle before the
-    /// daemon closes their connections. Succeeds (exit 0) when none was running.
+    /// daemon closes their connections. Succeeds (exit 0) when none was running. A daemon a
+    /// systemd unit runs is refused: use `systemctl --user stop sessiond`.
     Stop,
 
     /// Stop the daemon (if running) and start a new one: the fix after upgrading sessiond
     /// or editing its config. A daemon that would not start (`sessiond --check-config` fails
     /// for it: a config error, an unsafe directory) is refused first, and the running one is
-    /// left running.
+    /// left running. So is a daemon a systemd unit runs: use `systemctl --user restart
+    /// sessiond`.
     Restart,
 
     /// Change the daemon's log filter until it exits. LEVEL is error, warn, info, debug,

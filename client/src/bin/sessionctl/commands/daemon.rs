@@ -66,9 +66,25 @@ fn status(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
                 format!("{} of {}", s.connections, s.max_connections),
             ),
             ("max frame", format!("{} bytes", s.max_frame_bytes)),
+            ("sessions", s.sessions.to_string()),
+            ("subscribers", s.subscriptions.to_string()),
+            ("database", s.database.clone()),
+            (
+                "storage",
+                s.storage_error.as_ref().map_or("ok".to_string(), |e| {
+                    format!("FAILING: {e} (changes are refused; it retries every second)")
+                }),
+            ),
         ];
         for (key, value) in rows {
             writeln!(w, "  {key:<12} {value}")?;
+        }
+        if let Some(manager) = &s.supervisor {
+            writeln!(
+                w,
+                "  {:<12} {manager} (stop and restart it with `systemctl --user`)",
+                "run by"
+            )?;
         }
         Ok(())
     })
@@ -204,7 +220,27 @@ fn terminate(pid: u32) -> std::io::Result<()> {
     .map_err(std::io::Error::from)
 }
 
+/// Refuses to `verb` a daemon a service manager runs: it would exit 0 and stay down (the unit
+/// restarts only on failure), and the next command would start one the manager does not
+/// supervise, logging to a file instead of the journal.
+fn check_unsupervised(opts: &ConnectOptions, verb: &str, verbing: &str) -> Result<(), ClientError> {
+    let Ok(s) = fetch_status(&existing_only(opts)) else {
+        return Ok(());
+    };
+    match s.supervisor {
+        Some(manager) => Err(ClientError::Local(format!(
+            "not {verbing}: sessiond (pid {}) is run by {manager}; {verb} it with `systemctl \
+             --user {verb} sessiond` (`systemctl --user status {}` names its unit). From here \
+             it would stay stopped, and the next command would start a daemon {manager} does \
+             not supervise.",
+            s.pid, s.pid
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn stop(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
+    check_unsupervised(opts, "stop", "stopping")?;
     let stopped = stop_daemon(opts)?;
     let report = StopReport {
         stopped: stopped.is_some(),
@@ -283,6 +319,7 @@ fn check_replacement(opts: &ConnectOptions, pid: Option<u32>) -> Result<(), Clie
 }
 
 fn restart(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
+    check_unsupervised(opts, "restart", "restarting")?;
     if let Some(running) = running_daemon(&opts.paths) {
         check_replacement(opts, running.pid)?;
     }
