@@ -74,5 +74,27 @@ impl ConnectOptions {
 
 /// Whether `SESSIOND_NO_AUTOSTART` asks for no autostart.
 pub fn autostart_disabled_by_env() -> bool {
-    std::env::var_os(ENV_NO_AUTOSTART).is_some_and(|v| !v.is_empty() && v != "0")
+    std::env::var_os(ENV_NO_AUTOSTART).is_some_and(|v| disables(&v))
+}
+
+/// Any value but an empty one or a spelling of "no" disables autostart: someone who set the
+/// variable at all most likely meant it, and `false` meaning "yes, disable" would be a trap.
+fn disables(value: &std::ffi::OsStr) -> bool {
+    let value = value.to_string_lossy().trim().to_ascii_lowercase();
+    !matches!(value.as_str(), "" | "0" | "f" | "false" | "n" | "no" | "off")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::disables;
+
+    #[test]
+    fn only_an_empty_value_or_a_no_leaves_autostart_on() {
+        for on in ["", "0", "false", "FALSE", "no", "Off", " 0 "] {
+            assert!(!disables(on.as_ref()), "{on:?}");
+        }
+        for off in ["1", "true", "yes", "on", "please"] {
+            assert!(disables(off.as_ref()), "{off:?}");
+        }
+    }
 }

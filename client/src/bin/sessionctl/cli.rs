@@ -40,7 +40,7 @@ ENVIRONMENT:
   SESSIOND_RUNTIME_DIR   runtime directory (socket, lock and pid files)
   SESSIOND_STATE_DIR     state directory (database, log)
   SESSIOND_CONFIG        daemon configuration file
-  SESSIOND_NO_AUTOSTART  set to 1 to never start a daemon
+  SESSIOND_NO_AUTOSTART  set to 1 to never start a daemon (empty, 0, false, no or off: start it)
   SESSIOND_BIN           the sessiond program autostart runs (default: next to sessionctl,
                          else on PATH)
 
@@ -381,7 +381,13 @@ pub enum Command {
     /// parent, and make it current
     Regenerate(Target),
 
-    /// Print events as JSON Lines until interrupted (Ctrl-C)
+    /// Print events as JSON Lines until interrupted (Ctrl-C), or until the daemon stops
+    ///
+    /// When the daemon stops or restarts, watch prints the events of the stop (running turns
+    /// settling `interrupted`) and ends with exit status 3 (`shutting_down`); run it again, or
+    /// in a loop, to follow the next daemon. A reader that takes longer than the daemon's
+    /// write_timeout_ms (10 s) to accept output is dropped (exit 3); a slower one gets a
+    /// `lagged` event saying how many it missed.
     ///
     /// With filters, an event is printed when it matches every kind of filter given, and any
     /// one value of each: `--session api --event turn_settled` prints api's settled turns. A
