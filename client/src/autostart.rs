@@ -26,8 +26,9 @@ const DAEMON_EXIT_ALREADY_RUNNING: i32 = 3;
 const DAEMON_EXIT_USAGE: i32 = 2;
 
 /// Makes sure a daemon runs, starting one if needed. Returns once one accepts connections or
-/// the startup timeout passes.
-pub fn ensure_daemon(opts: &ConnectOptions) -> Result<(), ClientError> {
+/// the startup timeout passes: whether this call started it (false: one was up, or another
+/// client started it meanwhile).
+pub fn ensure_daemon(opts: &ConnectOptions) -> Result<bool, ClientError> {
     let paths = &opts.paths;
     ensure_private_dir(&paths.runtime_dir, DirKind::Runtime)?;
     let deadline = Instant::now() + opts.startup_timeout;
@@ -50,7 +51,7 @@ pub fn ensure_daemon(opts: &ConnectOptions) -> Result<(), ClientError> {
     })?;
     // Someone else may have started it while we waited for the lock.
     if let Attempt::Connected(_) = try_connect_sync(paths, opts.timeout)? {
-        return Ok(());
+        return Ok(false);
     }
     // A daemon holds the instance lock but has no socket: it is shutting down (it removes the
     // socket first and exits after draining), or a cleaner deleted its socket (it recreates it
@@ -58,7 +59,7 @@ pub fn ensure_daemon(opts: &ConnectOptions) -> Result<(), ClientError> {
     // become free rather than start a daemon that would be refused.
     while let Some(daemon) = running_daemon(paths) {
         if let Attempt::Connected(_) = try_connect_sync(paths, opts.timeout)? {
-            return Ok(());
+            return Ok(false);
         }
         if Instant::now() >= deadline {
             return Err(ClientError::SocketMissing {
@@ -68,7 +69,7 @@ pub fn ensure_daemon(opts: &ConnectOptions) -> Result<(), ClientError> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    spawn_detached(opts, deadline)
+    spawn_detached(opts, deadline).map(|()| true)
     // `lock` is released when dropped here, after the daemon accepts.
 }
 
@@ -194,6 +195,8 @@ fn spawn_detached(opts: &ConnectOptions, deadline: Instant) -> Result<(), Client
     let program = opts.daemon_program();
     let mut cmd = daemon_command(opts);
     cmd.arg("--detach");
+    // What the log held before: only what this start writes explains its failure.
+    let log_start = std::fs::metadata(paths.log_file()).map_or(0, |m| m.len());
     let mut child = cmd.spawn().map_err(|e| ClientError::Autostart {
         reason: cannot_run(&program, &e),
         log: paths.log_file(),
@@ -208,7 +211,7 @@ fn spawn_detached(opts: &ConnectOptions, deadline: Instant) -> Result<(), Client
                 opts.startup_timeout
             ),
             log: paths.log_file(),
-            tail: log_tail(&paths.log_file()),
+            tail: log_tail(&paths.log_file(), log_start),
         });
     };
     let mut stderr = String::new();
@@ -216,7 +219,21 @@ fn spawn_detached(opts: &ConnectOptions, deadline: Instant) -> Result<(), Client
         let _ = pipe.read_to_string(&mut stderr);
     }
     if status.success() {
-        return Ok(());
+        // `sessiond --detach` exits 0 only once its socket accepts: a program that exits 0
+        // without serving it is not one (a wrapper that forgot to wait, say).
+        return match try_connect_sync(paths, opts.timeout)? {
+            Attempt::Connected(_) => Ok(()),
+            Attempt::Absent => Err(ClientError::Autostart {
+                reason: format!(
+                    "{} exited 0, but no daemon serves {}; the program autostart runs must be \
+                     sessiond (see SESSIOND_BIN), which exits once its socket accepts",
+                    program.display(),
+                    paths.socket().display()
+                ),
+                log: paths.log_file(),
+                tail: log_tail(&paths.log_file(), log_start),
+            }),
+        };
     }
     if status.code() == Some(DAEMON_EXIT_ALREADY_RUNNING) {
         // Another daemon won: on our runtime directory (its socket is missing), or on our
@@ -240,7 +257,7 @@ fn spawn_detached(opts: &ConnectOptions, deadline: Instant) -> Result<(), Client
     Err(ClientError::Autostart {
         reason,
         log: paths.log_file(),
-        tail: log_tail(&paths.log_file()),
+        tail: log_tail(&paths.log_file(), log_start),
     })
 }
 
@@ -265,15 +282,17 @@ fn wait_until(
     }
 }
 
-/// The last lines of the daemon's log, for an error message.
-fn log_tail(path: &Path) -> String {
+/// The last lines the daemon's log gained past byte `from`, for an error message.
+fn log_tail(path: &Path, from: u64) -> String {
     const LINES: usize = 15;
     const WINDOW: u64 = 16 * 1024;
     let Ok(mut file) = File::open(path) else {
         return String::new();
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(WINDOW)));
+    // A log shorter than before was replaced: all of it is new.
+    let from = if len < from { 0 } else { from };
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(WINDOW).max(from)));
     let mut bytes = Vec::new();
     let _ = file.read_to_end(&mut bytes);
     let text = String::from_utf8_lossy(&bytes);

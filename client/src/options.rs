@@ -81,7 +81,10 @@ pub fn autostart_disabled_by_env() -> bool {
 /// variable at all most likely meant it, and `false` meaning "yes, disable" would be a trap.
 fn disables(value: &std::ffi::OsStr) -> bool {
     let value = value.to_string_lossy().trim().to_ascii_lowercase();
-    !matches!(value.as_str(), "" | "0" | "f" | "false" | "n" | "no" | "off")
+    !matches!(
+        value.as_str(),
+        "" | "0" | "f" | "false" | "n" | "no" | "off"
+    )
 }
 
 #[cfg(test)]

@@ -171,13 +171,22 @@ fn failed_autostart_shows_the_reason_and_exits_3() {
 #[test]
 fn failure_after_detaching_shows_the_log_tail() {
     let sb = Sandbox::new();
-    sb.make_runtime_dir(0o700);
+    // An earlier daemon's lines in the log are not this start's story.
+    sb.ctl(&["ping"]).ok();
+    sb.ctl(&["daemon", "stop"]).ok();
+    assert!(std::fs::read_to_string(sb.log_file())
+        .unwrap()
+        .contains("sessiond ready"));
     std::fs::create_dir(sb.socket()).unwrap(); // a directory where the socket goes
     let out = sb.ctl(&["ping"]);
     assert_eq!(out.code(), 3, "{}", out.stderr());
     let err = out.stderr();
     assert!(err.contains("is a directory"), "{err}");
     assert!(err.contains("last lines of"), "shows the log: {err}");
+    assert!(
+        !err.contains("sessiond ready"),
+        "only this start's lines: {err}"
+    );
     Row::new("fault", "failure_after_detaching_shows_the_log_tail")
         .done(
             "`sessionctl ping` autostarting a daemon that fails after detaching (a directory \
@@ -228,4 +237,41 @@ fn client_refuses_an_unsafe_runtime_dir() {
         .as_str()
         .unwrap()
         .contains("chmod 700"));
+}
+
+#[test]
+fn a_daemon_program_that_exits_0_without_serving_is_an_autostart_failure() {
+    let sb = Sandbox::new();
+    for args in [&["--json", "ping"][..], &["--json", "daemon", "start"]] {
+        let out = run_bounded(sb.sessionctl().env("SESSIOND_BIN", "/bin/true").args(args));
+        let err = out.refused(3, "autostart_failed", "exited 0, but no daemon serves");
+        assert!(
+            !err["message"].as_str().unwrap().contains("daemon start"),
+            "no advice to run what just failed: {err}"
+        );
+    }
+}
+
+#[test]
+fn of_concurrent_daemon_starts_only_the_one_that_started_it_says_so() {
+    let sb = Sandbox::new();
+    let starts: Vec<_> = (0..6)
+        .map(|_| {
+            sb.sessionctl()
+                .args(["--json", "daemon", "start"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let reports: Vec<serde_json::Value> = starts
+        .into_iter()
+        .map(|child| sessiond_tests::CtlOutput(child.wait_with_output().unwrap()).json())
+        .collect();
+    let started = reports.iter().filter(|r| r["started"] == true).count();
+    assert_eq!(started, 1, "{reports:?}");
+    let pids: BTreeSet<u64> = reports.iter().filter_map(|r| r["pid"].as_u64()).collect();
+    assert_eq!(pids.len(), 1, "one daemon: {reports:?}");
+    sb.ctl(&["daemon", "stop"]).ok();
 }

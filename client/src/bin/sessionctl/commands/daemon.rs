@@ -101,9 +101,11 @@ struct StartReport {
 fn start(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
     let started = match fetch_status(&existing_only(opts)) {
         Ok(_) => false,
-        Err(ClientError::NotRunning { .. }) => {
-            autostart::ensure_daemon(opts)?;
-            true
+        // Several `daemon start`s at once: only the one that started it says so. One that
+        // comes while another is starting it finds the lock held and no socket yet, and waits
+        // for the socket as autostart does.
+        Err(ClientError::NotRunning { .. } | ClientError::SocketMissing { .. }) => {
+            autostart::ensure_daemon(opts)?
         }
         Err(e) => return Err(e),
     };
