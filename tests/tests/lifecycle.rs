@@ -880,10 +880,11 @@ fn socket_missing_is_reported_not_papered_over_with_a_second_daemon() {
 #[test]
 fn a_daemon_systemd_runs_is_not_stopped_or_restarted_from_sessionctl() {
     let sb = Sandbox::new();
-    // systemd as the daemon's parent: a shell under that name, with the id systemd gives
-    // every service run.
+    // systemd as the daemon's parent: a shell under that name (a process's name is the file
+    // name it was run by; a link, not a copy, which another test's fork could hold open for
+    // writing and make "busy"), with the id systemd gives every service run.
     let systemd = sb.root.join("systemd");
-    std::fs::copy("/bin/sh", &systemd).unwrap();
+    std::os::unix::fs::symlink("/bin/sh", &systemd).unwrap();
     let mut service = std::process::Command::new(&systemd)
         .arg("-c")
         .arg("\"$0\" \"$@\"; exit $?")

@@ -1729,3 +1729,28 @@ fn configured_providers_can_be_used_and_bad_ones_stop_start_up() {
         out.stderr()
     );
 }
+
+#[test]
+fn current_prints_nothing_without_a_session_and_says_when_it_is_closed() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    // A status line's `$(sessionctl current)` is empty, not a sentence, when none is set.
+    let none = sb.ctl(&["--context", "fresh", "current"]);
+    assert_eq!(none.code(), 0, "{}", none.stderr());
+    assert_eq!(none.stdout(), "");
+    assert!(
+        none.stderr().contains("has no current session"),
+        "{}",
+        none.stderr()
+    );
+    let project = sb.project("p");
+    sb.new_session(&project, &["--name", "beta"]);
+    sb.ctl(&["switch", "beta"]).ok();
+    assert!(!sb.ctl(&["current"]).ok().contains("closed"));
+    sb.ctl(&["close", "beta"]).ok();
+    let current = sb.ctl(&["current"]).ok();
+    assert!(
+        current.contains("\"beta\"") && current.contains("closed"),
+        "{current}"
+    );
+}

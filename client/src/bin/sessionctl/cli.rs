@@ -364,7 +364,8 @@ pub enum Command {
     /// Make a session the context's current one (reopening it if closed)
     Switch(SwitchArgs),
 
-    /// Print the context's current session
+    /// Print the context's current session (marked if closed). With none, prints nothing on
+    /// stdout and says so on stderr (exit 0), so `$(sessionctl current)` is empty
     Current,
 
     /// Rename a session

@@ -9,7 +9,7 @@ use sessiond_proto::methods::{
     Archive, ContextParams, Create, CreateParams, Current, Get, List, ListParams, Regenerate,
     Rename, RenameParams, Reopen, SessionParams, Subscribe, SubscribeParams, Switch, SwitchResult,
 };
-use sessiond_proto::session::{Activity, EventFilter, SessionId, SessionInfo};
+use sessiond_proto::session::{Activity, EventFilter, Phase, SessionId, SessionInfo};
 use sessiond_proto::ErrorCode;
 
 use crate::cli::{Command, ListArgs, NewArgs, RenameArgs, SwitchArgs, Target, WatchArgs};
@@ -328,22 +328,34 @@ fn print_details(w: &mut dyn Write, s: &SessionInfo) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A context's pointer, for people. No current session prints nothing on stdout (the advice
+/// goes to stderr), so `$(sessionctl current)` in a status line is empty, not a sentence.
 fn print_pointer(w: &mut dyn Write, r: &SwitchResult, verb: &str) -> std::io::Result<()> {
     match &r.session {
-        Some(s) => writeln!(
-            w,
-            "{verb}: context {} → {} ({}, {}), generation {}",
-            r.context,
-            describe(s),
-            tilde(&s.project),
-            s.provider,
-            r.generation
-        ),
-        None => writeln!(
-            w,
-            "context {} has no current session (`sessionctl switch SESSION` sets one)",
-            r.context
-        ),
+        Some(s) => {
+            let closed = if s.phase == Phase::Archived {
+                " — closed (`sessionctl reopen` or `switch` brings it back)"
+            } else {
+                ""
+            };
+            writeln!(
+                w,
+                "{verb}: context {} → {} ({}, {}), generation {}{closed}",
+                r.context,
+                describe(s),
+                tilde(&s.project),
+                s.provider,
+                r.generation
+            )
+        }
+        None => {
+            eprintln!(
+                "sessionctl: context {} has no current session (`sessionctl switch SESSION` \
+                 sets one)",
+                r.context
+            );
+            Ok(())
+        }
     }
 }
 
