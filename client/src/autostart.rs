@@ -22,6 +22,10 @@ use crate::transport::{running_daemon, try_connect_sync, Attempt};
 /// sessiond's exit status when another daemon already runs (see `sessiond --help`).
 const DAEMON_EXIT_ALREADY_RUNNING: i32 = 3;
 
+/// How long a daemon without a socket is given to recreate it or exit: longer than its default
+/// housekeeping tick (`socket_check_interval_ms`, 10 s), which recreates a deleted socket.
+const SOCKET_RETURN: Duration = Duration::from_secs(12);
+
 /// sessiond's exit status for a bad command line.
 const DAEMON_EXIT_USAGE: i32 = 2;
 
@@ -54,10 +58,14 @@ pub fn ensure_daemon(opts: &ConnectOptions) -> Result<bool, ClientError> {
         return Ok(false);
     }
     // A daemon holds the instance lock but has no socket: it is shutting down (it removes the
-    // socket first and exits after draining), or a cleaner deleted its socket (it recreates it
-    // on its next housekeeping tick). Either way, wait for the socket or for the lock to
-    // become free rather than start a daemon that would be refused.
+    // socket first and exits once its turns are ended and its connections closed), or a
+    // cleaner deleted its socket (it recreates it on its next housekeeping tick). Either way,
+    // wait for the socket or for the lock to become free rather than start a daemon that
+    // would be refused; long enough for the default tick.
+    let deadline = deadline.max(Instant::now() + SOCKET_RETURN);
+    let mut waited = false;
     while let Some(daemon) = running_daemon(paths) {
+        waited = true;
         if let Attempt::Connected(_) = try_connect_sync(paths, opts.timeout)? {
             return Ok(false);
         }
@@ -69,6 +77,12 @@ pub fn ensure_daemon(opts: &ConnectOptions) -> Result<bool, ClientError> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    // The old daemon has exited: the new one gets the whole start-up time.
+    let deadline = if waited {
+        Instant::now() + opts.startup_timeout
+    } else {
+        deadline
+    };
     spawn_detached(opts, deadline).map(|()| true)
     // `lock` is released when dropped here, after the daemon accepts.
 }

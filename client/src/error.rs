@@ -34,11 +34,13 @@ pub enum ClientError {
     )]
     NotRunning { socket: PathBuf },
 
-    /// A daemon holds the instance lock but its socket is gone (deleted by a cleaner).
+    /// A daemon holds the instance lock but its socket is gone: it is stopping, or a cleaner
+    /// deleted it.
     #[error(
-        "sessiond is running ({detail}) but its socket {} is missing; it recreates a deleted \
-         socket within a few seconds, so try again shortly, or restart it with \
-         `sessionctl daemon restart`",
+        "sessiond is running ({detail}) but its socket {} is missing: it is shutting down \
+         (try again once it has exited), or the socket file was deleted (it recreates it \
+         within socket_check_interval_ms, 10 s by default; or restart it with `sessionctl \
+         daemon restart`)",
         socket.display()
     )]
     SocketMissing { socket: PathBuf, detail: String },

@@ -839,7 +839,9 @@ fn socket_missing_is_reported_not_papered_over_with_a_second_daemon() {
     let sb = Sandbox::with_config("[daemon]\nsocket_check_interval_ms = 600000\n");
     let mut daemon = sb.start_daemon();
     std::fs::remove_file(sb.socket()).unwrap();
-    let out = sb.ctl(&["--json", "ping"]);
+    // The client waits longer than the default housekeeping tick for the socket to return:
+    // past the usual bound on a command.
+    let out = sessiond_tests::CtlOutput(sb.sessionctl().args(["--json", "ping"]).output().unwrap());
     assert_eq!(out.code(), 3, "{}", out.stderr());
     let err = out.json_error();
     assert_eq!(err["error"]["code"], "socket_missing", "{err}");
@@ -941,4 +943,21 @@ fn a_daemon_systemd_runs_is_not_stopped_or_restarted_from_sessionctl() {
     assert!(status["supervisor"].is_null(), "{status}");
     sb.ctl(&["daemon", "stop"]).ok();
     assert!(daemon.wait().unwrap().success());
+}
+
+#[test]
+fn a_client_waits_for_a_deleted_socket_to_be_recreated() {
+    // Recreated on the next housekeeping tick, longer after than a start-up may take.
+    let sb = Sandbox::with_config("[daemon]\nsocket_check_interval_ms = 7000\n");
+    let mut daemon = sb.start_daemon();
+    std::fs::remove_file(sb.socket()).unwrap();
+    let out = sessiond_tests::CtlOutput(sb.sessionctl().args(["--json", "ping"]).output().unwrap());
+    assert_eq!(out.code(), 0, "{}", out.stderr());
+    assert_eq!(
+        sessiond_processes(&sb),
+        vec![daemon.pid()],
+        "no second daemon"
+    );
+    sb.ctl(&["daemon", "stop"]).ok();
+    assert_eq!(daemon.wait().code(), Some(0));
 }
