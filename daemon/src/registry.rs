@@ -1287,6 +1287,7 @@ impl Registry {
                 accepted,
                 turn: info,
                 paused: self.held(id),
+                attached: self.attached.get(&id).map(|&(_, pid)| pid),
             },
             commit,
             start,
@@ -2179,6 +2180,7 @@ impl Registry {
                         .collect()
                 })
                 .unwrap_or_default(),
+            attached: self.attached.get(&id).map(|&(_, pid)| pid),
         })
     }
 }

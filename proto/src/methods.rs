@@ -373,6 +373,10 @@ pub struct SubmitResult {
     /// Why the session's queue is held, when it is: the turn waits until `resume`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<String>,
+    /// The pid a client attached the session to (`sessionctl run`), when one did: the turn
+    /// waits until it detaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached: Option<u32>,
 }
 
 /// Result of `queue`.
@@ -386,6 +390,10 @@ pub struct QueueResult {
     pub running: Option<TurnInfo>,
     /// In the order they will run.
     pub queued: Vec<TurnInfo>,
+    /// The pid a client attached the session to (`sessionctl run`), when one did: nothing
+    /// starts until it detaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached: Option<u32>,
 }
 
 method!(

@@ -348,6 +348,7 @@ fn golden_vectors_match_typed_messages() {
                     error: None,
                 },
                 paused: None,
+                attached: None,
             },
         ),
     );

@@ -100,8 +100,17 @@ fn turns_sent_while_attached_are_queued_and_run_after() {
     assert_ne!(shown["owner"]["pid"], run.id());
     let sent = sb.ctl(&["--json", "send", "touch ran-after"]).json();
     assert_eq!(sent["accepted"], false, "queued while attached");
+    // Both the answer and the queue say what the turn waits for.
+    assert_eq!(sent["attached"], run.id(), "{sent}");
+    let queue = sb.ctl(&["--json", "queue"]).json();
+    assert_eq!(queue["attached"], run.id(), "{queue}");
+    assert!(sb
+        .ctl(&["queue"])
+        .ok()
+        .contains(&format!("attached pid {}", run.id())));
     assert!(!project.join("ran-after").exists());
     assert!(run.wait().unwrap().success());
+    assert!(sb.ctl(&["--json", "queue"]).json()["attached"].is_null());
     eventually("the queued turn to run after the command", || {
         project.join("ran-after").exists()
     });

@@ -116,12 +116,17 @@ pub fn send(
     let turn = result.turn.turn_id;
     // A turn in a held queue waits for `resume`, which the user must be told of: a `--wait`
     // would otherwise look hung.
-    let held = result.paused.as_ref().map(|reason| {
-        format!(
+    let held = match (&result.paused, result.attached) {
+        (Some(reason), _) => Some(format!(
             "the queue is paused: {reason}; `sessionctl resume {}` releases it",
             result.turn.session.short()
-        )
-    });
+        )),
+        // Not held, but nothing starts while a `sessionctl run` owns the session.
+        (None, Some(pid)) if !result.accepted => Some(format!(
+            "the session is attached to pid {pid} (`sessionctl run`); it starts when that ends"
+        )),
+        (None, _) => None,
+    };
     if !waiting {
         out.emit(&result, |w| {
             let held = held.as_ref().map_or(String::new(), |h| format!("; {h}"));
@@ -230,6 +235,12 @@ pub fn queue(
                 w,
                 "paused   {reason} (`sessionctl resume {}` releases it)",
                 result.session.short()
+            )?;
+        }
+        if let Some(pid) = result.attached {
+            writeln!(
+                w,
+                "attached pid {pid} (`sessionctl run`) owns it; queued turns start when it ends"
             )?;
         }
         let line = |w: &mut dyn Write, label: &str, t: &TurnInfo| {
