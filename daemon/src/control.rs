@@ -79,7 +79,8 @@ pub fn shutdown(
         (registry.turns_to_end(), registry.running_turns() > 0)
     };
     ctx.trigger_shutdown("shutdown requested by a client");
-    // Running turns are ended while the connections finish, within a grace of their own.
+    // Running turns are ended first, within a grace of their own; then the connections close
+    // and finish within the shutdown grace.
     let ending = if any_running {
         crate::runner::ending_grace(ctx).as_millis() as u64
     } else {

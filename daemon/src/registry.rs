@@ -1349,6 +1349,7 @@ impl Registry {
         turn.status = TurnStatus::Queued;
         turn.started_at = None;
         turn.stop = None;
+        turn.launching = false;
         let (session, turn) = (turn.session, turn.clone());
         let queue = self.queues.entry(session).or_default();
         if queue.running == Some(turn_id) {
@@ -1732,9 +1733,13 @@ impl Registry {
         self.events.publish(event_kind::TURN_PROMOTED, event);
         let mut stop = None;
         if !p.no_interrupt {
+            if let Some(t) = self.turns.get_mut(&turn_id) {
+                t.interrupts = true;
+            }
             if let Some(running) = self.queues.get(&session).and_then(|q| q.running) {
                 if let Some(t) = self.turns.get_mut(&running) {
-                    if t.stop.is_none() && !t.exited {
+                    // A stop withdrawn with an earlier steer is taken up again.
+                    if matches!(t.stop, None | Some(Stop::SteerWithdrawn)) && !t.exited {
                         t.stop = Some(Stop::Steer);
                         stop = t.worker_pid.map(|pid| (running, pid));
                     }
@@ -1955,7 +1960,8 @@ impl Registry {
         let turn = self.turns.get_mut(&id).expect("resolved");
         if turn.status == TurnStatus::Running && turn.worker_pid.is_none() && !turn.launching {
             // Waiting for a slot under max_concurrent_turns: nothing ran, so nothing is held;
-            // the next queued turn takes its place.
+            // the next queued turn takes its place. The cancel supersedes a steer's stop.
+            turn.stop = None;
             let (turn, next) = self
                 .settle_turn(
                     id,
@@ -1995,7 +2001,7 @@ impl Registry {
         if let Some(q) = self.queues.get_mut(&turn.session) {
             q.queued.retain(|t| *t != id);
         }
-        if turn.kind == TurnKind::Steer {
+        if turn.interrupts {
             self.withdraw_steer(turn.session);
         }
         let mut writes = vec![Write::Turn(turn.clone())];
@@ -2050,7 +2056,7 @@ impl Registry {
         let steer_waits = queue
             .queued
             .iter()
-            .any(|t| self.turns.get(t).is_some_and(|t| t.kind == TurnKind::Steer));
+            .any(|t| self.turns.get(t).is_some_and(|t| t.interrupts));
         let Some(running) = queue.running.filter(|_| !steer_waits) else {
             return;
         };
@@ -2066,6 +2072,14 @@ impl Registry {
         if let Some(t) = self.turns.get_mut(&turn) {
             t.exited = true;
         }
+    }
+
+    /// Whether a client's cancel or steer is to stop the turn: a turn that cannot start then
+    /// settles as that asked, rather than going back to its queue.
+    pub fn stopped_by_client(&self, turn: TurnId) -> bool {
+        self.turns
+            .get(&turn)
+            .is_some_and(|t| matches!(t.stop, Some(Stop::Cancel | Stop::Steer)))
     }
 
     /// Whether the turn is to be stopped (the runner checks before starting it).

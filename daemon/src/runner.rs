@@ -12,7 +12,7 @@
 use std::process::Stdio;
 use std::sync::Arc;
 
-use sessiond_proto::session::TurnStatus;
+use sessiond_proto::session::{TurnId, TurnStatus};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::{mpsc, Semaphore};
@@ -215,13 +215,26 @@ async fn stop_group(ctx: &Daemon, pid: u32) {
 /// How a turn ended: status, exit code, error.
 type Ended = (TurnStatus, Option<i32>, Option<String>);
 
+/// A turn that cannot start goes back to the head of its queue, held for `reason`; but one a
+/// cancel or steer came for while it was being started ends as that asked (settle maps the
+/// stop to its status), or the cancel would be lost, or the steer run after it.
+fn hold(ctx: &Daemon, turn: TurnId, reason: &str) -> Result<Ended, ()> {
+    let mut registry = ctx.registry();
+    if registry.stopped_by_client(turn) {
+        return Ok((TurnStatus::Cancelled, None, None));
+    }
+    registry.requeue_blocked(turn, reason);
+    Err(())
+}
+
 /// Runs one turn's process to the end. `Err(())` when it could not start because another
 /// process owns the session, or the daemon began to stop; it is then back at the head of its
 /// queue, which is paused.
 async fn run_turn(ctx: &Daemon, order: StartOrder) -> Result<Ended, ()> {
     let Some(provider) = ctx.providers.get(&*order.provider) else {
         // Failing it would start the next queued turn only to fail it too: hold them all.
-        ctx.registry().requeue_blocked(
+        return hold(
+            ctx,
             order.turn,
             &format!(
                 "provider {:?} is no longer configured; add it back to the config, run \
@@ -229,7 +242,6 @@ async fn run_turn(ctx: &Daemon, order: StartOrder) -> Result<Ended, ()> {
                 &*order.provider
             ),
         );
-        return Err(());
     };
     let id = order.session.to_string();
     let vars = Vars {
@@ -259,11 +271,11 @@ async fn run_turn(ctx: &Daemon, order: StartOrder) -> Result<Ended, ()> {
             let who = record.map_or("another process".to_string(), |r| {
                 format!("pid {} ({})", r.pid, r.owner)
             });
-            ctx.registry().requeue_blocked(
+            return hold(
+                ctx,
                 order.turn,
                 &format!("the session is owned by {who}; resume once it is free"),
             );
-            return Err(());
         }
         Ok(Err(e)) => return failed(e.to_string()),
         Err(e) => return failed(format!("claiming the session failed: {e}")),

@@ -604,6 +604,7 @@ fn load(conn: &Connection) -> Result<Loaded, DbError> {
             stop: None,
             exited: false,
             launching: false,
+            interrupts: false,
         });
     }
     let starts: Option<i64> = conn

@@ -40,6 +40,9 @@ pub struct Turn {
     /// The runner has a slot for it and is starting its worker. Before that a cancel settles
     /// it at once: there is no process to stop.
     pub launching: bool,
+    /// A steer that stops the running turn (not `--no-interrupt`); cancelling it while queued
+    /// withdraws that stop. Not stored: a restart ends every stop.
+    pub interrupts: bool,
 }
 
 /// Why a running turn is being stopped.
@@ -95,6 +98,7 @@ impl Turn {
             stop: None,
             exited: false,
             launching: false,
+            interrupts: false,
         }
     }
 

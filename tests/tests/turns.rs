@@ -1463,7 +1463,9 @@ fn cancelling_a_turn_that_waits_for_a_slot_settles_it_at_once() {
 
 #[test]
 fn cancelling_a_queued_steer_stops_pressing_the_turn_it_interrupted() {
-    let sb = Sandbox::with_config("[daemon]\ninterrupt_grace_ms = 300\nterminate_grace_ms = 300\n");
+    // The cancel must come within the interrupt grace, or SIGTERM has already gone.
+    let sb =
+        Sandbox::with_config("[daemon]\ninterrupt_grace_ms = 1500\nterminate_grace_ms = 300\n");
     sb.ctl(&["daemon", "start"]).ok();
     let project = shell_session(&sb);
     // Shrugs off SIGINT; SIGTERM would end it. It finishes when the test says.
@@ -1483,23 +1485,20 @@ fn cancelling_a_queued_steer_stops_pressing_the_turn_it_interrupted() {
     let steer = turn_id(&sb.ctl(&["--json", "steer", "touch steered"]).json());
     sb.ctl(&["cancel", &steer]).ok();
     // Well past both graces: the worker was not sent SIGTERM or SIGKILL.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::thread::sleep(std::time::Duration::from_millis(2500));
     assert!(
         sessiond_tests::process_running(pid),
         "the worker was pressed for a steer that was withdrawn"
     );
-    std::fs::write(project.join("release"), "").unwrap();
-    sessiond_tests::eventually("the queued turn to run after it", || {
+    // A new steer takes the stop up again: it interrupts and runs next, not after the turn.
+    sb.ctl(&["steer", "--wait", "touch steered_again"]).ok();
+    assert!(!sessiond_tests::process_running(pid), "pressed to the end");
+    assert!(project.join("steered_again").exists());
+    sessiond_tests::eventually("the queued turn to run after the steer", || {
         project.join("queued_ran").exists()
     });
     let turn = settled(&sb, "job", &first);
     assert_eq!(turn["status"], "interrupted", "{turn}");
-    assert!(
-        turn["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("cancelled before it ran")),
-        "{turn}"
-    );
     assert!(!project.join("steered").exists());
 }
 
@@ -1511,8 +1510,10 @@ fn send_follow_and_log_follow_that_fall_behind_say_so() {
     shell_session(&sb);
     // Thousands of output events while the followers do not read: the daemon drops some for
     // them and says so with a `lagged` notice, which carries no session.
-    let spew =
-        "i=0; while [ $i -lt 4000 ]; do printf '%0200d\\n' $i; i=$((i+1)); sleep 0.0005; done";
+    // Lines of 8,000 bytes: the daemon reads at most 16 KiB at a time, so at least 1,750
+    // events, more than the 1,024 a follower's queue holds plus what the socket and its
+    // output pipe absorb, however the reads fall.
+    let spew = "i=0; while [ $i -lt 3500 ]; do printf '%08000d\\n' $i; i=$((i+1)); done";
     let log_errors = sb.root.join("log-follow.err");
     let mut log = sb
         .sessionctl()

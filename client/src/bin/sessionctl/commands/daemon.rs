@@ -208,9 +208,9 @@ fn stop_daemon(opts: &ConnectOptions) -> Result<Option<Stopped>, ClientError> {
     Ok(Some(Stopped { pid, ended_turns }))
 }
 
-/// How long a daemon that could not tell us may take to stop, by its defaults: 5 s for
-/// requests in flight, then up to 8 s to end running turns (interrupt and terminate graces,
-/// the output's drain, the last save).
+/// How long a daemon that could not tell us may take to stop, by its defaults: up to 8 s to
+/// end running turns (interrupt and terminate graces, the output's drain, the last save), then
+/// 5 s for its connections to finish.
 const DEFAULT_GRACE: Duration = Duration::from_secs(13);
 
 fn terminate(pid: u32) -> std::io::Result<()> {
@@ -232,7 +232,8 @@ fn check_unsupervised(opts: &ConnectOptions, verb: &str, verbing: &str) -> Resul
     match s.supervisor {
         Some(manager) => Err(ClientError::Local(format!(
             "not {verbing}: sessiond (pid {}) is run by {manager}; {verb} it with `systemctl \
-             --user {verb} sessiond` (`systemctl --user status {}` names its unit). From here \
+             --user {verb} sessiond` or the unit `systemctl --user status {}` names (without \
+             --user for a system unit). From here \
              it would stay stopped, and the next command would start a daemon {manager} does \
              not supervise.",
             s.pid, s.pid

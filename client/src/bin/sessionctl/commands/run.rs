@@ -147,10 +147,16 @@ pub fn run(opts: &ConnectOptions, context: Option<&str>, r: Run) -> Result<u8, C
             // The terminal's Ctrl-C goes to the command, which decides what it means; this
             // process must stay to give the session back.
             ignore_interrupts();
-            pass_on_signals(child.id(), passed_on);
-            child.wait()
+            let reaped = pass_on_signals(child.id(), passed_on);
+            let status = child.wait();
+            // Its pid may be another process's from now on.
+            reaped.store(true, std::sync::atomic::Ordering::SeqCst);
+            status
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            let _ = passed_on.thread_unblock();
+            Err(e)
+        }
     };
     let _ = claim.release();
     if let Err(e) = detach(&mut client, &id) {
@@ -194,17 +200,27 @@ fn passed_on_signals() -> nix::sys::signal::SigSet {
     set
 }
 
-/// Passes each of `signals` (blocked in every thread) on to the command, until sessionctl
-/// exits.
-fn pass_on_signals(pid: u32, signals: nix::sys::signal::SigSet) {
+/// Passes each of `signals` (blocked in every thread) on to the command until the returned
+/// flag says it has been reaped; later ones are left pending (sessionctl is about to exit).
+fn pass_on_signals(
+    pid: u32,
+    signals: nix::sys::signal::SigSet,
+) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let reaped = std::sync::Arc::new(AtomicBool::new(false));
     let Ok(pid) = i32::try_from(pid) else {
-        return;
+        return reaped;
     };
+    let done = reaped.clone();
     std::thread::spawn(move || {
         while let Ok(signal) = signals.wait() {
+            if done.load(Ordering::SeqCst) {
+                break;
+            }
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
         }
     });
+    reaped
 }
 
 /// The command's status as sessionctl's own: its exit code, or 128 + the signal that ended it.

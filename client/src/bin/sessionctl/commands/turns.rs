@@ -42,30 +42,25 @@ pub fn send(
     let from_stdin = prompt == "-";
     let prompt = if from_stdin {
         // One byte past the limit is enough to refuse it; a runaway pipe is not read whole.
-        let mut text = String::new();
+        // Bytes first: the cut may fall inside a character, and over the limit is the error.
+        let mut bytes = Vec::new();
         std::io::stdin()
             .take(MAX_PROMPT_BYTES as u64 + 1)
-            .read_to_string(&mut text)
+            .read_to_end(&mut bytes)
             .map_err(|e| ClientError::Local(format!("cannot read the prompt from stdin: {e}")))?;
-        text
+        if bytes.len() > MAX_PROMPT_BYTES {
+            return Err(too_long(format!("more than {MAX_PROMPT_BYTES}")));
+        }
+        String::from_utf8(bytes).map_err(|e| {
+            ClientError::Local(format!("the prompt on stdin is not UTF-8 text: {e}"))
+        })?
     } else {
         prompt
     };
     // Refused here as the daemon would refuse it, rather than sent: a prompt past the
     // daemon's frame limit would only break the connection.
     if prompt.len() > MAX_PROMPT_BYTES {
-        let size = if from_stdin {
-            format!("more than {MAX_PROMPT_BYTES}")
-        } else {
-            prompt.len().to_string()
-        };
-        return Err(ClientError::Remote {
-            code: ErrorCode::INVALID_ARGUMENT,
-            message: format!(
-                "the prompt is {size} bytes; the limit is {MAX_PROMPT_BYTES} bytes. Put long \
-                 material in a file and refer to it"
-            ),
-        });
+        return Err(too_long(prompt.len().to_string()));
     }
     let project = s
         .project
@@ -495,4 +490,15 @@ fn session_event(payload: &[u8]) -> Result<Option<Event<SessionEvent>>, ClientEr
         return Ok(None);
     }
     frame::decode(payload).map(Some).map_err(undecodable)
+}
+
+/// The refusal of a prompt over the limit, as the daemon words it.
+fn too_long(size: String) -> ClientError {
+    ClientError::Remote {
+        code: ErrorCode::INVALID_ARGUMENT,
+        message: format!(
+            "the prompt is {size} bytes; the limit is {MAX_PROMPT_BYTES} bytes. Put long \
+             material in a file and refer to it"
+        ),
+    }
 }
