@@ -1219,10 +1219,8 @@ impl Registry {
             ));
         }
         if p.prompt.len() > MAX_PROMPT_BYTES {
-            return Err(invalid(format!(
-                "the prompt is {} bytes; the limit is {MAX_PROMPT_BYTES} bytes. Put long \
-                 material in a file and refer to it",
-                p.prompt.len()
+            return Err(invalid(sessiond_proto::methods::prompt_too_long(
+                &p.prompt.len().to_string(),
             )));
         }
         self.live(id)?;
@@ -1287,7 +1285,7 @@ impl Registry {
                 accepted,
                 turn: info,
                 paused: self.held(id),
-                attached: self.attached.get(&id).map(|&(_, pid)| pid),
+                attached: self.attached_pid(id),
             },
             commit,
             start,
@@ -1297,16 +1295,26 @@ impl Registry {
     /// Why a session's queue is held, or will be once a cancel under way lands: either way
     /// queued turns wait for `resume`.
     fn held(&self, id: SessionId) -> Option<String> {
-        let queue = self.queues.get(&id)?;
-        queue.paused.clone().or_else(|| {
-            let running = queue.running?;
-            (self.turns.get(&running)?.stop == Some(Stop::Cancel)).then(|| {
+        let paused = self.queues.get(&id)?.paused.clone();
+        paused.or_else(|| {
+            self.being_cancelled(id).map(|running| {
                 format!(
                     "turn {} is being cancelled, which pauses the queue",
                     running.short()
                 )
             })
         })
+    }
+
+    /// The session's running turn, if a cancel is stopping it (its settling pauses the queue).
+    fn being_cancelled(&self, id: SessionId) -> Option<TurnId> {
+        let running = self.queues.get(&id)?.running?;
+        (self.turns.get(&running)?.stop == Some(Stop::Cancel)).then_some(running)
+    }
+
+    /// The pid a client attached the session to, while one is.
+    fn attached_pid(&self, id: SessionId) -> Option<u32> {
+        self.attached.get(&id).map(|&(_, pid)| pid)
     }
 
     fn position(&self, turn: TurnId) -> Option<u32> {
@@ -1691,18 +1699,16 @@ impl Registry {
                 )));
             }
             // A cancel under way pauses the queue when its turn settles: the same wait.
-            if let Some(running) = self.queues.get(&id).and_then(|q| q.running) {
-                if self.turns.get(&running).and_then(|t| t.stop) == Some(Stop::Cancel) {
-                    return Err(invalid_state(format!(
-                        "session {}'s running turn {} is being cancelled, which pauses the \
-                         queue: a steer would wait behind the pause. Send it once the turn has \
-                         settled, then resume (`sessionctl resume {}`), or steer with \
-                         --no-interrupt to put the prompt at the head of the queue",
-                        id.short(),
-                        running.short(),
-                        id.short()
-                    )));
-                }
+            if let Some(running) = self.being_cancelled(id) {
+                return Err(invalid_state(format!(
+                    "session {}'s running turn {} is being cancelled, which pauses the queue: \
+                     a steer would wait behind the pause. Send it once the turn has settled, \
+                     then resume (`sessionctl resume {}`), or steer with --no-interrupt to put \
+                     the prompt at the head of the queue",
+                    id.short(),
+                    running.short(),
+                    id.short()
+                )));
             }
         }
         let submitted = SubmitParams {
@@ -2194,7 +2200,7 @@ impl Registry {
                         .collect()
                 })
                 .unwrap_or_default(),
-            attached: self.attached.get(&id).map(|&(_, pid)| pid),
+            attached: self.attached_pid(id),
         })
     }
 }

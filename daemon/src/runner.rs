@@ -282,11 +282,7 @@ async fn run_turn(ctx: &Daemon, order: StartOrder) -> Result<Ended, ()> {
     };
     let lock_fd = claim.lock_fd();
     if !std::path::Path::new(&order.cwd).is_dir() {
-        return failed(format!(
-            "the session's working directory {} no longer exists; recreate it, or start a new \
-             session",
-            order.cwd
-        ));
+        return failed(sessiond_proto::methods::missing_cwd(&order.cwd));
     }
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])

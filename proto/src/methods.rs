@@ -347,6 +347,23 @@ use crate::session::TurnInfo;
 /// before sending it (the daemon refuses it with `invalid_argument` too).
 pub const MAX_PROMPT_BYTES: usize = 1024 * 1024;
 
+/// The refusal of a prompt over [`MAX_PROMPT_BYTES`], `size` bytes long, worded alike by the
+/// daemon and by a client that refuses it first.
+pub fn prompt_too_long(size: &str) -> String {
+    format!(
+        "the prompt is {size} bytes; the limit is {MAX_PROMPT_BYTES} bytes. Put long material in \
+         a file and refer to it"
+    )
+}
+
+/// What a turn or a `sessionctl run` in a session whose working directory `cwd` is gone says.
+pub fn missing_cwd(cwd: &str) -> String {
+    format!(
+        "the session's working directory {cwd} no longer exists; recreate it, or start a new \
+         session"
+    )
+}
+
 /// Params of `submit`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubmitParams {

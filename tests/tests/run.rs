@@ -1,6 +1,7 @@
 //! `sessionctl run`: an interactive command owns a session while it runs.
 
-use std::process::Stdio;
+use std::path::Path;
+use std::process::{Child, Stdio};
 
 use sessiond_tests::report::Row;
 use sessiond_tests::{eventually, run_bounded, sessionctl_bin, Sandbox};
@@ -18,6 +19,21 @@ fn setup(sb: &Sandbox) -> std::path::PathBuf {
     .ok();
     sb.ctl(&["switch", "job"]).ok();
     std::fs::canonicalize(project).unwrap()
+}
+
+/// Starts `sessionctl run -- sh -c SCRIPT` on the current session; `script` writes its shell's
+/// pid to `attached.pid`. Returns sessionctl and the command's pid, once the command runs.
+fn run_in_background(sb: &Sandbox, project: &Path, script: &str) -> (Child, i32) {
+    let run = sb
+        .sessionctl()
+        .args(["run", "--", "sh", "-c", script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid_file = project.join("attached.pid");
+    eventually("the command to start", || pid_file.exists());
+    (run, sessiond_tests::pid_written_to(&pid_file))
 }
 
 #[test]
@@ -79,18 +95,8 @@ fn turns_sent_while_attached_are_queued_and_run_after() {
     let sb = Sandbox::new();
     let _daemon = sb.start_daemon();
     let project = setup(&sb);
-    let mut run = sb
-        .sessionctl()
-        .args(["run", "--", "sh", "-c", "echo $$ > attached.pid; sleep 0.8"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    eventually("the command to start", || {
-        project.join("attached.pid").exists()
-    });
+    let (mut run, command) = run_in_background(&sb, &project, "echo $$ > attached.pid; sleep 0.8");
     // The pid file names the command, which holds the lock as long as anything does.
-    let command: i32 = sessiond_tests::pid_written_to(&project.join("attached.pid"));
     eventually("the pid file to name the command", || {
         sb.ctl(&["--json", "show", "job"]).json()["owner"]["pid"] == command
     });
@@ -121,27 +127,11 @@ fn a_killed_run_gives_the_session_back() {
     let sb = Sandbox::new();
     let _daemon = sb.start_daemon();
     let project = setup(&sb);
-    let mut run = sb
-        .sessionctl()
-        .args([
-            "run",
-            "--",
-            "sh",
-            "-c",
-            "echo $$ > attached.pid; exec sleep 30",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    eventually("the command to start", || {
-        project.join("attached.pid").exists()
-    });
+    let (mut run, pid) = run_in_background(&sb, &project, "echo $$ > attached.pid; exec sleep 30");
     sb.ctl(&["send", "touch ran-after"]).ok();
     run.kill().unwrap();
     run.wait().unwrap();
     // The orphaned command may linger; end it so it releases the inherited lock file.
-    let pid: i32 = sessiond_tests::pid_written_to(&project.join("attached.pid"));
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -221,30 +211,18 @@ fn sigterm_to_run_is_passed_on_to_the_command_and_the_session_given_back() {
     let sb = Sandbox::new();
     let _daemon = sb.start_daemon();
     let project = setup(&sb);
-    let run = sb
-        .sessionctl()
-        .args([
-            "run",
-            "--",
-            "sh",
-            "-c",
-            "trap 'echo term > got-term; kill $!; exit 7' TERM; echo $$ > attached.pid; sleep 30 & wait",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    eventually("the command to start", || {
-        project.join("attached.pid").exists()
-    });
+    let (mut run, _) = run_in_background(
+        &sb,
+        &project,
+        "trap 'echo term > got-term; kill $!; exit 7' TERM; echo $$ > attached.pid; sleep 30 & wait",
+    );
     // What `kill` and a closing terminal send: sessionctl stays to give the session back.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(run.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let out = sessiond_tests::CtlOutput(run.wait_with_output().unwrap());
-    assert_eq!(out.code(), 7, "the command's status: {}", out.stderr());
+    assert_eq!(run.wait().unwrap().code(), Some(7), "the command's status");
     assert!(
         project.join("got-term").exists(),
         "the command got the SIGTERM"
@@ -260,23 +238,8 @@ fn run_wait_waits_attached_and_says_once_what_for() {
     let _daemon = sb.start_daemon();
     let project = setup(&sb);
     // A command left holding the session's lock after its sessionctl was killed.
-    let mut first = sb
-        .sessionctl()
-        .args([
-            "run",
-            "--",
-            "sh",
-            "-c",
-            "echo $$ > holder.pid; exec sleep 30",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    eventually("the command to start", || {
-        project.join("holder.pid").exists()
-    });
-    let holder: i32 = sessiond_tests::pid_written_to(&project.join("holder.pid"));
+    let (mut first, holder) =
+        run_in_background(&sb, &project, "echo $$ > attached.pid; exec sleep 30");
     eventually("the pid file to name the command", || {
         sb.ctl(&["--json", "show", "job"]).json()["owner"]["pid"] == holder
     });

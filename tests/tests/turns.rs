@@ -1357,6 +1357,16 @@ fn turn_id(answer: &serde_json::Value) -> String {
     answer["turn"]["turn_id"].as_str().unwrap().to_string()
 }
 
+/// Sends `prompt`, which writes its shell's pid to `worker.pid`, to the current session and
+/// waits for the worker to start; returns the turn's id and the worker's pid.
+fn start_worker(sb: &Sandbox, project: &Path, prompt: &str) -> (String, i32) {
+    let pid_file = project.join("worker.pid");
+    let _ = std::fs::remove_file(&pid_file);
+    let turn = turn_id(&sb.ctl(&["--json", "send", prompt]).json());
+    sessiond_tests::eventually("the worker to start", || pid_file.exists());
+    (turn, sessiond_tests::pid_written_to(&pid_file))
+}
+
 #[test]
 fn a_cancel_or_steer_decides_the_status_of_an_agent_that_exits_0_on_sigint() {
     let sb = Sandbox::new();
@@ -1364,11 +1374,8 @@ fn a_cancel_or_steer_decides_the_status_of_an_agent_that_exits_0_on_sigint() {
     let project = shell_session(&sb);
     // Like many agents: SIGINT means "finish now", and the process exits 0.
     let polite = "trap 'exit 0' INT; echo $$ > worker.pid; sleep 60 & wait";
-    let first = turn_id(&sb.ctl(&["--json", "send", polite]).json());
+    let (first, _) = start_worker(&sb, &project, polite);
     sb.ctl(&["send", "touch ran-after-cancel"]).ok();
-    sessiond_tests::eventually("the worker to start", || {
-        project.join("worker.pid").exists()
-    });
     sb.ctl(&["cancel", &first]).ok();
     sessiond_tests::eventually("the cancelled turn to settle", || {
         sb.ctl(&["--json", "queue"]).json()["running"].is_null()
@@ -1381,15 +1388,11 @@ fn a_cancel_or_steer_decides_the_status_of_an_agent_that_exits_0_on_sigint() {
     assert!(!project.join("ran-after-cancel").exists());
 
     // A steer interrupts it the same way, and runs next.
-    let _ = std::fs::remove_file(project.join("worker.pid"));
     sb.ctl(&["resume"]).ok();
     sessiond_tests::eventually("the queued turn to run", || {
         project.join("ran-after-cancel").exists()
     });
-    let second = turn_id(&sb.ctl(&["--json", "send", polite]).json());
-    sessiond_tests::eventually("the worker to start", || {
-        project.join("worker.pid").exists()
-    });
+    let (second, _) = start_worker(&sb, &project, polite);
     sb.ctl(&["steer", "--wait", "touch steered"]).ok();
     let turn = settled(&sb, "job", &second);
     assert_eq!(turn["status"], "interrupted", "{turn}");
@@ -1401,17 +1404,7 @@ fn a_steer_is_refused_while_the_running_turn_is_being_cancelled() {
     let sb = Sandbox::with_config("[daemon]\ninterrupt_grace_ms = 5000\n");
     sb.ctl(&["daemon", "start"]).ok();
     let project = shell_session(&sb);
-    let first = turn_id(
-        &sb.ctl(&[
-            "--json",
-            "send",
-            "trap '' INT; echo $$ > worker.pid; sleep 60",
-        ])
-        .json(),
-    );
-    sessiond_tests::eventually("the worker to start", || {
-        project.join("worker.pid").exists()
-    });
+    let (first, _) = start_worker(&sb, &project, "trap '' INT; echo $$ > worker.pid; sleep 60");
     sb.ctl(&["cancel", &first]).ok();
     // The cancel will pause the queue: a steer would stop nothing and wait behind the pause.
     sb.ctl(&["--json", "steer", "touch steered"])
@@ -1469,18 +1462,11 @@ fn cancelling_a_queued_steer_stops_pressing_the_turn_it_interrupted() {
     sb.ctl(&["daemon", "start"]).ok();
     let project = shell_session(&sb);
     // Shrugs off SIGINT; SIGTERM would end it. It finishes when the test says.
-    let first = turn_id(
-        &sb.ctl(&[
-            "--json",
-            "send",
-            "trap '' INT; echo $$ > worker.pid; while [ ! -e release ]; do sleep 0.05; done",
-        ])
-        .json(),
+    let (first, pid) = start_worker(
+        &sb,
+        &project,
+        "trap '' INT; echo $$ > worker.pid; while [ ! -e release ]; do sleep 0.05; done",
     );
-    sessiond_tests::eventually("the worker to start", || {
-        project.join("worker.pid").exists()
-    });
-    let pid = sessiond_tests::pid_written_to(&project.join("worker.pid"));
     sb.ctl(&["send", "touch queued_ran"]).ok();
     let steer = turn_id(&sb.ctl(&["--json", "steer", "touch steered"]).json());
     sb.ctl(&["cancel", &steer]).ok();

@@ -45,10 +45,8 @@ pub fn run(opts: &ConnectOptions, context: Option<&str>, r: Run) -> Result<u8, C
     // Checked before anything changes: the command would fail to start there, and the error
     // would name the command, not the directory.
     if !Path::new(&info.cwd).is_dir() {
-        return Err(ClientError::Local(format!(
-            "the session's working directory {} no longer exists; recreate it, or start a new \
-             session",
-            info.cwd
+        return Err(ClientError::Local(sessiond_proto::methods::missing_cwd(
+            &info.cwd,
         )));
     }
     // `--wait` says once what it waits for, and waits attached: detaching between tries

@@ -492,13 +492,10 @@ fn session_event(payload: &[u8]) -> Result<Option<Event<SessionEvent>>, ClientEr
     frame::decode(payload).map(Some).map_err(undecodable)
 }
 
-/// The refusal of a prompt over the limit, as the daemon words it.
+/// The refusal of a prompt over the limit, as the daemon gives it.
 fn too_long(size: String) -> ClientError {
     ClientError::Remote {
         code: ErrorCode::INVALID_ARGUMENT,
-        message: format!(
-            "the prompt is {size} bytes; the limit is {MAX_PROMPT_BYTES} bytes. Put long \
-             material in a file and refer to it"
-        ),
+        message: sessiond_proto::methods::prompt_too_long(&size),
     }
 }
