@@ -190,6 +190,55 @@ impl BlockingClient {
         }
     }
 
+    /// Waits until the daemon ends the connection (`Ok(true)`: it closed it, or sent the
+    /// notice that closes it) or `wake` becomes readable (`Ok(false)`), keeping events that
+    /// arrive meanwhile for [`Self::next_event`].
+    ///
+    /// For a client that holds a connection open for what it keeps alive (an attachment ends
+    /// with its connection) while it waits for something else: `sessionctl run` waits here
+    /// while the command runs, and attaches again through a new daemon if this one goes.
+    #[cfg(unix)]
+    pub fn wait_closed(&mut self, wake: std::os::fd::BorrowedFd<'_>) -> Result<bool, ClientError> {
+        use nix::errno::Errno;
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+
+        self.welcome()?;
+        loop {
+            // A frame already read into the buffer would not wake `poll`.
+            if self.reader.buffer().is_empty() {
+                let Stream::UdSocket(socket) = self.reader.get_ref();
+                let mut fds = [
+                    PollFd::new(socket.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(wake, PollFlags::POLLIN),
+                ];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => return Err(ClientError::Local(format!("cannot wait: {e}"))),
+                }
+                let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+                if ready(&fds[1]) {
+                    return Ok(false);
+                }
+                if !ready(&fds[0]) {
+                    continue;
+                }
+            }
+            let payload = match self.read_payload() {
+                Ok(payload) => payload,
+                Err(ClientError::Disconnected(_)) => return Ok(true),
+                Err(e) => return Err(e),
+            };
+            let head = exchange::head(&payload)?;
+            match (head.kind.as_str(), head.id) {
+                ("event", _) => self.events.push_back(payload.into_vec()),
+                ("error", None) => return Ok(true),
+                _ => {}
+            }
+        }
+    }
+
     /// Changes how long a read may wait; `None` waits forever (for following events).
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
         self.timeout = timeout.unwrap_or(Duration::ZERO);

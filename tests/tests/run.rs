@@ -302,3 +302,96 @@ fn run_in_a_deleted_working_directory_names_the_directory() {
     let shown = sb.ctl(&["--json", "show", "job"]).json();
     assert_eq!(shown["activity"], "idle", "nothing changed: {shown}");
 }
+
+#[test]
+fn run_attaches_again_through_a_restarted_daemon() {
+    let sb = Sandbox::new();
+    let mut daemon = sb.start_daemon();
+    let project = setup(&sb);
+    let (mut run, _) = run_in_background(
+        &sb,
+        &project,
+        "echo $$ > attached.pid; while [ ! -e go ]; do sleep 0.05; done",
+    );
+    let attached_to_run = || {
+        let shown = sb.ctl(&["--json", "show", "job"]).json();
+        shown["activity"] == "attached"
+    };
+    eventually("the session to be attached", attached_to_run);
+    // A crash, then a graceful stop: each new daemon finds the session attached again.
+    daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    daemon.wait();
+    let mut daemon = sb.start_daemon();
+    eventually(
+        "the session to be attached through the second daemon",
+        attached_to_run,
+    );
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait().success());
+    let _daemon = sb.start_daemon();
+    eventually(
+        "the session to be attached through the third daemon",
+        attached_to_run,
+    );
+    // A turn sent now waits for the command, as it would have before the restarts.
+    let sent = sb.ctl(&["--json", "send", "touch ran-after"]).json();
+    assert_eq!(sent["accepted"], false, "{sent}");
+    assert_eq!(sent["attached"], run.id(), "{sent}");
+    assert!(!project.join("ran-after").exists());
+    std::fs::write(project.join("go"), "").unwrap();
+    assert!(run.wait().unwrap().success());
+    eventually("the queued turn to run after the command", || {
+        project.join("ran-after").exists()
+    });
+    let queue = sb.ctl(&["--json", "queue"]).json();
+    assert!(queue["paused"].is_null(), "{queue}");
+    Row::new("crash", "run_attaches_again_through_a_restarted_daemon")
+        .done(
+            "`sessionctl run` holding a session while its daemon is killed with SIGKILL and \
+             restarted, then stopped with SIGTERM and restarted",
+        )
+        .runs(1)
+        .checked(
+            "that each new daemon shows the session attached, a turn sent then is queued \
+             behind the command, and runs once the command ends",
+        )
+        .result("attached again both times; the turn waited, then ran; queue not paused")
+        .record();
+}
+
+#[test]
+fn run_does_not_start_a_stopped_daemon_and_says_the_session_was_not_attached_again() {
+    let sb = Sandbox::new();
+    let mut daemon = sb.start_daemon();
+    let project = setup(&sb);
+    let run = sb
+        .sessionctl()
+        .args([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "echo $$ > attached.pid; while [ ! -e go ]; do sleep 0.05; done; exit 4",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("the command to start", || {
+        project.join("attached.pid").exists()
+    });
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait().success());
+    // Long enough for several tries to attach again; none may start a daemon.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    std::fs::write(project.join("go"), "").unwrap();
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "the command's status");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("was not attached again after the daemon went away"),
+        "{stderr}"
+    );
+    assert!(!sb.socket().exists(), "a daemon was started");
+    assert!(!sb.pid_file().exists(), "a daemon was started");
+}

@@ -434,7 +434,9 @@ pub enum Command {
     /// the session shows `attached`, turns sent meanwhile are queued, and the command's exit
     /// status is passed through. Ownership ends when the command ends or sessionctl dies.
     /// SIGTERM and SIGHUP sent to sessionctl are passed on to the command, and sessionctl
-    /// gives the session back once it has ended.
+    /// gives the session back once it has ended. If the daemon restarts meanwhile, the
+    /// session is attached again through the new one (a stopped daemon is not started; when
+    /// the session could not be attached again, sessionctl says so as it ends).
     #[command(override_usage = "sessionctl run [OPTIONS] [SESSION] -- <CMD>...")]
     Run(RunArgs),
 

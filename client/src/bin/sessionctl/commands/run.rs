@@ -5,6 +5,10 @@
 //! them), then take the session's lock in this process (so the lock names the real owner and
 //! is released by the kernel if sessionctl dies), then run the command. Afterwards, release
 //! the lock before detaching, so a queued turn the detach starts can take it.
+//!
+//! An attachment lasts as long as its connection, and the command may outlive the daemon (a
+//! restart, an upgrade): while it runs, a [`Keeper`] thread waits on the connection and
+//! attaches the session again through the next daemon.
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,8 +20,10 @@ use sessiond_proto::methods::{
 use sessiond_proto::ownership::{ClaimError, SessionFiles};
 use sessiond_proto::ErrorCode;
 
-/// How often `--wait` tries again.
+/// How often `--wait` tries again, and how often a session whose daemon went is attached again.
 const RETRY: Duration = Duration::from_millis(200);
+/// The longest wait for a new daemon's answer when attaching again.
+const REATTACH_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Run<'a> {
     pub session: Option<&'a str>,
@@ -134,7 +140,7 @@ pub fn run(opts: &ConnectOptions, context: Option<&str>, r: Run) -> Result<u8, C
         }
     }
     let mut claim = claim;
-    let status = match cmd.spawn() {
+    let (status, attached) = match cmd.spawn() {
         Ok(mut child) => {
             claim.mark_inherited();
             // The pid file names the process that holds the lock for as long as anything
@@ -146,20 +152,24 @@ pub fn run(opts: &ConnectOptions, context: Option<&str>, r: Run) -> Result<u8, C
             // process must stay to give the session back.
             ignore_interrupts();
             let reaped = pass_on_signals(child.id(), passed_on);
+            let keeper = Keeper::start(client, opts, id.clone());
             let status = child.wait();
             // Its pid may be another process's from now on.
             reaped.store(true, std::sync::atomic::Ordering::SeqCst);
-            status
+            (status, keeper.stop(&info.id.short()))
         }
         Err(e) => {
             let _ = passed_on.thread_unblock();
-            Err(e)
+            (Err(e), Some(client))
         }
     };
+    // Before the detach, which may start a queued turn that needs the lock.
     let _ = claim.release();
-    if let Err(e) = detach(&mut client, &id) {
-        // The command's own status matters more; the daemon detaches a closed connection.
-        eprintln!("sessionctl: could not detach session {id} cleanly: {e}");
+    if let Some(mut client) = attached {
+        if let Err(e) = detach(&mut client, &id) {
+            // The command's own status matters more; the daemon detaches a closed connection.
+            eprintln!("sessionctl: could not detach session {id} cleanly: {e}");
+        }
     }
     match status {
         Ok(status) => Ok(exit_code(status)),
@@ -167,6 +177,150 @@ pub fn run(opts: &ConnectOptions, context: Option<&str>, r: Run) -> Result<u8, C
             "cannot run {:?}: {e}",
             r.command[0]
         ))),
+    }
+}
+
+/// Keeps the session attached while the command runs. A thread waits on the connection the
+/// session is attached through; if the daemon goes (a restart, an upgrade), it attaches the
+/// session again through the next daemon, so that turns sent meanwhile queue behind the
+/// command instead of being started and finding its lock held. It does not start a daemon:
+/// one stopped on purpose stays stopped.
+enum Keeper {
+    Watching {
+        /// Dropped to end the wait: the thread's end of the pipe then reads as closed.
+        wake: std::os::fd::OwnedFd,
+        thread: std::thread::JoinHandle<Kept>,
+    },
+    /// No pipe could be made: the connection is just held, as before the daemon could go.
+    Holding(BlockingClient),
+}
+
+/// What the keeper hands back: the connection the session is attached through, if any, and
+/// why it is not, if it is not.
+struct Kept {
+    client: Option<BlockingClient>,
+    lost: Option<String>,
+}
+
+impl Keeper {
+    fn start(client: BlockingClient, opts: &ConnectOptions, id: String) -> Keeper {
+        let mut opts = opts.clone();
+        opts.autostart = false;
+        // A new daemon answers at once or is not ready yet: try again rather than wait.
+        opts.timeout = opts.timeout.min(REATTACH_TIMEOUT);
+        let Ok((woken, wake)) = nix::unistd::pipe() else {
+            return Keeper::Holding(client);
+        };
+        let thread = std::thread::spawn(move || keep_attached(client, &opts, &id, &woken));
+        Keeper::Watching { wake, thread }
+    }
+
+    /// Ends the wait and returns the connection to detach through, if any; says on stderr
+    /// when the session could not be attached again.
+    fn stop(self, short: &str) -> Option<BlockingClient> {
+        let (wake, thread) = match self {
+            Keeper::Watching { wake, thread } => (wake, thread),
+            Keeper::Holding(client) => return Some(client),
+        };
+        drop(wake);
+        let kept = thread.join().ok()?;
+        if let Some(lost) = kept.lost {
+            eprintln!("sessionctl: session {short} was not attached again after {lost}");
+        }
+        kept.client
+    }
+}
+
+/// The keeper's thread; see [`Keeper`].
+fn keep_attached(
+    client: BlockingClient,
+    opts: &ConnectOptions,
+    id: &str,
+    woken: &std::os::fd::OwnedFd,
+) -> Kept {
+    use std::os::fd::AsFd;
+    let mut client = Some(client);
+    let mut lost = None;
+    loop {
+        if let Some(attached) = client.as_mut() {
+            match attached.wait_closed(woken.as_fd()) {
+                Ok(false) => return Kept { client, lost },
+                Ok(true) => lost = Some("the daemon went away".to_string()),
+                Err(e) => lost = Some(format!("the connection failed ({e})")),
+            }
+            client = None;
+        }
+        if is_woken(woken, Some(RETRY)) {
+            return Kept { client, lost };
+        }
+        match attach_again(opts, id) {
+            Ok(attached) => {
+                client = Some(attached);
+                lost = None;
+            }
+            Err(Some(refused)) => {
+                // This daemon will not take the session (closed, removed): nothing to retry.
+                lost = Some(format!("the daemon restarted: {refused}"));
+                is_woken(woken, None);
+                return Kept { client, lost };
+            }
+            Err(None) => {}
+        }
+    }
+}
+
+/// Attaches the session through a new connection. `Err(None)`: no daemon answers yet, or it
+/// is starting, stopping or busy with the session for a moment (try again); `Err(Some(why))`:
+/// it refuses, or speaks another protocol (an upgrade), and trying again would not help.
+fn attach_again(opts: &ConnectOptions, id: &str) -> Result<BlockingClient, Option<String>> {
+    let attached = BlockingClient::connect(opts).and_then(|mut client| {
+        client
+            .call::<Attach>(AttachParams {
+                session: Some(id.to_string()),
+                project: None,
+                context: None,
+                pid: std::process::id(),
+            })
+            .map(|_| client)
+    });
+    match attached {
+        Ok(client) => Ok(client),
+        Err(
+            ClientError::NotRunning { .. }
+            | ClientError::SocketMissing { .. }
+            | ClientError::Connect { .. }
+            | ClientError::Disconnected(_)
+            | ClientError::Timeout(_),
+        ) => Err(None),
+        Err(ClientError::Remote { code, .. })
+            if [
+                ErrorCode::BUSY,
+                ErrorCode::SHUTTING_DOWN,
+                ErrorCode::TIMEOUT,
+            ]
+            .contains(&code) =>
+        {
+            Err(None)
+        }
+        Err(refused) => Err(Some(refused.to_string())),
+    }
+}
+
+/// Whether the keeper has been told to stop, waiting at most `wait` (`None`: until it is).
+fn is_woken(woken: &std::os::fd::OwnedFd, wait: Option<Duration>) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let timeout = match wait {
+        Some(wait) => PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX),
+        None => PollTimeout::NONE,
+    };
+    let mut fds = [PollFd::new(woken.as_fd(), PollFlags::POLLIN)];
+    loop {
+        match poll(&mut fds, timeout) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return true,
+            Ok(_) => return fds[0].revents().is_some_and(|r| !r.is_empty()),
+        }
     }
 }
 
