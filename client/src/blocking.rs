@@ -267,6 +267,9 @@ impl BlockingClient {
                 Err(ClientError::Timeout(self.timeout))
             }
             Err(FrameError::Io(e)) => Err(ClientError::Disconnected(e.to_string())),
+            // The daemon dropped the connection part-way through sending: that is the
+            // connection's end, not a frame this client misread.
+            Err(e @ FrameError::Truncated { .. }) => Err(ClientError::Disconnected(e.to_string())),
             Err(e) => Err(ClientError::Protocol(e.to_string())),
         }
     }

@@ -5,11 +5,11 @@
 //! - the **reader** waits (without a time limit) for the next frame to begin, then gives the
 //!   rest of it `frame_timeout` to arrive; it answers each request through the outbox, in
 //!   arrival order;
-//! - the **writer** drains the outbox, and the connection's event queue, to the socket, giving
-//!   each write `write_timeout`.
+//! - the **writer** drains the outbox, and the connection's event queue, to the socket,
+//!   dropping the client when it accepts no byte for `write_timeout` (a slow reader is kept).
 //!
 //! They share nothing but a bounded channel, so a client that stops reading fills its own
-//! outbox, stalls only its own reader, and is dropped when a write times out. Events never wait
+//! outbox, stalls only its own reader, and is dropped when a write makes no progress. Events never wait
 //! for anyone: the queue they land in is bounded, and overflow becomes a `lagged` notice. No lock is held
 //! across any of this I/O, and nothing here can make another connection wait.
 //!
@@ -542,16 +542,42 @@ async fn write_loop(
                 bytes = batch;
             }
         }
-        match tokio::time::timeout(ctx.config.write_timeout(), w.write_all(&bytes)).await {
-            Ok(Ok(())) => ctx.note_answer_written(bytes.len()),
-            Ok(Err(_)) => return Err("client went away"),
-            Err(_) => {
+        match write_while_accepted(&mut w, &bytes, ctx.config.write_timeout()).await {
+            Ok(()) => ctx.note_answer_written(bytes.len()),
+            Err(Stall::Gone) => return Err("client went away"),
+            Err(Stall::Stopped) => {
                 warn!(
-                    "client stopped reading for {:?}; dropping it",
+                    "client accepted nothing for {:?}; dropping it",
                     ctx.config.write_timeout()
                 );
                 return Err("client stopped reading");
             }
+        }
+    }
+    Ok(())
+}
+
+/// Why a write to a client ended early.
+enum Stall {
+    /// The connection failed.
+    Gone,
+    /// The client accepted no byte for the whole write timeout.
+    Stopped,
+}
+
+/// Writes all of `bytes`, giving up only when the client accepts nothing for `stall`: the
+/// timeout is on progress, not on the whole write, so a slow but steady reader (a terminal
+/// over ssh taking a batch of events that is megabytes long) is kept however long it takes.
+async fn write_while_accepted(
+    w: &mut &Stream,
+    mut bytes: &[u8],
+    stall: std::time::Duration,
+) -> Result<(), Stall> {
+    while !bytes.is_empty() {
+        match tokio::time::timeout(stall, w.write(bytes)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(Stall::Gone),
+            Ok(Ok(n)) => bytes = &bytes[n..],
+            Err(_) => return Err(Stall::Stopped),
         }
     }
     Ok(())

@@ -1317,6 +1317,17 @@ impl Registry {
         self.attached.get(&id).map(|&(_, pid)| pid)
     }
 
+    /// Where each of a session's queued turns stands in its queue (1 = next).
+    pub fn queue_positions(&self, session: SessionId) -> HashMap<TurnId, u32> {
+        self.queues.get(&session).map_or_else(HashMap::new, |q| {
+            q.queued
+                .iter()
+                .enumerate()
+                .map(|(i, turn)| (*turn, i as u32 + 1))
+                .collect()
+        })
+    }
+
     fn position(&self, turn: TurnId) -> Option<u32> {
         let t = self.turns.get(&turn)?;
         let queue = self.queues.get(&t.session)?;

@@ -8,7 +8,7 @@ use sessiond_proto::methods::{
     SubmitParams, SubmitResult, SubscribeParams, SubscribeResult, SwitchResult, UnsubscribeParams,
     UnsubscribeResult,
 };
-use sessiond_proto::session::{Owner, SessionInfo, TurnInfo};
+use sessiond_proto::session::{Owner, SessionInfo, TurnInfo, TurnStatus};
 use sessiond_proto::ErrorCode;
 
 use crate::conn::Conn;
@@ -196,24 +196,54 @@ pub fn log(ctx: &Daemon, _conn: &Conn, _id: u64, p: LogParams) -> HandlerResult<
             )
         })?),
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let (filter, last) = (digits, p.last);
-    registry.read(Box::new(move |conn| {
-        let _ = tx.send(crate::store::transcript(
-            conn,
-            session,
-            filter.as_deref(),
-            last,
+    if p.max_bytes == Some(0) {
+        return Err(RequestError::new(
+            ErrorCode::INVALID_ARGUMENT,
+            "max_bytes must be at least 1; leave it out for the whole transcript at once",
         ));
+    }
+    // The store does not know queue positions; taken now, they are as of the request.
+    let positions = registry.queue_positions(session);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (last, from, max_bytes) = (p.last, p.from, p.max_bytes);
+    registry.read(Box::new(move |conn| {
+        let select = crate::store::Selection {
+            digits: digits.as_deref(),
+            last,
+            from,
+            max_bytes,
+        };
+        let _ = tx.send(crate::store::transcript(conn, session, select));
     }));
     let turn = p.turn;
     Ok(Reply::Deferred(Box::pin(async move {
         match rx.await {
-            Ok(Ok(Some(turns))) => Ok(LogResult {
-                session,
-                generation,
-                turns,
-            }),
+            Ok(Ok(Some((mut turns, next)))) => {
+                for entry in &mut turns {
+                    if entry.turn.status == TurnStatus::Queued {
+                        entry.turn.position = positions.get(&entry.turn.turn_id).copied();
+                    }
+                }
+                Ok(LogResult {
+                    session,
+                    generation,
+                    turns,
+                    next,
+                })
+            }
+            Ok(Ok(None)) if from.is_some() => Err(RequestError::new(
+                ErrorCode::NOT_FOUND,
+                format!(
+                    "session {} has no turn {} to go on from{}; start again without `from`",
+                    session.short(),
+                    from.map_or(String::new(), |f| f.turn.short()),
+                    if turn.is_some() {
+                        " among the turns asked for"
+                    } else {
+                        ""
+                    }
+                ),
+            )),
             Ok(Ok(None)) => Err(RequestError::new(
                 ErrorCode::NOT_FOUND,
                 format!(

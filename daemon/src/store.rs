@@ -110,9 +110,30 @@ impl From<rusqlite::Error> for DbError {
     }
 }
 
-/// A session's turns and their output, oldest first; `digits` (a turn id's hex digits, as
-/// `registry::turn_digits` gives them) narrows to the turns whose id starts with them, and
-/// `last` to the last N turns. `None` when `digits` matched none of the session's turns.
+/// Which part of a session's transcript to read: the `log` method's narrowing and paging.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Selection<'a> {
+    /// A turn id's hex digits (as `registry::turn_digits` gives them): only the turns whose
+    /// id starts with them.
+    pub digits: Option<&'a str>,
+    /// Only the last N turns (ignored with `from`).
+    pub last: Option<u32>,
+    /// Go on from here: this turn and those after it, the first from this chunk.
+    pub from: Option<sessiond_proto::methods::LogCursor>,
+    /// Stop after about this many bytes of prompts and output (always taking one chunk).
+    pub max_bytes: Option<u64>,
+}
+
+/// A read transcript: its turns (the last perhaps cut short), and where the rest begins
+/// when `max_bytes` cut it.
+pub type Transcript = (
+    Vec<sessiond_proto::methods::LogTurn>,
+    Option<sessiond_proto::methods::LogCursor>,
+);
+
+/// A session's turns and their output, oldest first, as `select` narrows and pages them.
+/// `None` when `select.digits` matched none of the session's turns, or `select.from` names
+/// no turn of the selection.
 ///
 /// The prefix is matched here rather than with SQL's `LIKE`: ids are stored hyphenated, so a
 /// prefix of the plain form would miss past its eighth digit, and `%` or `_` in a pattern
@@ -120,10 +141,9 @@ impl From<rusqlite::Error> for DbError {
 pub fn transcript(
     conn: &Connection,
     session: SessionId,
-    digits: Option<&str>,
-    last: Option<u32>,
-) -> rusqlite::Result<Option<Vec<sessiond_proto::methods::LogTurn>>> {
-    use sessiond_proto::methods::{LogTurn, OutputChunk};
+    select: Selection<'_>,
+) -> rusqlite::Result<Option<Transcript>> {
+    use sessiond_proto::methods::{LogCursor, LogTurn, OutputChunk};
     let mut stmt = conn.prepare_cached(
         "SELECT turn_id, queue_order, prompt, kind, status, created_at, started_at, ended_at,
                 exit_code, error
@@ -133,6 +153,7 @@ pub fn transcript(
     let mut turns = Vec::new();
     let mut rows = stmt.query(params![session.to_string()])?;
     let mut plain = [0u8; uuid::fmt::Simple::LENGTH];
+    let digits = select.digits;
     while let Some(r) = rows.next()? {
         let id_text: String = r.get(0)?;
         let Ok(turn_id) = id_text.parse::<TurnId>() else {
@@ -167,30 +188,59 @@ pub fn transcript(
     if digits.is_some() && turns.is_empty() {
         return Ok(None);
     }
-    if let Some(last) = last {
+    let mut first_chunk = 0;
+    if let Some(from) = select.from {
+        let Some(at) = turns.iter().position(|t| t.turn_id == from.turn) else {
+            return Ok(None);
+        };
+        turns.drain(..at);
+        first_chunk = from.chunk;
+    } else if let Some(last) = select.last {
         let skip = turns.len().saturating_sub(last as usize);
         turns.drain(..skip);
     }
+    let budget = select.max_bytes.unwrap_or(u64::MAX);
+    let mut used = 0u64;
     let mut output = conn.prepare_cached(
-        "SELECT chunk, stream, data FROM turn_output WHERE turn_id = ?1 ORDER BY chunk",
+        "SELECT chunk, stream, data FROM turn_output WHERE turn_id = ?1 AND chunk >= ?2
+         ORDER BY chunk",
     )?;
     let mut log = Vec::with_capacity(turns.len());
-    for turn in turns {
-        let chunks = output
-            .query_map(params![turn.turn_id.to_string()], |r| {
-                Ok(OutputChunk {
-                    chunk: r.get::<_, i64>(0)? as u64,
-                    stream: r.get(1)?,
-                    data: String::from_utf8_lossy(&r.get::<_, Vec<u8>>(2)?).into_owned(),
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut next = None;
+    'turns: for turn in turns {
+        let start = std::mem::take(&mut first_chunk);
+        if used >= budget && !log.is_empty() {
+            next = Some(LogCursor {
+                turn: turn.turn_id,
+                chunk: start,
+            });
+            break;
+        }
+        used += turn.prompt.len() as u64;
+        let id = turn.turn_id;
         log.push(LogTurn {
             turn,
-            output: chunks,
+            output: Vec::new(),
         });
+        let mut rows = output.query(params![id.to_string(), start as i64])?;
+        while let Some(r) = rows.next()? {
+            let chunk = r.get::<_, i64>(0)? as u64;
+            let data = r.get_ref(2)?.as_bytes()?;
+            let taken = log.len() > 1 || !log[0].output.is_empty();
+            if used + data.len() as u64 > budget && taken {
+                next = Some(LogCursor { turn: id, chunk });
+                break 'turns;
+            }
+            used += data.len() as u64;
+            let chunk = OutputChunk {
+                chunk,
+                stream: r.get(1)?,
+                data: String::from_utf8_lossy(data).into_owned(),
+            };
+            log.last_mut().expect("pushed above").output.push(chunk);
+        }
     }
-    Ok(Some(log))
+    Ok(Some((log, next)))
 }
 
 /// One row write.
@@ -1054,7 +1104,9 @@ mod tests {
         assert_eq!(running.worker_pid, Some(4242));
         assert_eq!(running.order, -5);
         let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        let log = transcript(&conn, s.id, None, None).unwrap().unwrap();
+        let (log, _) = transcript(&conn, s.id, Selection::default())
+            .unwrap()
+            .unwrap();
         let ended = &log
             .iter()
             .find(|t| t.turn.turn_id == ending.id)

@@ -479,6 +479,23 @@ pub struct LogParams {
     /// Only the last N turns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last: Option<u32>,
+    /// Answer with about this many bytes of prompts and output at most (always at least one
+    /// chunk), and say in `next` where the rest begins. Without it the whole selection comes
+    /// in one answer, which a client may be unable to take: see [`LogResult::next`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Where to go on from: the `next` of the previous answer. The selection is then the
+    /// turns from that one on (still narrowed by `turn`; `last` no longer applies), the first
+    /// of them from that chunk of its output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<LogCursor>,
+}
+
+/// A place in a transcript: a turn, and the first chunk of its output still to come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogCursor {
+    pub turn: crate::session::TurnId,
+    pub chunk: u64,
 }
 
 /// Result of `log`.
@@ -490,6 +507,10 @@ pub struct LogResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
     pub turns: Vec<LogTurn>,
+    /// When `max_bytes` cut the answer short: ask again with this as `from` (and the same
+    /// session, by id) for the rest. Absent when the transcript is complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<LogCursor>,
 }
 
 /// One turn of a transcript.

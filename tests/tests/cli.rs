@@ -372,3 +372,25 @@ fn daemon_that_never_answers_times_out_with_exit_3() {
         .result(format!("exit {} with timeout; no hang", out.code()))
         .record();
 }
+
+#[test]
+fn a_daemon_that_goes_mid_answer_is_a_lost_connection_not_a_protocol_error() {
+    let sb = Sandbox::new();
+    // Half of a frame announced as 100 bytes, then the connection closes: a daemon killed, or
+    // one that dropped a client it judged stalled, part-way through a write.
+    let mut cut = 100u32.to_be_bytes().to_vec();
+    cut.extend_from_slice(&[0x80; 50]);
+    let server = fake_daemon(&sb, cut);
+    let out = sb.ctl(&["--no-autostart", "--json", "ping"]);
+    server.join().unwrap();
+    assert_eq!(out.code(), 3, "{}", out.stderr());
+    let err = out.json_error();
+    assert_eq!(err["error"]["code"], "disconnected", "{err}");
+    assert!(
+        !err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("different builds"),
+        "{err}"
+    );
+}

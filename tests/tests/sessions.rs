@@ -1754,3 +1754,54 @@ fn current_prints_nothing_without_a_session_and_says_when_it_is_closed() {
         "{current}"
     );
 }
+
+#[test]
+fn text_from_elsewhere_cannot_drive_the_terminal_but_json_keeps_it_exact() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    // A directory name that would clear the screen, retitle the window and turn text red.
+    let hostile = "p\u{1b}[2J\u{1b}]0;T\u{7}\u{1b}[31mX";
+    let project = sb.project(hostile);
+    sb.ctl(&["new", "--project", path_str(&project), "--name", "esc"])
+        .ok();
+    sb.ctl(&["switch", "esc"]).ok();
+    // A prompt whose carriage return would hide what ran behind a harmless-looking line.
+    sb.ctl(&["send", "--wait", "echo ran # \r\u{1b}[2K$ echo harmless"])
+        .ok();
+    for args in [
+        &["list"][..],
+        &["show", "esc"],
+        &["current"],
+        &["switch", "esc"],
+        &["queue"],
+        &["log", "esc"],
+    ] {
+        let shown = sb.ctl(args).ok();
+        assert!(!shown.contains('\u{1b}'), "{args:?}: {shown:?}");
+        assert!(!shown.contains('\r'), "{args:?}: {shown:?}");
+    }
+    assert!(sb
+        .ctl(&["show", "esc"])
+        .ok()
+        .contains("p\\u{1b}[2J\\u{1b}]0;T\\u{7}\\u{1b}[31mX"));
+    assert!(sb
+        .ctl(&["log", "esc"])
+        .ok()
+        .contains("$ echo ran # \\r\\u{1b}[2K$ echo harmless\nran\n"));
+    // Errors that quote it, too.
+    let missing = project.join("missing");
+    let refused = sb.ctl(&["new", "--project", path_str(&missing)]);
+    assert_eq!(refused.code(), 1, "{}", refused.stderr());
+    assert!(
+        refused.stderr().contains("\\u{1b}[2J"),
+        "{}",
+        refused.stderr()
+    );
+    assert!(!refused.stderr().contains('\u{1b}'), "{}", refused.stderr());
+    // JSON carries the exact text, escaped as JSON.
+    let json = sb.ctl(&["--json", "show", "esc"]).json();
+    assert!(
+        json["project"].as_str().unwrap().ends_with(hostile),
+        "{json}"
+    );
+}

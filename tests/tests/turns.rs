@@ -1578,3 +1578,202 @@ fn oversized_prompts_and_frames_are_refused_with_their_reason() {
     assert!(queue["running"].is_null(), "nothing was queued: {queue}");
     assert_eq!(queue["queued"].as_array().unwrap().len(), 0, "{queue}");
 }
+
+#[test]
+fn a_slow_but_steady_follower_is_kept_however_long_the_output_takes() {
+    use std::io::Read;
+    // The daemon drops a client that accepts nothing for 1 s; this one always accepts
+    // something, just slowly: 2 MB of output at about 0.8 MB/s takes seconds to pass. (The
+    // socket frees room a buffer of about 100 KB at a time, so much less than 1 s would drop
+    // a reader this slow between two of them.)
+    let sb = Sandbox::with_config("[daemon]\nwrite_timeout_ms = 1000\n");
+    sb.ctl(&["daemon", "start"]).ok();
+    shell_session(&sb);
+    let errors = sb.root.join("follow.err");
+    let mut follow = sb
+        .sessionctl()
+        .args(["log", "--follow", "job"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&errors).unwrap())
+        .spawn()
+        .expect("spawn log --follow");
+    let mut out = follow.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = out.read(&mut buf) {
+            reader.lock().unwrap().extend_from_slice(&buf[..n]);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    });
+    let spew = "i=0; while [ $i -lt 2000 ]; do printf '%01000d\\n' $i; i=$((i+1)); done";
+    sb.ctl(&["send", "--wait", spew]).ok();
+    sessiond_tests::eventually("the follower to read the turn's end", || {
+        String::from_utf8_lossy(&seen.lock().unwrap()).contains("completed (exit 0)")
+    });
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "log --follow ended: {}",
+        std::fs::read_to_string(&errors).unwrap()
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
+}
+
+#[test]
+fn log_follow_heads_live_output_with_the_turn_it_belongs_to() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = shell_session(&sb);
+    let (running, _) = start_worker(
+        &sb,
+        &project,
+        "echo $$ > worker.pid; echo before; while [ ! -e go ]; do sleep 0.05; done; echo after",
+    );
+    sb.ctl(&["send", "echo queued-output"]).ok();
+    // The transcript says where a queued turn stands, as `queue` does.
+    let log = sb.ctl(&["--json", "log", "job"]).json();
+    assert_eq!(log["turns"][1]["turn"]["position"], 1, "{log}");
+    assert!(log["turns"][0]["turn"].get("position").is_none(), "{log}");
+    let export = sb.ctl(&["export", "job"]).stdout();
+    let queued: serde_json::Value = serde_json::from_str(export.lines().last().unwrap()).unwrap();
+    assert_eq!(queued["position"], 1, "{queued}");
+    // The history ends with the queued turn's header and prompt; what the running turn
+    // writes next must not read as the queued turn's output.
+    let (mut follow, lines) = sb.spawn_lines(&["log", "--follow", "job"]);
+    let wait = std::time::Duration::from_secs(20);
+    let next = || {
+        lines
+            .recv_timeout(wait)
+            .unwrap_or_else(|_| panic!("log --follow printed no further line"))
+    };
+    while next() != "$ echo queued-output" {}
+    std::fs::write(project.join("go"), "").unwrap();
+    let short = &running[..8];
+    assert_eq!(next(), format!("── {short} running ──"));
+    assert_eq!(next(), "after");
+    assert_eq!(next(), format!("── {short} completed (exit 0) ──"));
+    let _ = follow.kill();
+    let _ = follow.wait();
+}
+
+#[test]
+fn a_transcript_comes_in_pages_that_join_up_exactly() {
+    use sessiond_proto::methods::{Log, LogCursor, LogParams};
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    shell_session(&sb);
+    for prompt in [
+        "echo one; sleep 0.1; echo two",
+        "echo three; sleep 0.1; echo four",
+    ] {
+        sb.ctl(&["send", "--wait", prompt]).ok();
+    }
+    let id = sb.session_id("job");
+    sessiond_tests::tokio_runtime().block_on(async {
+        let client = sessiond_client::Client::connect(&sb.connect_options())
+            .await
+            .unwrap();
+        let ask = |from: Option<LogCursor>, max_bytes: Option<u64>| LogParams {
+            session: Some(id.clone()),
+            max_bytes,
+            from,
+            ..Default::default()
+        };
+        let whole = client.call::<Log>(ask(None, None)).await.unwrap();
+        assert!(whole.next.is_none());
+        let chunks: usize = whole.turns.iter().map(|t| t.output.len()).sum();
+        assert!(chunks >= 4, "{whole:?}");
+        // One byte a page: each page holds a single chunk (or a turn with none), and says
+        // where the next begins; joined, the pages are the whole transcript.
+        let mut joined: Vec<(String, u64, String)> = Vec::new();
+        let mut from = None;
+        let mut pages = 0;
+        loop {
+            let page = client.call::<Log>(ask(from, Some(1))).await.unwrap();
+            pages += 1;
+            let taken: usize = page.turns.iter().map(|t| t.output.len()).sum();
+            assert!(taken <= 1, "page {pages}: {page:?}");
+            for turn in &page.turns {
+                for c in &turn.output {
+                    joined.push((turn.turn.turn_id.to_string(), c.chunk, c.data.clone()));
+                }
+            }
+            match page.next {
+                Some(next) => from = Some(next),
+                None => break,
+            }
+        }
+        let expected: Vec<_> = whole
+            .turns
+            .iter()
+            .flat_map(|t| {
+                t.output
+                    .iter()
+                    .map(|c| (t.turn.turn_id.to_string(), c.chunk, c.data.clone()))
+            })
+            .collect();
+        assert_eq!(joined, expected);
+        assert!(pages >= chunks, "{pages} pages for {chunks} chunks");
+        // A place that is not in the transcript, and an empty budget, are refused.
+        let elsewhere = LogCursor {
+            turn: "00000000-0000-4000-8000-000000000000".parse().unwrap(),
+            chunk: 0,
+        };
+        let err = client
+            .call::<Log>(ask(Some(elsewhere), None))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "not_found", "{err}");
+        let err = client.call::<Log>(ask(None, Some(0))).await.unwrap_err();
+        assert_eq!(err.code(), "invalid_argument", "{err}");
+    });
+}
+
+#[test]
+fn log_and_export_read_a_transcript_larger_than_one_answer() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    shell_session(&sb);
+    // 2 × 9 MB of output: more than one page of the client's (16 MiB), so the second turn's
+    // output is cut between two answers.
+    let big = "head -c 9000000 /dev/zero | tr '\\0' a; echo";
+    sb.ctl(&["send", "--wait", big]).ok();
+    sb.ctl(&["send", "--wait", &format!("{big}; exit 3")]);
+    let log = sb.ctl(&["--json", "log", "job"]).json();
+    let turns = log["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 2);
+    assert!(log.get("next").is_none(), "joined into one document");
+    for turn in turns {
+        let chunks = turn["output"].as_array().unwrap();
+        for (i, c) in chunks.iter().enumerate() {
+            assert_eq!(c["chunk"], i as u64, "no chunk lost or repeated");
+        }
+        let bytes: usize = chunks
+            .iter()
+            .map(|c| c["data"].as_str().unwrap().len())
+            .sum();
+        assert_eq!(bytes, 9_000_001);
+    }
+    let text = sb.ctl(&["log", "job"]).stdout();
+    assert_eq!(text.matches("── ").count(), 2, "one header a turn");
+    let output: usize = text
+        .lines()
+        .filter(|l| !l.is_empty() && l.bytes().all(|b| b == b'a'))
+        .map(str::len)
+        .sum();
+    assert_eq!(output, 18_000_000, "all of both turns' output, once");
+    let export = sb.ctl(&["export", "job"]).stdout();
+    let lines: Vec<serde_json::Value> = export
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.iter().filter(|l| l["type"] == "turn").count(), 2);
+    let data: usize = lines
+        .iter()
+        .filter(|l| l["type"] == "output")
+        .map(|l| l["data"].as_str().unwrap().len())
+        .sum();
+    assert_eq!(data, 18_000_002);
+}

@@ -23,8 +23,11 @@ AUTOSTART:
 
 OUTPUT:
   Human-readable by default. With --json every command prints exactly one JSON document on
-  stdout (schemas: docs/cli-json.md), and an error prints {\"error\": {\"code\", \"message\",
-  \"exit_code\"}} on stderr. Nothing else is mixed in.
+  stdout (schemas: docs/cli-json.md), except the streams `watch` and `export`, which print
+  JSON Lines; an error prints {\"error\": {\"code\", \"message\", \"exit_code\"}} on stderr.
+  Nothing else is mixed in. Text from elsewhere shown to people (paths, prompts, provider
+  ids, messages) has its terminal control characters escaped (\\u{1b}); a turn's output in
+  `log` is printed as the turn wrote it.
 
 EXIT STATUS:
   0  success
@@ -601,7 +604,8 @@ pub struct LogArgs {
     /// Only the last N turns (N at least 1)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub last: Option<u32>,
-    /// Keep printing new turns and output as they come, until interrupted
+    /// Keep printing new turns and output as they come, until interrupted (exit 0) or the
+    /// daemon stops (exit 3). Not with --turn: follow the session, or `send --follow`
     #[arg(long, short = 'f', conflicts_with = "turn")]
     pub follow: bool,
 }

@@ -15,8 +15,19 @@ pub struct Out {
 }
 
 impl Out {
-    /// Prints `value` as JSON, or runs `human` to print it for people.
+    /// Prints `value` as JSON, or runs `human` to print it for people, with terminal control
+    /// characters shown as escapes (see [`Visible`]).
     pub fn emit<T: Serialize>(
+        &self,
+        value: &T,
+        human: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<(), ClientError> {
+        self.emit_verbatim(value, |w| human(&mut Visible(w)))
+    }
+
+    /// [`Self::emit`] for the one human form that must pass bytes on as they are: a
+    /// transcript, whose turns' output keeps its colours. Its writer escapes the rest itself.
+    pub fn emit_verbatim<T: Serialize>(
         &self,
         value: &T,
         human: impl FnOnce(&mut dyn Write) -> io::Result<()>,
@@ -30,8 +41,44 @@ impl Out {
         } else {
             human(&mut lock)
         };
-        finish(result.and_then(|()| lock.flush()))
+        written(result.and_then(|()| lock.flush()))
     }
+}
+
+/// A writer for text shown to people that comes partly from elsewhere (project paths, names,
+/// provider ids, prompts, the daemon's messages): terminal control characters in it are
+/// written as escapes (`\u{1b}`, `\r`), newlines and tabs kept, so such text cannot move the
+/// cursor, retitle the window, recolour the terminal or hide what precedes it.
+pub struct Visible<W: Write>(pub W);
+
+impl<W: Write> Write for Visible<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // Formatting writes whole `str` pieces, so a character is never split between calls.
+        self.0
+            .write_all(visible(&String::from_utf8_lossy(buf)).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// `text` with terminal control characters (C0 but newline and tab, DEL, C1) escaped.
+pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.contains(hidden) {
+        return text.into();
+    }
+    let mut shown = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if hidden(c) {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown.into()
 }
 
 impl Out {
@@ -44,12 +91,14 @@ impl Out {
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 Err(ClientError::Protocol(e.to_string()))
             }
-            result => finish(result.and_then(|()| lock.flush())),
+            result => written(result.and_then(|()| lock.flush())),
         }
     }
 }
 
-fn finish(result: io::Result<()>) -> Result<(), ClientError> {
+/// The end of printing: a closed stdout (`| head`) is a quiet success, any other failure an
+/// error naming it.
+pub fn written(result: io::Result<()>) -> Result<(), ClientError> {
     match result {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
@@ -66,7 +115,7 @@ pub fn report(err: &ClientError, json: bool) -> u8 {
         });
         eprintln!("{doc}");
     } else {
-        eprintln!("sessionctl: {err}");
+        eprintln!("sessionctl: {}", visible(&err.to_string()));
     }
     code
 }
@@ -91,5 +140,23 @@ pub fn human_duration(ms: u64) -> String {
         (0, 0, _) => format!("{m}m {sec}s"),
         (0, _, _) => format!("{h}h {m}m"),
         _ => format!("{d}d {h}h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_and_text_kept() {
+        assert_eq!(
+            visible("/tmp/p\u{1b}[2J\u{1b}]0;T\u{7}x\r\u{9b}y\u{7f}"),
+            "/tmp/p\\u{1b}[2J\\u{1b}]0;T\\u{7}x\\r\\u{9b}y\\u{7f}"
+        );
+        assert_eq!(visible("a\tb\nc ü €"), "a\tb\nc ü €");
+        let mut w = Visible(Vec::new());
+        let red = "\u{1b}[31m";
+        writeln!(w, "{red} ok").unwrap();
+        assert_eq!(w.0, b"\\u{1b}[31m ok\n");
     }
 }

@@ -7,14 +7,15 @@ use sessiond_client::{BlockingClient, ClientError, ConnectOptions};
 use sessiond_proto::envelope::Event;
 use sessiond_proto::frame;
 use sessiond_proto::methods::{
-    Cancel, Get, Log, LogParams, LogResult, Pause, Promote, Queue, Resume, SessionParams, Steer,
-    SteerParams, Submit, SubmitParams, Subscribe, SubscribeParams, TurnParams, MAX_PROMPT_BYTES,
+    Cancel, Get, Log, LogCursor, LogParams, LogResult, LogTurn, Pause, Promote, Queue, Resume,
+    SessionParams, Steer, SteerParams, Submit, SubmitParams, Subscribe, SubscribeParams,
+    TurnParams, MAX_PROMPT_BYTES,
 };
 use sessiond_proto::session::{event_kind, EventFilter, SessionEvent, TurnInfo, TurnStatus};
 use sessiond_proto::ErrorCode;
 
 use crate::cli::Target;
-use crate::output::Out;
+use crate::output::{written, Out};
 use crate::transcript::Transcript;
 
 /// What `send` was told.
@@ -282,36 +283,59 @@ pub fn promote(opts: &ConnectOptions, out: &Out, turn: &str) -> Result<(), Clien
     })
 }
 
-fn fetch_log(
-    opts: &ConnectOptions,
-    context: Option<&str>,
-    t: &Target,
-    turn: Option<&str>,
-    last: Option<u32>,
-) -> Result<LogResult, ClientError> {
-    let mut client = BlockingClient::connect(opts)?;
-    read_log(&mut client, context, t, turn, last)
-}
+/// Bytes of prompts and output asked for per answer when reading a transcript: far below the
+/// largest answer a client takes (`CLIENT_MAX_FRAME`), so a transcript of any size comes
+/// whole, in pages, and no answer holds much of it at once.
+const LOG_PAGE_BYTES: u64 = 16 << 20;
 
+/// Reads a transcript page by page, handing each page to `page` as it comes; stops early,
+/// returning what `page` failed with, when that fails (a closed stdout). Pages after the
+/// first name the session by id, so a switch meanwhile does not change what is read.
 fn read_log(
     client: &mut BlockingClient,
     context: Option<&str>,
     t: &Target,
     turn: Option<&str>,
     last: Option<u32>,
-) -> Result<LogResult, ClientError> {
+    mut page: impl FnMut(LogResult) -> std::io::Result<()>,
+) -> Result<std::io::Result<()>, ClientError> {
     let SessionParams {
         session,
         project,
         context,
     } = t.params(context)?;
-    client.call::<Log>(LogParams {
+    let mut params = LogParams {
         session,
         project,
         context,
         turn: turn.map(str::to_string),
         last,
-    })
+        max_bytes: Some(LOG_PAGE_BYTES),
+        from: None,
+    };
+    loop {
+        let result = client.call::<Log>(params.clone())?;
+        let (session, next) = (result.session, result.next);
+        if let Err(e) = page(result) {
+            return Ok(Err(e));
+        }
+        let Some(from) = next else {
+            return Ok(Ok(()));
+        };
+        params = LogParams {
+            session: Some(session.to_string()),
+            project: None,
+            context: None,
+            last: None,
+            from: Some(from),
+            ..params
+        };
+    }
+}
+
+/// Whether `entry` ends in this page: the page's `next` continues no other turn's output.
+fn ends_here(entry: &LogTurn, next: Option<LogCursor>) -> bool {
+    next.is_none_or(|n| n.turn != entry.turn.turn_id)
 }
 
 pub fn log(
@@ -326,58 +350,76 @@ pub fn log(
     if follow {
         return follow_log(opts, context, t, last);
     }
-    let result = fetch_log(opts, context, t, turn, last)?;
+    let mut client = BlockingClient::connect(opts)?;
+    if out.json {
+        // One document: the pages joined, a turn cut between two made whole again.
+        let mut whole: Option<LogResult> = None;
+        let joined = read_log(&mut client, context, t, turn, last, |page| {
+            let Some(whole) = whole.as_mut() else {
+                whole = Some(LogResult { next: None, ..page });
+                return Ok(());
+            };
+            let mut turns = page.turns.into_iter();
+            if let (Some(cut), Some(first)) = (whole.turns.last_mut(), turns.as_slice().first()) {
+                if cut.turn.turn_id == first.turn.turn_id {
+                    let rest = turns.next().expect("looked at above");
+                    cut.output.extend(rest.output);
+                }
+            }
+            whole.turns.extend(turns);
+            Ok(())
+        })?;
+        written(joined)?;
+        return out.emit_verbatim(&whole.expect("a first page"), |_| Ok(()));
+    }
     let now = sessiond_proto::now_ms();
-    out.emit(&result, |w| {
-        if result.turns.is_empty() {
-            return writeln!(
-                w,
-                "no turns yet (`sessionctl send {} PROMPT` starts one)",
-                result.session.short()
-            );
+    let mut w = Transcript::new(std::io::BufWriter::new(std::io::stdout().lock()));
+    let mut session = None;
+    let printed = read_log(&mut client, context, t, turn, last, |page| {
+        session.get_or_insert(page.session);
+        for entry in &page.turns {
+            w.turn(entry, now, ends_here(entry, page.next))?;
         }
-        let mut transcript = Transcript::new(w);
-        for entry in &result.turns {
-            transcript.turn(entry, now)?;
-        }
-        transcript.end_line()
-    })
+        Ok(())
+    })?;
+    let ended = printed.and_then(|()| match session {
+        Some(session) if w.is_empty() => writeln!(
+            w.inner(),
+            "no turns yet (`sessionctl send {} PROMPT` starts one)",
+            session.short()
+        ),
+        _ => w.end_line(),
+    });
+    written(ended.and_then(|()| w.flush()))
 }
 
 pub fn export(opts: &ConnectOptions, context: Option<&str>, t: &Target) -> Result<(), ClientError> {
-    let result = fetch_log(opts, context, t, None, None)?;
+    let mut client = BlockingClient::connect(opts)?;
     let mut w = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut emit = |value: serde_json::Value| -> Result<(), ClientError> {
-        match writeln!(w, "{value}") {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-            Err(e) => Err(ClientError::Local(format!("cannot write output: {e}"))),
-        }
-    };
-    for entry in &result.turns {
-        let mut turn =
-            serde_json::to_value(&entry.turn).map_err(|e| ClientError::Local(e.to_string()))?;
-        turn["type"] = "turn".into();
-        emit(turn)?;
-        for chunk in &entry.output {
-            emit(serde_json::json!({
-                "type": "output",
-                "turn_id": entry.turn.turn_id,
-                "chunk": chunk.chunk,
-                "stream": chunk.stream,
-                "data": chunk.data,
-            }))?;
-        }
-    }
-    w.flush()
-        .or_else(|e| {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                Ok(())
-            } else {
-                Err(e)
+    // The turn whose output a page cut: its `turn` line is out already.
+    let mut cut = None;
+    let exported = read_log(&mut client, context, t, None, None, |page| {
+        for entry in &page.turns {
+            if cut != Some(entry.turn.turn_id) {
+                let mut turn = serde_json::to_value(&entry.turn).map_err(std::io::Error::from)?;
+                turn["type"] = "turn".into();
+                writeln!(w, "{turn}")?;
             }
-        })
-        .map_err(|e| ClientError::Local(format!("cannot write output: {e}")))
+            for chunk in &entry.output {
+                let line = serde_json::json!({
+                    "type": "output",
+                    "turn_id": entry.turn.turn_id,
+                    "chunk": chunk.chunk,
+                    "stream": chunk.stream,
+                    "data": chunk.data,
+                });
+                writeln!(w, "{line}")?;
+            }
+        }
+        cut = page.next.map(|n| n.turn);
+        Ok(())
+    })?;
+    written(exported.and_then(|()| w.flush()))
 }
 
 /// Prints the transcript, then what happens next, live. Subscribing comes first so nothing
@@ -406,7 +448,6 @@ fn follow_log(
         session: Some(info.id.to_string()),
         project: None,
     };
-    let result = read_log(&mut client, None, &target, None, last)?;
     let mut printed: HashMap<sessiond_proto::session::TurnId, u64> = HashMap::new();
     let mut w = Transcript::new(std::io::stdout().lock());
     let fail = |e: std::io::Error| ClientError::Local(format!("cannot write output: {e}"));
@@ -415,23 +456,29 @@ fn follow_log(
     // turn's start (shown as running or settled), its settling.
     let mut started = std::collections::HashSet::new();
     let mut settled = std::collections::HashSet::new();
-    for entry in &result.turns {
-        w.turn(entry, now).map_err(fail)?;
-        if let Some(last) = entry.output.last() {
-            printed.insert(entry.turn.turn_id, last.chunk + 1);
-        }
-        match entry.turn.status {
-            TurnStatus::Queued => {}
-            TurnStatus::Running => {
-                started.insert(entry.turn.turn_id);
+    let history = read_log(&mut client, None, &target, None, last, |page| {
+        for entry in &page.turns {
+            w.turn(entry, now, ends_here(entry, page.next))?;
+            if let Some(last) = entry.output.last() {
+                printed.insert(entry.turn.turn_id, last.chunk + 1);
             }
-            _ => {
-                started.insert(entry.turn.turn_id);
-                settled.insert(entry.turn.turn_id);
+            match entry.turn.status {
+                TurnStatus::Queued => {}
+                TurnStatus::Running => {
+                    started.insert(entry.turn.turn_id);
+                }
+                _ => {
+                    started.insert(entry.turn.turn_id);
+                    settled.insert(entry.turn.turn_id);
+                }
             }
         }
+        Ok(())
+    })?;
+    match history.and_then(|()| w.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        other => other.map_err(fail)?,
     }
-    w.flush().map_err(fail)?;
     client.set_timeout(None)?;
     while let Some(payload) = client.next_event()? {
         let Some(event) = session_event(&payload)? else {
@@ -455,7 +502,7 @@ fn follow_log(
                 let next = printed.entry(turn).or_insert(0);
                 if chunk >= *next {
                     *next = chunk + 1;
-                    w.output(&event.data.data.unwrap_or_default())
+                    w.output_of(turn, &event.data.data.unwrap_or_default())
                         .map_err(fail)?;
                 }
             }
