@@ -122,7 +122,7 @@ fn daemon_command(opts: &ConnectOptions) -> Command {
 
 fn cannot_run(program: &Path, e: &std::io::Error) -> String {
     format!(
-        "cannot run {}: {e}; install sessiond beside sessionctl or on PATH, or set \
+        "cannot run {}: {e}; install sessiond beside this program or on PATH, or set \
          SESSIOND_BIN to it",
         program.display()
     )

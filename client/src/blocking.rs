@@ -36,6 +36,9 @@ pub struct BlockingClient {
     timeout: Duration,
     /// Events that arrived while waiting for an answer, kept for [`Self::next_event`].
     events: VecDeque<Vec<u8>>,
+    /// Why the connection cannot be used any more, once a read or write failed (a timeout
+    /// included: the answer may still come, or half of it may have been read).
+    broken: Option<String>,
 }
 
 impl BlockingClient {
@@ -50,8 +53,11 @@ impl BlockingClient {
                 connect_with_backoff(opts)?
             }
         };
+        // A write waits at most this long for the daemon to take a byte, too: a stopped
+        // daemon must not hold a large request's write for ever.
         stream
             .set_recv_timeout(Some(opts.timeout))
+            .and_then(|()| stream.set_send_timeout(Some(opts.timeout)))
             .map_err(|e| ClientError::Local(format!("cannot set socket timeout: {e}")))?;
         Ok(Self {
             reader: BufReader::new(stream),
@@ -60,11 +66,34 @@ impl BlockingClient {
             next_id: 1,
             timeout: opts.timeout,
             events: VecDeque::new(),
+            broken: None,
         })
+    }
+
+    /// Refuses to go on after a failure that may have left the connection part-way through a
+    /// frame: what came next would be read from the middle of one.
+    fn usable(&self) -> Result<(), ClientError> {
+        match &self.broken {
+            None => Ok(()),
+            Some(why) => Err(ClientError::Disconnected(format!(
+                "this connection cannot be used after an earlier failure ({why}); connect again"
+            ))),
+        }
+    }
+
+    /// Notes that `result` failed in a way that ends the connection's usefulness.
+    fn note<T>(&mut self, result: Result<T, ClientError>) -> Result<T, ClientError> {
+        if let Err(e) = &result {
+            if self.broken.is_none() {
+                self.broken = Some(e.to_string());
+            }
+        }
+        result
     }
 
     /// Writes `bytes`, preceded by the hello if it has not gone out yet.
     fn send(&mut self, bytes: &[u8], what: &str) -> Result<(), ClientError> {
+        self.usable()?;
         let mut w = self.reader.get_ref();
         let sent = match self.hello.take() {
             Some(mut first) => {
@@ -73,7 +102,13 @@ impl BlockingClient {
             }
             None => w.write_all(bytes),
         };
-        sent.map_err(|e| self.refusal_or(format!("sending {what}: {e}")))
+        let sent = sent.map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                ClientError::Timeout(self.timeout)
+            }
+            _ => self.refusal_or(format!("sending {what}: {e}")),
+        });
+        self.note(sent)
     }
 
     /// After a failed write: a daemon that refuses a connection (another user, too many
@@ -160,7 +195,7 @@ impl BlockingClient {
             match (head.kind.as_str(), head.id) {
                 ("response", Some(got)) if got == id => return Ok((payload, result)),
                 ("error", Some(got)) if got == id => return Err(exchange::error(&payload)),
-                ("error", None) => return Err(exchange::error(&payload)),
+                ("error", None) => return self.note(Err(exchange::error(&payload))),
                 ("event", _) => self.events.push_back(payload.into_vec()),
                 // An answer to an earlier call that timed out on our side: drop it.
                 _ => {}
@@ -168,8 +203,10 @@ impl BlockingClient {
         }
     }
 
-    /// The next pushed event's payload (waiting for it), or `None` when the daemon closed
-    /// the connection. Waits at most the timeout set by [`Self::set_timeout`].
+    /// The next pushed event's payload (waiting for it). `Ok(None)` when the daemon closed
+    /// the connection without a word; the error it closed it with when it sent one (a daemon
+    /// stopping sends `shutting_down`). Waits at most the timeout set by
+    /// [`Self::set_timeout`].
     pub fn next_event(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
         if let Some(event) = self.events.pop_front() {
             return Ok(Some(event));
@@ -184,7 +221,7 @@ impl BlockingClient {
             let head = exchange::head(&payload)?;
             match (head.kind.as_str(), head.id) {
                 ("event", _) => return Ok(Some(payload.into_vec())),
-                ("error", None) => return Err(exchange::error(&payload)),
+                ("error", None) => return self.note(Err(exchange::error(&payload))),
                 _ => {}
             }
         }
@@ -239,7 +276,9 @@ impl BlockingClient {
         }
     }
 
-    /// Changes how long a read may wait; `None` waits forever (for following events).
+    /// Changes how long a read may wait; `None` waits forever (for following events). After a
+    /// read or write that fails, a timeout included, the connection cannot be used again:
+    /// connect anew.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
         self.timeout = timeout.unwrap_or(Duration::ZERO);
         self.reader
@@ -249,11 +288,12 @@ impl BlockingClient {
     }
 
     fn read_payload(&mut self) -> Result<Payload, ClientError> {
+        self.usable()?;
         let read = frame::read_header(&mut self.reader, CLIENT_MAX_FRAME).and_then(|len| {
             len.map(|len| Payload::read(&mut self.reader, len))
                 .transpose()
         });
-        match read {
+        let read = match read {
             Ok(Some(payload)) => Ok(payload),
             Ok(None) => Err(ClientError::Disconnected(
                 "the daemon closed the connection".into(),
@@ -266,12 +306,9 @@ impl BlockingClient {
             {
                 Err(ClientError::Timeout(self.timeout))
             }
-            Err(FrameError::Io(e)) => Err(ClientError::Disconnected(e.to_string())),
-            // The daemon dropped the connection part-way through sending: that is the
-            // connection's end, not a frame this client misread.
-            Err(e @ FrameError::Truncated { .. }) => Err(ClientError::Disconnected(e.to_string())),
-            Err(e) => Err(ClientError::Protocol(e.to_string())),
-        }
+            Err(e) => Err(ClientError::from_frame(e)),
+        };
+        self.note(read)
     }
 }
 

@@ -27,15 +27,28 @@ use crate::exchange;
 use crate::options::ConnectOptions;
 use crate::transport::{absent_error, try_connect_async, Attempt};
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, ClientError>>>>>;
+type Pending = Arc<Mutex<Calls>>;
+
+/// The calls waiting for answers, and, once the connection has ended, why.
+#[derive(Default)]
+struct Calls {
+    waiting: HashMap<u64, oneshot::Sender<Result<Vec<u8>, ClientError>>>,
+    /// Set when the reader stops: later calls fail at once with it rather than wait.
+    ended: Option<ClientError>,
+}
 
 /// Events buffered for the application. Answers never wait behind unread events: past this
 /// many, events are counted instead of kept, and the stream reports the gap as a `lagged`
 /// event, exactly as the daemon does for a connection that reads too slowly.
 const EVENT_BUFFER: usize = 4096;
 
-/// The pushed events of one connection, as raw frame payloads (decode with
-/// `sessiond_proto::frame::decode::<Event<_>>`). Obtained once from [`Client::take_events`].
+/// The pushed events of one connection, as raw frame payloads. Obtained once from
+/// [`Client::take_events`]; ends (`None`) when the connection does, or the [`Client`] is
+/// dropped.
+///
+/// Decode the head first (`sessiond_proto::frame::decode::<Event<IgnoredAny>>`, with serde's
+/// `IgnoredAny`): a `lagged` event (`event_kind::LAGGED`) carries `{missed}` instead of a
+/// session, and must be told apart before decoding the rest as `Event<SessionEvent>`.
 pub struct EventStream {
     shared: Arc<EventBuffer>,
 }
@@ -121,8 +134,12 @@ impl Outbox {
     fn send(&self, mut bytes: Vec<u8>) -> Result<(), ClientError> {
         let mut queued = lock(&self.queued);
         if *queued == 0 {
-            let written = write_without_waiting(&self.stream, &bytes)
-                .map_err(|e| ClientError::Disconnected(format!("sending a request: {e}")))?;
+            let written = match write_without_waiting(&self.stream, &bytes) {
+                Ok(written) => written,
+                // The daemon closed the connection, maybe saying why (a request too large):
+                // the reader gets that, and ends every call with it, this one included.
+                Err(_) => return Ok(()),
+            };
             if written == bytes.len() {
                 return Ok(());
             }
@@ -156,6 +173,13 @@ fn write_without_waiting(stream: &Stream, bytes: &[u8]) -> std::io::Result<usize
 }
 
 /// An async connection to the daemon.
+///
+/// `Send + Sync`: share one through an `Arc` and call it from any number of tasks at once;
+/// the calls are pipelined on the one connection. It does not reconnect: once the daemon has
+/// gone (a restart, say), every call fails at once with why, and the application connects
+/// again. A call that timed out, or whose future was dropped, may still have reached the
+/// daemon and been carried out: check before repeating one that changes something (a
+/// `submit`).
 pub struct Client {
     outbox: Arc<Outbox>,
     pending: Pending,
@@ -172,6 +196,8 @@ impl Drop for Client {
         for task in &self.tasks {
             task.abort();
         }
+        // The reader, aborted, cannot end the stream itself.
+        self.events.close();
     }
 }
 
@@ -218,7 +244,7 @@ impl Client {
         });
         let events = Arc::new(EventBuffer::default());
         let reader_task = tokio::spawn(read_loop(reader, pending.clone(), events.clone()));
-        let writer_task = tokio::spawn(write_loop(outbox.clone(), queue, pending.clone()));
+        let writer_task = tokio::spawn(write_loop(outbox.clone(), queue));
         Ok(Client {
             outbox,
             pending,
@@ -242,7 +268,13 @@ impl Client {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let bytes = exchange::request::<M>(id, &params)?;
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(id, tx);
+        {
+            let mut calls = lock(&self.pending);
+            if let Some(why) = &calls.ended {
+                return Err(why.duplicate());
+            }
+            calls.waiting.insert(id, tx);
+        }
         let exchange = async {
             self.outbox.send(bytes)?;
             match rx.await {
@@ -255,7 +287,7 @@ impl Client {
             .await
             .unwrap_or(Err(ClientError::Timeout(self.timeout)));
         if outcome.is_err() {
-            lock(&self.pending).remove(&id);
+            lock(&self.pending).waiting.remove(&id);
         }
         outcome
     }
@@ -308,6 +340,9 @@ async fn read_loop(mut reader: BufReader<OwnedRead>, pending: Pending, events: A
         let payload = match read_frame(&mut reader, CLIENT_MAX_FRAME, Duration::from_secs(60)).await
         {
             Ok(p) => p,
+            Err(sessiond_proto::frame::tokio_io::ReadError::Frame(e)) => {
+                break ClientError::from_frame(e)
+            }
             Err(e) => break ClientError::Disconnected(e.to_string()),
         };
         let (kind, id) = match exchange::head(&payload) {
@@ -316,7 +351,7 @@ async fn read_loop(mut reader: BufReader<OwnedRead>, pending: Pending, events: A
         };
         match (kind.as_str(), id) {
             ("response" | "error", Some(id)) => {
-                if let Some(waiter) = lock(&pending).remove(&id) {
+                if let Some(waiter) = lock(&pending).waiting.remove(&id) {
                     let _ = waiter.send(Ok(payload));
                 }
             }
@@ -326,42 +361,31 @@ async fn read_loop(mut reader: BufReader<OwnedRead>, pending: Pending, events: A
             _ => {}
         }
     };
-    fail_all(&pending, &why);
+    fail_all(&pending, why);
     events.close();
 }
 
 /// Writes what calls could not write at once, in the order they queued it.
-async fn write_loop(
-    outbox: Arc<Outbox>,
-    mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
-    pending: Pending,
-) {
+async fn write_loop(outbox: Arc<Outbox>, mut queue: mpsc::UnboundedReceiver<Vec<u8>>) {
     let mut w = &*outbox.stream;
     while let Some(bytes) = queue.recv().await {
-        if let Err(e) = w.write_all(&bytes).await {
-            fail_all(
-                &pending,
-                &ClientError::Disconnected(format!("sending a request: {e}")),
-            );
+        if w.write_all(&bytes).await.is_err() {
+            // As for a direct write: the reader learns why the daemon closed the connection
+            // (it may have said), and ends every call with that. Until it has, calls queue
+            // here unwritten, and their timeouts bound the wait.
             return;
         }
         *lock(&outbox.queued) -= 1;
     }
 }
 
-/// Fails every call still waiting, with the reason the connection ended.
-fn fail_all(pending: &Pending, why: &ClientError) {
-    for (_, waiter) in lock(pending).drain() {
-        let e = match why {
-            ClientError::Remote { code, message } => ClientError::Remote {
-                code: code.clone(),
-                message: message.clone(),
-            },
-            ClientError::VersionMismatch(m) => ClientError::VersionMismatch(m.clone()),
-            other => ClientError::Disconnected(other.to_string()),
-        };
-        let _ = waiter.send(Err(e));
+/// Ends every call still waiting, and every later one, with the reason the connection ended.
+fn fail_all(pending: &Pending, why: ClientError) {
+    let mut calls = lock(pending);
+    for (_, waiter) in calls.waiting.drain() {
+        let _ = waiter.send(Err(why.duplicate()));
     }
+    calls.ended = Some(why);
 }
 
 async fn connect_with_backoff(opts: &ConnectOptions) -> Result<Stream, ClientError> {

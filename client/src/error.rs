@@ -23,6 +23,9 @@ pub mod exit {
     pub const VERSION_MISMATCH: u8 = 4;
 }
 
+/// Everything a call or a connection can fail with. [`ClientError::code`] names each for
+/// machines (the `--json` error codes), [`ClientError::exit_code`] gives sessionctl's exit
+/// status, and the message says what failed and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing listens and the client may not start a daemon.
@@ -32,7 +35,10 @@ pub enum ClientError {
          is set)",
         socket.display()
     )]
-    NotRunning { socket: PathBuf },
+    NotRunning {
+        /// The socket nothing listens on.
+        socket: PathBuf,
+    },
 
     /// A daemon holds the instance lock but its socket is gone: it is stopping, or a cleaner
     /// deleted it.
@@ -43,12 +49,19 @@ pub enum ClientError {
          daemon restart`)",
         socket.display()
     )]
-    SocketMissing { socket: PathBuf, detail: String },
+    SocketMissing {
+        /// Where the socket should be.
+        socket: PathBuf,
+        /// The running daemon, as its pid file names it.
+        detail: String,
+    },
 
     /// The socket exists but connecting failed.
     #[error("cannot connect to sessiond at {}: {source}", socket.display())]
     Connect {
+        /// The socket tried.
         socket: PathBuf,
+        /// What connecting failed with.
         #[source]
         source: std::io::Error,
     },
@@ -56,8 +69,11 @@ pub enum ClientError {
     /// Starting the daemon failed.
     #[error("could not start sessiond: {reason}{}", log_tail_suffix(log, tail))]
     Autostart {
+        /// What went wrong.
         reason: String,
+        /// The daemon's log file.
         log: PathBuf,
+        /// Its last lines written by this start, if any.
         tail: String,
     },
 
@@ -67,19 +83,34 @@ pub enum ClientError {
 
     /// The daemon answered with an error.
     #[error("{message}")]
-    Remote { code: ErrorCode, message: String },
+    Remote {
+        /// The protocol's error code (proto/PROTOCOL.md).
+        code: ErrorCode,
+        /// The daemon's message: what failed and what to do.
+        message: String,
+    },
 
     /// The connection ended before the answer came.
     #[error("connection to sessiond lost: {0}; if it keeps happening, see `sessionctl daemon status` and the daemon's log")]
     Disconnected(String),
 
     /// No answer in time.
-    #[error("sessiond did not answer within {0:?}; it may be overloaded or stuck: see `sessionctl daemon status` and its log, or raise --timeout")]
+    #[error("sessiond did not answer within {0:?}; it may be overloaded or stuck: see `sessionctl daemon status` and its log, or allow longer (sessionctl --timeout; ConnectOptions::timeout)")]
     Timeout(Duration),
 
     /// The daemon sent something this client does not understand.
     #[error("unexpected answer from sessiond: {0}; the daemon and client may be from different builds (`sessionctl version`)")]
     Protocol(String),
+
+    /// An answer larger than this client takes (`sessiond_proto::frame::CLIENT_MAX_FRAME`).
+    /// The connection is unusable afterwards.
+    #[error("sessiond's answer is {len} bytes, more than this client takes ({max}); ask for less at a time (a transcript: page it with `log`'s max_bytes, as sessionctl does; a listing: filter it)")]
+    AnswerTooLarge {
+        /// The answer's announced length.
+        len: u64,
+        /// The most this client takes.
+        max: usize,
+    },
 
     /// The runtime or state directory is unusable.
     #[error(transparent)]
@@ -99,6 +130,48 @@ fn log_tail_suffix(log: &std::path::Path, tail: &str) -> String {
 }
 
 impl ClientError {
+    /// Why a frame could not be read: the connection's end (closed, cut part-way, failed),
+    /// an answer too large, or bytes that are not a frame.
+    pub(crate) fn from_frame(e: sessiond_proto::frame::FrameError) -> ClientError {
+        use sessiond_proto::frame::FrameError;
+        match e {
+            FrameError::TooLarge { len, max } => ClientError::AnswerTooLarge { len, max },
+            FrameError::Io(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                ClientError::Disconnected(format!("a frame stalled part-way: {e}"))
+            }
+            e @ (FrameError::Io(_) | FrameError::Truncated { .. }) => {
+                ClientError::Disconnected(e.to_string())
+            }
+            e => ClientError::Protocol(e.to_string()),
+        }
+    }
+
+    /// The same error again, for each of several waiters it ends (the type holds an
+    /// `io::Error`, which is not `Clone`).
+    pub(crate) fn duplicate(&self) -> ClientError {
+        match self {
+            ClientError::Remote { code, message } => ClientError::Remote {
+                code: code.clone(),
+                message: message.clone(),
+            },
+            ClientError::VersionMismatch(m) => ClientError::VersionMismatch(m.clone()),
+            ClientError::Disconnected(m) => ClientError::Disconnected(m.clone()),
+            ClientError::Timeout(t) => ClientError::Timeout(*t),
+            ClientError::Protocol(m) => ClientError::Protocol(m.clone()),
+            ClientError::AnswerTooLarge { len, max } => ClientError::AnswerTooLarge {
+                len: *len,
+                max: *max,
+            },
+            ClientError::Local(m) => ClientError::Local(m.clone()),
+            other => ClientError::Disconnected(other.to_string()),
+        }
+    }
+
     /// A stable snake_case name for `--json` output: the daemon's code for remote errors, a
     /// client-side name otherwise.
     pub fn code(&self) -> &str {
@@ -112,6 +185,7 @@ impl ClientError {
             ClientError::Disconnected(_) => "disconnected",
             ClientError::Timeout(_) => "timeout",
             ClientError::Protocol(_) => "protocol_error",
+            ClientError::AnswerTooLarge { .. } => "answer_too_large",
             ClientError::Path(_) => "unsafe_path",
             ClientError::Local(_) => "local_error",
         }

@@ -7,7 +7,8 @@ use sessiond_proto::paths::{PathOverrides, Paths};
 
 use crate::error::ClientError;
 
-/// Environment variable that turns autostart off when set to anything but empty or `0`.
+/// Environment variable that turns autostart off when set to anything but an empty value or
+/// one of `0`, `false`, `no`, `off`, `f`, `n` (any case), which leave it on.
 pub const ENV_NO_AUTOSTART: &str = "SESSIOND_NO_AUTOSTART";
 /// Environment variable naming the `sessiond` program to autostart.
 pub const ENV_DAEMON_BIN: &str = "SESSIOND_BIN";
@@ -20,6 +21,7 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Everything needed to connect.
 #[derive(Clone, Debug)]
 pub struct ConnectOptions {
+    /// Where the daemon's socket, state and config are (see [`Paths::resolve`]).
     pub paths: Paths,
     /// Start a daemon when none answers.
     pub autostart: bool,

@@ -269,3 +269,166 @@ fn requests_overflowing_the_socket_arrive_whole_and_in_order() {
         client.call::<Ping>(PingParams {}).await.unwrap();
     });
 }
+
+/// A fake daemon on the sandbox socket: reads the hello, sends a welcome, then `then`'s bytes
+/// for each request it reads (`None`: stop answering but keep the connection open).
+fn scripted_daemon(
+    sb: &Sandbox,
+    mut then: impl FnMut(usize) -> Option<Vec<u8>> + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    use sessiond_proto::frame;
+    let listener = sb.fake_listener();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let _hello = frame::read_frame(&mut stream, 1 << 20);
+        let welcome = serde_json::json!({
+            "type": "welcome", "protocol": [1, 0], "version": "test", "pid": 1,
+            "capabilities": ["ping"],
+        });
+        std::io::Write::write_all(&mut stream, &frame::encode(&welcome).unwrap()).unwrap();
+        let mut n = 0;
+        while let Ok(Some(_)) = frame::read_frame(&mut stream, 1 << 20) {
+            match then(n) {
+                Some(bytes) => {
+                    if std::io::Write::write_all(&mut stream, &bytes).is_err() {
+                        return;
+                    }
+                }
+                None => std::thread::sleep(std::time::Duration::from_secs(3)),
+            }
+            n += 1;
+        }
+    })
+}
+
+#[test]
+fn dropping_the_client_ends_its_event_stream() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    runtime().block_on(async {
+        let client = Client::connect(&sb.connect_options()).await.unwrap();
+        let mut events = client.take_events().unwrap();
+        drop(client);
+        let end = tokio::time::timeout(WAIT, events.recv()).await;
+        assert_eq!(end, Ok(None), "the stream ends with its client");
+    });
+}
+
+#[test]
+fn once_the_connection_has_ended_calls_fail_at_once_saying_why() {
+    let sb = Sandbox::new();
+    // The first answer announces 300 MB: more than a client takes, so its reader stops.
+    let daemon = scripted_daemon(&sb, |_| Some((300u32 << 20).to_be_bytes().to_vec()));
+    runtime().block_on(async {
+        let mut opts = sb.connect_options();
+        opts.autostart = false;
+        opts.timeout = std::time::Duration::from_secs(20);
+        let client = Client::connect(&opts).await.unwrap();
+        let first = client.call::<Ping>(PingParams {}).await.unwrap_err();
+        assert_eq!(first.code(), "answer_too_large", "{first}");
+        let started = std::time::Instant::now();
+        let later = client.call::<Ping>(PingParams {}).await.unwrap_err();
+        assert_eq!(later.code(), "answer_too_large", "{later}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "a call on an ended connection waited {:?} instead of failing",
+            started.elapsed()
+        );
+    });
+    daemon.join().unwrap();
+}
+
+#[test]
+fn a_lost_connection_is_reported_once_not_wrapped_twice() {
+    let sb = Sandbox::new();
+    let mut daemon = sb.start_daemon();
+    runtime().block_on(async {
+        let client = Client::connect(&sb.connect_options()).await.unwrap();
+        // The daemon dies while the call waits for a turn to be accepted... or before: either
+        // way the call ends with the one reason.
+        let call = client.call::<Status>(StatusParams {});
+        daemon.signal(nix::sys::signal::Signal::SIGKILL);
+        let err = match call.await {
+            Ok(_) => client.call::<Status>(StatusParams {}).await.unwrap_err(),
+            Err(e) => e,
+        };
+        assert_eq!(err.code(), "disconnected", "{err}");
+        let text = err.to_string();
+        assert_eq!(
+            text.matches("connection to sessiond lost").count(),
+            1,
+            "{text}"
+        );
+    });
+    daemon.wait();
+}
+
+#[test]
+fn an_oversized_request_is_refused_for_its_size_every_time() {
+    use sessiond_proto::methods::{Submit, SubmitParams};
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    runtime().block_on(async {
+        for _ in 0..5 {
+            let client = Client::connect(&sb.connect_options()).await.unwrap();
+            let err = client
+                .call::<Submit>(SubmitParams {
+                    session: Some("none".into()),
+                    prompt: "x".repeat(9 << 20),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), "frame_too_large", "{err}");
+        }
+    });
+}
+
+#[test]
+fn a_blocking_client_times_out_a_write_and_is_unusable_after() {
+    use sessiond_client::BlockingClient;
+    use sessiond_proto::methods::{Submit, SubmitParams};
+    let sb = Sandbox::new();
+    let daemon = sb.start_daemon();
+    let mut opts = sb.connect_options();
+    opts.timeout = std::time::Duration::from_millis(500);
+    let mut client = BlockingClient::connect(&opts).unwrap();
+    client.call::<Ping>(PingParams {}).unwrap();
+    // A stopped daemon takes nothing: a prompt larger than the socket holds cannot be sent.
+    daemon.signal(nix::sys::signal::Signal::SIGSTOP);
+    let err = client
+        .call::<Submit>(SubmitParams {
+            session: Some("none".into()),
+            prompt: "x".repeat(900_000),
+            ..Default::default()
+        })
+        .unwrap_err();
+    daemon.signal(nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(err.code(), "timeout", "{err}");
+    // Half a request went out: nothing more may follow it on this connection.
+    let after = client.call::<Ping>(PingParams {}).unwrap_err();
+    assert_eq!(after.code(), "disconnected", "{after}");
+    assert!(after.to_string().contains("connect again"), "{after}");
+    BlockingClient::connect(&opts)
+        .unwrap()
+        .call::<Ping>(PingParams {})
+        .unwrap();
+}
+
+#[test]
+fn a_blocking_client_is_unusable_after_an_answer_stalled_part_way() {
+    use sessiond_client::BlockingClient;
+    let sb = Sandbox::new();
+    // Two bytes of an answer's length, then nothing: the rest would be read as a new frame.
+    let daemon = scripted_daemon(&sb, |n| (n == 0).then(|| vec![0, 0]));
+    let mut opts = sb.connect_options();
+    opts.autostart = false;
+    opts.timeout = std::time::Duration::from_millis(300);
+    let mut client = BlockingClient::connect(&opts).unwrap();
+    let first = client.call::<Ping>(PingParams {}).unwrap_err();
+    assert_eq!(first.code(), "timeout", "{first}");
+    let second = client.call::<Ping>(PingParams {}).unwrap_err();
+    assert_eq!(second.code(), "disconnected", "{second}");
+    drop(client);
+    daemon.join().unwrap();
+}
