@@ -36,8 +36,8 @@ pub struct BlockingClient {
     timeout: Duration,
     /// Events that arrived while waiting for an answer, kept for [`Self::next_event`].
     events: VecDeque<Vec<u8>>,
-    /// Why the connection cannot be used any more, once a read or write failed (a timeout
-    /// included: the answer may still come, or half of it may have been read).
+    /// Why the connection cannot be used any more, once a read or write failed part-way
+    /// through a frame, or the daemon closed it.
     broken: Option<String>,
 }
 
@@ -211,6 +211,7 @@ impl BlockingClient {
         if let Some(event) = self.events.pop_front() {
             return Ok(Some(event));
         }
+        self.usable()?;
         self.welcome()?;
         loop {
             let payload = match self.read_payload() {
@@ -276,9 +277,9 @@ impl BlockingClient {
         }
     }
 
-    /// Changes how long a read may wait; `None` waits forever (for following events). After a
-    /// read or write that fails, a timeout included, the connection cannot be used again:
-    /// connect anew.
+    /// Changes how long a read may wait; `None` waits forever (for following events). A wait
+    /// that times out with nothing read leaves the connection usable; one that fails part-way
+    /// through a frame, either way, does not: connect anew.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
         self.timeout = timeout.unwrap_or(Duration::ZERO);
         self.reader
@@ -288,7 +289,28 @@ impl BlockingClient {
     }
 
     fn read_payload(&mut self) -> Result<Payload, ClientError> {
+        use std::io::BufRead;
         self.usable()?;
+        // Wait for the frame's first byte apart from the rest: a timeout here has read
+        // nothing, so the connection is still whole (a late answer is skipped by its id), and
+        // a caller may wait again for an event. Once a frame has begun, any failure ends it.
+        match self.reader.fill_buf() {
+            Ok([]) => {
+                return self.note(Err(ClientError::Disconnected(
+                    "the daemon closed the connection".into(),
+                )))
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ClientError::Timeout(self.timeout))
+            }
+            Err(e) => return self.note(Err(ClientError::Disconnected(e.to_string()))),
+        }
         let read = frame::read_header(&mut self.reader, CLIENT_MAX_FRAME).and_then(|len| {
             len.map(|len| Payload::read(&mut self.reader, len))
                 .transpose()

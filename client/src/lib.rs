@@ -12,9 +12,9 @@
 //! - [`BlockingClient`]: one call at a time with no runtime, and `hello` sent together with
 //!   the first request, so a one-shot command costs one round trip. For CLIs and scripts.
 //!
-//! Neither reconnects. Once a connection has failed (the daemon gone, an answer too large, and
-//! for the blocking client a timeout), every later call on it fails at once saying why:
-//! connect again.
+//! Neither reconnects. Once a connection has failed (the daemon gone, an answer too large, a
+//! frame cut or stalled part-way), every later call on it fails at once saying why: connect
+//! again.
 //!
 //! ```no_run
 //! use sessiond_client::{BlockingClient, ConnectOptions};

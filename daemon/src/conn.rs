@@ -6,7 +6,8 @@
 //!   rest of it `frame_timeout` to arrive; it answers each request through the outbox, in
 //!   arrival order;
 //! - the **writer** drains the outbox, and the connection's event queue, to the socket,
-//!   dropping the client when it accepts no byte for `write_timeout` (a slow reader is kept).
+//!   dropping the client when its socket takes no byte for `write_timeout` (however long the
+//!   whole write takes; the socket frees room a buffer, some 100 KB, at a time).
 //!
 //! They share nothing but a bounded channel, so a client that stops reading fills its own
 //! outbox, stalls only its own reader, and is dropped when a write makes no progress. Events never wait
@@ -547,7 +548,8 @@ async fn write_loop(
             Err(Stall::Gone) => return Err("client went away"),
             Err(Stall::Stopped) => {
                 warn!(
-                    "client accepted nothing for {:?}; dropping it",
+                    "client's socket took nothing for {:?} (it stopped reading, or reads \
+                     slower than its socket frees room); dropping it",
                     ctx.config.write_timeout()
                 );
                 return Err("client stopped reading");

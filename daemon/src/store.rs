@@ -131,9 +131,16 @@ pub type Transcript = (
     Option<sessiond_proto::methods::LogCursor>,
 );
 
-/// A session's turns and their output, oldest first, as `select` narrows and pages them.
-/// `None` when `select.digits` matched none of the session's turns, or `select.from` names
-/// no turn of the selection.
+/// A session's turns and their output, as `select` narrows and pages them: first the turns
+/// that have run or settled, in the order that happened (when each started, or settled
+/// unstarted), then the queued ones in queue order. `None` when `select.digits` matched none
+/// of the session's turns, or `select.from` names no turn of the selection.
+///
+/// The order is what keeps pages joining up: a turn's place among those that ran never
+/// changes, and the queued turn that starts next (the head of the queue) moves from the
+/// first place after them to the last place among them, which is the same place. So the
+/// turns from a page's `next` on are still the ones not yet read, unless the queue itself
+/// was reordered (a promote, a steer) between the pages.
 ///
 /// The prefix is matched here rather than with SQL's `LIKE`: ids are stored hyphenated, so a
 /// prefix of the plain form would miss past its eighth digit, and `%` or `_` in a pattern
@@ -148,7 +155,8 @@ pub fn transcript(
         "SELECT turn_id, queue_order, prompt, kind, status, created_at, started_at, ended_at,
                 exit_code, error
          FROM turns WHERE session_id = ?1
-         ORDER BY COALESCE(started_at, created_at), created_at",
+         ORDER BY COALESCE(started_at, ended_at) IS NULL, COALESCE(started_at, ended_at),
+                  queue_order, created_at",
     )?;
     let mut turns = Vec::new();
     let mut rows = stmt.query(params![session.to_string()])?;

@@ -432,3 +432,31 @@ fn a_blocking_client_is_unusable_after_an_answer_stalled_part_way() {
     drop(client);
     daemon.join().unwrap();
 }
+
+#[test]
+fn a_blocking_client_waiting_for_events_may_time_out_and_wait_again() {
+    use sessiond_client::BlockingClient;
+    use sessiond_proto::methods::{Subscribe, SubscribeParams};
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let mut client = BlockingClient::connect(&sb.connect_options()).unwrap();
+    client
+        .call::<Subscribe>(SubscribeParams {
+            filter: Default::default(),
+        })
+        .unwrap();
+    client
+        .set_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    for _ in 0..2 {
+        let quiet = client.next_event().unwrap_err();
+        assert_eq!(quiet.code(), "timeout", "{quiet}");
+    }
+    client.call::<Ping>(PingParams {}).unwrap();
+    // An event that comes after the timeouts still arrives.
+    sb.ctl(&["new", "--project", sb.project("p").to_str().unwrap()])
+        .ok();
+    client.set_timeout(Some(WAIT)).unwrap();
+    let event = sessiond_tests::as_json(&client.next_event().unwrap().expect("an event"));
+    assert_eq!(event["event"], "session_created", "{event}");
+}

@@ -1732,7 +1732,107 @@ fn a_transcript_comes_in_pages_that_join_up_exactly() {
 }
 
 #[test]
-fn log_and_export_read_a_transcript_larger_than_one_answer() {
+fn pages_join_up_while_queued_turns_start_between_them() {
+    use sessiond_proto::methods::{Log, LogParams};
+    let sb = Sandbox::new();
+    let _daemon = sb.start_daemon();
+    let project = shell_session(&sb);
+    let wait_for = |file: &str| format!("while [ ! -e {file} ]; do sleep 0.05; done");
+    let (first, _) = start_worker(
+        &sb,
+        &project,
+        &format!("echo $$ > worker.pid; {}", wait_for("go1")),
+    );
+    let second = turn_id(&sb.ctl(&["--json", "send", &wait_for("go2")]).json());
+    let third = turn_id(&sb.ctl(&["--json", "send", "echo third"]).json());
+    let id = sb.session_id("job");
+    let ids = sessiond_tests::tokio_runtime().block_on(async {
+        let client = sessiond_client::Client::connect(&sb.connect_options())
+            .await
+            .unwrap();
+        let ask = |from| LogParams {
+            session: Some(id.clone()),
+            max_bytes: Some(1),
+            from,
+            ..Default::default()
+        };
+        let page = client.call::<Log>(ask(None)).await.unwrap();
+        let mut ids: Vec<String> = page
+            .turns
+            .iter()
+            .map(|t| t.turn.turn_id.to_string())
+            .collect();
+        // Between the pages the first turn ends and the second starts, while the third, sent
+        // before the second started, still waits.
+        std::fs::write(project.join("go1"), "").unwrap();
+        sessiond_tests::eventually("the second turn to start", || {
+            settled_or_running(&sb, &second) == "running"
+        });
+        let mut from = page.next;
+        while let Some(next) = from {
+            let page = client.call::<Log>(ask(Some(next))).await.unwrap();
+            for t in &page.turns {
+                let id = t.turn.turn_id.to_string();
+                if ids.last() != Some(&id) {
+                    ids.push(id);
+                }
+            }
+            from = page.next;
+        }
+        ids
+    });
+    std::fs::write(project.join("go2"), "").unwrap();
+    assert_eq!(ids, [first, second, third], "each turn once, in order");
+}
+
+/// A turn's status as `log` shows it.
+fn settled_or_running(sb: &Sandbox, turn: &str) -> String {
+    let log = sb.ctl(&["--json", "log", "job", "--turn", turn]).json();
+    log["turns"][0]["turn"]["status"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn export_gives_every_turn_its_line_when_a_page_ends_between_turns() {
+    // A provider that takes its prompt on stdin: prompts of 1 MB do not fit in an argument.
+    let sb = Sandbox::with_config("[providers.catp]\ncommand = [\"cat\"]\nprompt = \"stdin\"\n");
+    let _daemon = sb.start_daemon();
+    let project = sb.project("p");
+    sb.ctl(&[
+        "new",
+        "--project",
+        path_str(&project),
+        "--provider",
+        "catp",
+        "--name",
+        "job",
+    ])
+    .ok();
+    sb.ctl(&["pause", "job"]).ok();
+    // 18 prompts of 1 MB, held in the queue: a 16 MiB page ends between two of them.
+    let mut prompt = vec![b'#'; 1_000_000];
+    for i in 0..18u8 {
+        prompt[1] = b'a' + i;
+        ctl_with_input(&sb, &["send", "job", "-"], prompt.clone()).ok();
+    }
+    let export = sb.ctl(&["export", "job"]).stdout();
+    assert_eq!(
+        export
+            .lines()
+            .filter(|l| l.contains("\"type\":\"turn\""))
+            .count(),
+        18
+    );
+    let log = sb.ctl(&["--json", "log", "job"]).json();
+    assert_eq!(log["turns"].as_array().unwrap().len(), 18);
+    let text = sb.ctl(&["log", "job"]).stdout();
+    assert_eq!(text.lines().filter(|l| l.starts_with("── ")).count(), 18);
+}
+
+#[test]
+fn log_and_export_join_a_turn_cut_between_two_pages() {
     let sb = Sandbox::new();
     let _daemon = sb.start_daemon();
     shell_session(&sb);

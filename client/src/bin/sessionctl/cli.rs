@@ -389,9 +389,10 @@ pub enum Command {
     ///
     /// When the daemon stops or restarts, watch prints the events of the stop (running turns
     /// settling `interrupted`) and ends with exit status 3 (`shutting_down`); run it again, or
-    /// in a loop, to follow the next daemon. A reader that takes longer than the daemon's
-    /// write_timeout_ms (10 s) to accept output is dropped (exit 3); a slower one gets a
-    /// `lagged` event saying how many it missed.
+    /// in a loop, to follow the next daemon. A reader that takes nothing for the daemon's
+    /// write_timeout_ms (10 s), or reads slower than about 10 KB/s (the socket frees room
+    /// about 100 KB at a time), is dropped (exit 3); one that keeps up but falls behind
+    /// gets a `lagged` event saying how many it missed.
     ///
     /// With filters, an event is printed when it matches every kind of filter given, and any
     /// one value of each: `--session api --event turn_settled` prints api's settled turns. A

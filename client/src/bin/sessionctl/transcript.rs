@@ -102,6 +102,11 @@ impl<W: Write> Transcript<W> {
         }
     }
 
+    /// Whether `turn`'s header was the last one written, so its output goes on under it.
+    pub fn showing(&self, turn: TurnId) -> bool {
+        self.shown == Some(turn)
+    }
+
     /// Whether nothing has been written yet.
     pub fn is_empty(&self) -> bool {
         self.shown.is_none() && self.at_line_start

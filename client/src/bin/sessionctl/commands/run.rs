@@ -20,6 +20,8 @@ use sessiond_proto::methods::{
 use sessiond_proto::ownership::{ClaimError, SessionFiles};
 use sessiond_proto::ErrorCode;
 
+use crate::output::visible;
+
 /// How often `--wait` tries again, and how often a session whose daemon went is attached again.
 const RETRY: Duration = Duration::from_millis(200);
 /// The longest wait for a new daemon's answer when attaching again.
@@ -62,8 +64,9 @@ pub fn run(opts: &ConnectOptions, context: Option<&str>, r: Run) -> Result<u8, C
     let mut tell = |what: &str| {
         if !told {
             eprintln!(
-                "sessionctl: waiting for session {}: {what}",
-                info.id.short()
+                "sessionctl: waiting for session {}: {}",
+                info.id.short(),
+                visible(what)
             );
             told = true;
         }
@@ -168,7 +171,10 @@ pub fn run(opts: &ConnectOptions, context: Option<&str>, r: Run) -> Result<u8, C
     if let Some(mut client) = attached {
         if let Err(e) = detach(&mut client, &id) {
             // The command's own status matters more; the daemon detaches a closed connection.
-            eprintln!("sessionctl: could not detach session {id} cleanly: {e}");
+            eprintln!(
+                "sessionctl: could not detach session {id} cleanly: {}",
+                visible(&e.to_string())
+            );
         }
     }
     match status {
@@ -225,7 +231,10 @@ impl Keeper {
         drop(wake);
         let kept = thread.join().ok()?;
         if let Some(lost) = kept.lost {
-            eprintln!("sessionctl: session {short} was not attached again after {lost}");
+            eprintln!(
+                "sessionctl: session {short} was not attached again after {}",
+                visible(&lost)
+            );
         }
         kept.client
     }

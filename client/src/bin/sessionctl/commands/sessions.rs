@@ -211,6 +211,14 @@ fn tilde(path: &str) -> String {
     }
 }
 
+/// `cell` with its control characters escaped, as the output writer would show them.
+fn shown(cell: String) -> String {
+    match crate::output::visible(&cell) {
+        std::borrow::Cow::Borrowed(_) => cell,
+        std::borrow::Cow::Owned(escaped) => escaped,
+    }
+}
+
 fn print_table(
     w: &mut dyn Write,
     sessions: &[SessionInfo],
@@ -225,13 +233,14 @@ fn print_table(
             } else {
                 " "
             };
+            // Escaped before measuring, so an escaped cell keeps its column.
             [
                 marker.to_string(),
                 s.id.short(),
-                s.name.clone().unwrap_or_else(|| "-".into()),
-                tilde(&s.project),
-                s.provider.clone(),
-                state(s),
+                shown(s.name.clone().unwrap_or_else(|| "-".into())),
+                shown(tilde(&s.project)),
+                shown(s.provider.clone()),
+                shown(state(s)),
                 s.queue_length.to_string(),
                 ago(now, s.last_active_at),
             ]

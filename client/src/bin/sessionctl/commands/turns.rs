@@ -15,7 +15,7 @@ use sessiond_proto::session::{event_kind, EventFilter, SessionEvent, TurnInfo, T
 use sessiond_proto::ErrorCode;
 
 use crate::cli::Target;
-use crate::output::{written, Out};
+use crate::output::{visible, written, Out};
 use crate::transcript::Transcript;
 
 /// What `send` was told.
@@ -134,7 +134,7 @@ pub fn send(
         return Ok(0);
     }
     if let (Some(held), false) = (&held, out.json) {
-        eprintln!("sessionctl: turn {} waits: {held}", turn.short());
+        eprintln!("sessionctl: turn {} waits: {}", turn.short(), visible(held));
     }
     client.set_timeout(None)?;
     loop {
@@ -189,7 +189,7 @@ pub fn send(
                         .data
                         .reason
                         .as_deref()
-                        .map_or(String::new(), |r| format!(": {r}"))
+                        .map_or(String::new(), |r| format!(": {}", visible(r)))
                 );
             }
             return Ok(match (status, exit_code) {
@@ -362,7 +362,9 @@ pub fn log(
             let mut turns = page.turns.into_iter();
             if let (Some(cut), Some(first)) = (whole.turns.last_mut(), turns.as_slice().first()) {
                 if cut.turn.turn_id == first.turn.turn_id {
+                    // The later page's view of the turn is the newer one (it may have settled).
                     let rest = turns.next().expect("looked at above");
+                    cut.turn = rest.turn;
                     cut.output.extend(rest.output);
                 }
             }
@@ -416,7 +418,11 @@ pub fn export(opts: &ConnectOptions, context: Option<&str>, t: &Target) -> Resul
                 writeln!(w, "{line}")?;
             }
         }
-        cut = page.next.map(|n| n.turn);
+        // `next` may name the turn after the page's last (a page can end between turns).
+        cut = page
+            .next
+            .map(|n| n.turn)
+            .filter(|turn| page.turns.last().is_some_and(|t| t.turn.turn_id == *turn));
         Ok(())
     })?;
     written(exported.and_then(|()| w.flush()))
@@ -458,18 +464,30 @@ fn follow_log(
     let mut settled = std::collections::HashSet::new();
     let history = read_log(&mut client, None, &target, None, last, |page| {
         for entry in &page.turns {
-            w.turn(entry, now, ends_here(entry, page.next))?;
+            let id = entry.turn.turn_id;
             if let Some(last) = entry.output.last() {
-                printed.insert(entry.turn.turn_id, last.chunk + 1);
+                printed.insert(id, last.chunk + 1);
             }
+            // A turn cut between pages goes on without a header: what it did by the later
+            // page (settling, say) is left for the events to show, unless its header showed
+            // it settled already.
+            if w.showing(id) {
+                w.turn(
+                    entry,
+                    now,
+                    ends_here(entry, page.next) && settled.contains(&id),
+                )?;
+                continue;
+            }
+            w.turn(entry, now, ends_here(entry, page.next))?;
             match entry.turn.status {
                 TurnStatus::Queued => {}
                 TurnStatus::Running => {
-                    started.insert(entry.turn.turn_id);
+                    started.insert(id);
                 }
                 _ => {
-                    started.insert(entry.turn.turn_id);
-                    settled.insert(entry.turn.turn_id);
+                    started.insert(id);
+                    settled.insert(id);
                 }
             }
         }
