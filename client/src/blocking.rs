@@ -26,6 +26,13 @@ use crate::transport::{absent_error, try_connect_sync, Attempt};
 /// Frames read past, after a failed write, looking for the error that closed the connection.
 const CLOSING_FRAMES: usize = 64;
 
+/// What came outside a call: an event, or the connection's end.
+enum Pushed {
+    Event(Vec<u8>),
+    /// With the error the daemon closed the connection with, if it sent one.
+    Closed(Option<ClientError>),
+}
+
 /// A blocking connection to the daemon.
 pub struct BlockingClient {
     reader: BufReader<Stream>,
@@ -214,18 +221,33 @@ impl BlockingClient {
         self.usable()?;
         self.welcome()?;
         loop {
-            let payload = match self.read_payload() {
-                Ok(p) => p,
-                Err(ClientError::Disconnected(_)) => return Ok(None),
-                Err(e) => return Err(e),
-            };
-            let head = exchange::head(&payload)?;
-            match (head.kind.as_str(), head.id) {
-                ("event", _) => return Ok(Some(payload.into_vec())),
-                ("error", None) => return self.note(Err(exchange::error(&payload))),
-                _ => {}
+            match self.read_pushed()? {
+                Some(Pushed::Event(event)) => return Ok(Some(event)),
+                Some(Pushed::Closed(None)) => return Ok(None),
+                Some(Pushed::Closed(Some(why))) => return Err(why),
+                None => {}
             }
         }
+    }
+
+    /// Reads one frame outside a call: an event, the connection's end (with the error the
+    /// daemon closed it with, if it sent one), or `None` for a late answer, which is skipped.
+    fn read_pushed(&mut self) -> Result<Option<Pushed>, ClientError> {
+        let payload = match self.read_payload() {
+            Ok(payload) => payload,
+            Err(ClientError::Disconnected(_)) => return Ok(Some(Pushed::Closed(None))),
+            Err(e) => return Err(e),
+        };
+        let head = exchange::head(&payload)?;
+        Ok(match (head.kind.as_str(), head.id) {
+            ("event", _) => Some(Pushed::Event(payload.into_vec())),
+            ("error", None) => {
+                let why = exchange::error(&payload);
+                self.broken = Some(why.to_string());
+                Some(Pushed::Closed(Some(why)))
+            }
+            _ => None,
+        })
     }
 
     /// Waits until the daemon ends the connection (`Ok(true)`: it closed it, or sent the
@@ -263,16 +285,10 @@ impl BlockingClient {
                     continue;
                 }
             }
-            let payload = match self.read_payload() {
-                Ok(payload) => payload,
-                Err(ClientError::Disconnected(_)) => return Ok(true),
-                Err(e) => return Err(e),
-            };
-            let head = exchange::head(&payload)?;
-            match (head.kind.as_str(), head.id) {
-                ("event", _) => self.events.push_back(payload.into_vec()),
-                ("error", None) => return Ok(true),
-                _ => {}
+            match self.read_pushed()? {
+                Some(Pushed::Event(event)) => self.events.push_back(event),
+                Some(Pushed::Closed(_)) => return Ok(true),
+                None => {}
             }
         }
     }

@@ -1766,7 +1766,7 @@ fn pages_join_up_while_queued_turns_start_between_them() {
         // before the second started, still waits.
         std::fs::write(project.join("go1"), "").unwrap();
         sessiond_tests::eventually("the second turn to start", || {
-            settled_or_running(&sb, &second) == "running"
+            settled(&sb, "job", &second)["status"] == "running"
         });
         let mut from = page.next;
         while let Some(next) = from {
@@ -1783,15 +1783,6 @@ fn pages_join_up_while_queued_turns_start_between_them() {
     });
     std::fs::write(project.join("go2"), "").unwrap();
     assert_eq!(ids, [first, second, third], "each turn once, in order");
-}
-
-/// A turn's status as `log` shows it.
-fn settled_or_running(sb: &Sandbox, turn: &str) -> String {
-    let log = sb.ctl(&["--json", "log", "job", "--turn", turn]).json();
-    log["turns"][0]["turn"]["status"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 #[test]
