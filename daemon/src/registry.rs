@@ -943,6 +943,7 @@ impl Registry {
             // A context never saved reports where it would start: above anything a crashed
             // run may have shown for it, so a client takes "no session" as the newer answer.
             generation: row.map_or(self.generation_floor, |c| c.generation),
+            reopened: false,
         }
     }
 
@@ -955,7 +956,8 @@ impl Registry {
         };
         let id = self.resolve(Some(selector), p.project.as_deref(), &context)?;
         let mut writes = Vec::with_capacity(2);
-        if self.session(id).phase == Phase::Archived {
+        let reopened = self.session(id).phase == Phase::Archived;
+        if reopened {
             self.reopen_in_place(id, "reopened by a switch")?;
         }
         let now = sessiond_proto::now_ms();
@@ -965,7 +967,11 @@ impl Registry {
         writes.push(Write::Session(session.clone()));
         writes.push(self.point(&context, id));
         let commit = self.store.write(writes);
-        Ok((self.pointer(&context), commit))
+        let pointer = SwitchResult {
+            reopened,
+            ..self.pointer(&context)
+        };
+        Ok((pointer, commit))
     }
 
     /// Points `context` at `id`, bumps its generation, publishes `session_switched`, and

@@ -299,6 +299,10 @@ pub struct SwitchResult {
     /// Incremented by every switch of this context; reads made for a switch carry it so a
     /// client can drop an answer that belongs to an older switch.
     pub generation: u64,
+    /// Set by a `switch` that had to reopen the session first (it was archived). Absent
+    /// otherwise, and from daemons older than this field.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reopened: bool,
 }
 
 /// Params of `subscribe`.

@@ -274,6 +274,7 @@ fn golden_vectors_match_typed_messages() {
                 session: Some(info.clone()),
                 project: Some("/home/ada/src/app".into()),
                 generation: 3,
+                reopened: false,
             },
         ),
     );

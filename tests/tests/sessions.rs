@@ -571,6 +571,17 @@ fn switch_sets_session_and_project_and_bumps_generation() {
     assert_eq!(back["session"]["phase"], "provisional");
     assert_eq!(back["project"], path_str(&pa));
     assert_eq!(back["generation"], 3);
+    assert_eq!(
+        back["reopened"], true,
+        "the switch says it reopened: {back}"
+    );
+    // Said to people too; a switch to an open session says nothing of the kind.
+    sb.ctl(&["close", "alpha"]).ok();
+    let told = sb.ctl(&["switch", "alpha"]).ok();
+    assert!(told.contains("reopened: it was closed"), "{told}");
+    let again = sb.ctl(&["--json", "switch", "alpha"]).json();
+    assert!(again.get("reopened").is_none(), "{again}");
+    assert!(!sb.ctl(&["switch", "alpha"]).ok().contains("reopened"));
     let list = sb.ctl(&["--json", "list"]).json();
     let entry = listed(&list, &a).expect("reopened session is listed without --all");
     assert_eq!(entry["phase"], "provisional");

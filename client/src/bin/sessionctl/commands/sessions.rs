@@ -342,7 +342,9 @@ fn print_details(w: &mut dyn Write, s: &SessionInfo) -> std::io::Result<()> {
 fn print_pointer(w: &mut dyn Write, r: &SwitchResult, verb: &str) -> std::io::Result<()> {
     match &r.session {
         Some(s) => {
-            let closed = if s.phase == Phase::Archived {
+            let closed = if r.reopened {
+                " — reopened: it was closed"
+            } else if s.phase == Phase::Archived {
                 " — closed (`sessionctl reopen` or `switch` brings it back)"
             } else {
                 ""
