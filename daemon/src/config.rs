@@ -40,7 +40,8 @@ pub struct DaemonConfig {
     pub handshake_timeout_ms: u64,
     /// How long a frame may take to arrive once its first byte has.
     pub frame_timeout_ms: u64,
-    /// How long the daemon waits for a client to accept written bytes before dropping it.
+    /// How long the daemon waits for a client to accept written bytes, while an answer to it
+    /// is waiting, before dropping it (a subscriber that only has events waiting is kept).
     pub write_timeout_ms: u64,
     /// How long shutdown waits for requests in flight before exiting anyway.
     pub shutdown_grace_ms: u64,

@@ -5,14 +5,17 @@
 //! - the **reader** waits (without a time limit) for the next frame to begin, then gives the
 //!   rest of it `frame_timeout` to arrive; it answers each request through the outbox, in
 //!   arrival order;
-//! - the **writer** drains the outbox, and the connection's event queue, to the socket,
-//!   dropping the client when its socket takes no byte for `write_timeout` (however long the
-//!   whole write takes; the socket frees room a buffer, some 100 KB, at a time).
+//! - the **writer** drains the outbox, and the connection's event queue, to the socket. It
+//!   drops the client when its socket takes no byte for `write_timeout` while an answer is
+//!   waiting (however long the whole write takes; the socket frees room a buffer, some
+//!   100 KB, at a time). A write of events alone waits as long as it must: a subscriber
+//!   paused in a pager is kept, and its event queue counts what it misses.
 //!
 //! They share nothing but a bounded channel, so a client that stops reading fills its own
-//! outbox, stalls only its own reader, and is dropped when a write makes no progress. Events never wait
-//! for anyone: the queue they land in is bounded, and overflow becomes a `lagged` notice. No lock is held
-//! across any of this I/O, and nothing here can make another connection wait.
+//! outbox, stalls only its own reader, and is dropped when a write makes no progress. Events
+//! never wait for anyone: the queue they land in is bounded, and overflow becomes a `lagged`
+//! notice, so a stalled subscriber holds at most its queue and the write in progress. No lock
+//! is held across any of this I/O, and nothing here can make another connection wait.
 //!
 //! Errors follow the protocol's rule: an error with an `id` fails one request and the
 //! connection goes on; an error without one is about the connection, which is closed right
@@ -500,6 +503,9 @@ async fn write_loop(
     // it is written next, on its own.
     let mut carried: Option<Vec<u8>> = None;
     loop {
+        // Whether this write carries an answer, which a client that stops reading is not
+        // allowed to hold up for more than the write timeout.
+        let mut answers = true;
         let first = match carried.take() {
             Some(answer) => after_events(events, answer),
             None => tokio::select! {
@@ -513,6 +519,7 @@ async fn write_loop(
                     if frames.is_empty() {
                         continue;
                     }
+                    answers = false;
                     frames.concat()
                 }
             },
@@ -531,6 +538,7 @@ async fn write_loop(
                             b
                         });
                         batch.extend_from_slice(&more);
+                        answers = true;
                     }
                     Ok(large) => {
                         carried = Some(large);
@@ -543,13 +551,17 @@ async fn write_loop(
                 bytes = batch;
             }
         }
-        match write_while_accepted(&mut w, &bytes, ctx.config.write_timeout()).await {
+        // Events alone may wait: a subscriber paused in a pager is kept, missing events are
+        // counted, and it gets `lagged` when it reads again. An answer waiting, in this write
+        // or behind it, ends the patience.
+        let events_only = || !answers && queue.is_empty();
+        match write_while_accepted(&mut w, &bytes, ctx.config.write_timeout(), events_only).await {
             Ok(()) => ctx.note_answer_written(bytes.len()),
             Err(Stall::Gone) => return Err("client went away"),
             Err(Stall::Stopped) => {
                 warn!(
-                    "client's socket took nothing for {:?} (it stopped reading, or reads \
-                     slower than its socket frees room); dropping it",
+                    "client's socket took nothing for {:?} with an answer waiting (it \
+                     stopped reading, or reads slower than its socket frees room); dropping it",
                     ctx.config.write_timeout()
                 );
                 return Err("client stopped reading");
@@ -567,18 +579,31 @@ enum Stall {
     Stopped,
 }
 
-/// Writes all of `bytes`, giving up only when the client accepts nothing for `stall`: the
-/// timeout is on progress, not on the whole write, so a slow but steady reader (a terminal
-/// over ssh taking a batch of events that is megabytes long) is kept however long it takes.
+/// Writes all of `bytes`, giving up only when the client accepts nothing for `stall` and
+/// `patient` says not to wait on: the timeout is on progress, not on the whole write, so a
+/// slow but steady reader (a terminal over ssh taking a batch of events that is megabytes
+/// long) is kept however long it takes. `patient` is asked again after each stall, so an
+/// answer queued behind a stalled write still ends the wait within two timeouts.
 async fn write_while_accepted(
     w: &mut &Stream,
     mut bytes: &[u8],
     stall: std::time::Duration,
+    patient: impl Fn() -> bool,
 ) -> Result<(), Stall> {
+    let mut said = false;
     while !bytes.is_empty() {
         match tokio::time::timeout(stall, w.write(bytes)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return Err(Stall::Gone),
             Ok(Ok(n)) => bytes = &bytes[n..],
+            Err(_) if patient() => {
+                if !said {
+                    debug!(
+                        "subscriber took nothing for {stall:?}; keeping it, its events \
+                         counted as missed until it reads again"
+                    );
+                    said = true;
+                }
+            }
             Err(_) => return Err(Stall::Stopped),
         }
     }

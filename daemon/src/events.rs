@@ -21,6 +21,11 @@ use tokio::sync::Notify;
 /// most a few hundred kilobytes.
 pub const QUEUE_CAPACITY: usize = 1024;
 
+/// Bytes of events a connection may have waiting before it counts as lagging: what keeps a
+/// subscriber that stopped reading (it is kept however long it stops) from holding much,
+/// when events carry a turn's output (up to 16 KiB each).
+pub const QUEUE_BYTES: usize = 4 << 20;
+
 /// The most subscriptions one connection may hold.
 pub const MAX_SUBSCRIPTIONS: usize = 64;
 
@@ -34,6 +39,8 @@ pub struct EventQueue {
 #[derive(Default)]
 struct QueueState {
     frames: VecDeque<Vec<u8>>,
+    /// Bytes in `frames`.
+    bytes: usize,
     /// Events dropped since the last delivered one, and the seq of the last of them.
     missed: u64,
     last_missed_seq: u64,
@@ -51,10 +58,16 @@ impl Default for EventQueue {
 impl EventQueue {
     fn push(&self, seq: u64, frame: Vec<u8>) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.frames.len() >= QUEUE_CAPACITY {
+        // Once one event is missed, every later one is until the writer takes the queue: the
+        // gap stays one run, which `lagged` (sent after the events before it) describes.
+        if state.missed > 0
+            || state.frames.len() >= QUEUE_CAPACITY
+            || state.bytes + frame.len() > QUEUE_BYTES
+        {
             state.missed += 1;
             state.last_missed_seq = seq;
         } else {
+            state.bytes += frame.len();
             state.frames.push_back(frame);
         }
         drop(state);
@@ -66,6 +79,7 @@ impl EventQueue {
     pub fn take(&self) -> Vec<Vec<u8>> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<Vec<u8>> = state.frames.drain(..).collect();
+        state.bytes = 0;
         if state.missed > 0 {
             let lagged = Event {
                 kind: EventTag,
@@ -273,6 +287,30 @@ mod tests {
         assert_eq!(lagged.data.missed, 5);
         assert_eq!(lagged.seq, (QUEUE_CAPACITY + 5) as u64);
         assert!(q.take().is_empty());
+    }
+
+    #[test]
+    fn large_events_fill_the_queue_by_bytes_before_its_count() {
+        let q = EventQueue::default();
+        let big = vec![0u8; 64 << 10];
+        let fit = QUEUE_BYTES / big.len();
+        assert!(fit < QUEUE_CAPACITY, "the byte cap is the one reached");
+        for seq in 1..=(fit as u64 + 3) {
+            q.push(seq, big.clone());
+        }
+        // A small event after the gap would fit, but is missed too: the gap stays one run,
+        // and nothing newer than it arrives before the notice.
+        q.push(fit as u64 + 4, vec![0u8; 16]);
+        let frames = q.take();
+        assert_eq!(frames.len(), fit + 1, "what fits, then the lagged notice");
+        let lagged: Event<Lagged> = frame::decode(&frames[fit][4..]).unwrap();
+        assert_eq!(lagged.data.missed, 4);
+        assert_eq!(lagged.seq, fit as u64 + 4);
+        // Taking empties the count of bytes too: the queue fills again from nothing.
+        for seq in 100..100 + fit as u64 {
+            q.push(seq, big.clone());
+        }
+        assert_eq!(q.take().len(), fit);
     }
 
     #[test]

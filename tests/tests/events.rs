@@ -429,9 +429,10 @@ const TRICKLE: usize = 50;
 
 #[test]
 fn slow_subscriber_gets_lagged_while_others_stay_fast() {
-    // A subscriber that stops reading is dropped after write_timeout_ms; this test needs it
-    // kept, stalled, for the whole burst.
-    let sb = Sandbox::with_config("[daemon]\nwrite_timeout_ms = 60000\n");
+    // A subscriber that stops reading is kept however long it reads nothing, its events
+    // counted: write_timeout_ms (short here) drops only a client that leaves an answer
+    // waiting.
+    let sb = Sandbox::with_config("[daemon]\nwrite_timeout_ms = 200\n");
     let _daemon = sb.start_daemon();
     let project = sb.project("p");
     // The other subscriber follows a second project, which gets a steady trickle of changes
@@ -602,6 +603,26 @@ fn slow_subscriber_gets_lagged_while_others_stay_fast() {
             thousands(delivered + missed)
         ))
         .record();
+}
+
+#[test]
+fn a_stalled_subscriber_is_kept_until_it_leaves_an_answer_waiting() {
+    let sb = Sandbox::with_config("[daemon]\nwrite_timeout_ms = 200\n");
+    let _daemon = sb.start_daemon();
+    let project = sb.project("p");
+    let mut stalled = sb.raw();
+    stalled.handshake();
+    subscribe(&mut stalled, 1, EventFilter::default());
+    tokio_runtime().block_on(create_sessions(&sb.connect_options(), &project, BURST));
+    // Far more events than its socket holds: the daemon's write to it has taken nothing for
+    // five times the write timeout, and it is still there, as a paused pager would want.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(subscriptions(&sb), 1, "the stalled subscriber was kept");
+    // An answer it does not read is another matter: that client is gone or wedged.
+    stalled.request(2, "ping", PingParams {});
+    sessiond_tests::eventually("the client with an answer waiting to be dropped", || {
+        subscriptions(&sb) == 0
+    });
 }
 
 /// The next line a watch prints, as JSON.

@@ -1488,58 +1488,6 @@ fn cancelling_a_queued_steer_stops_pressing_the_turn_it_interrupted() {
     assert!(!project.join("steered").exists());
 }
 
-#[test]
-fn send_follow_and_log_follow_that_fall_behind_say_so() {
-    // Followers that stop reading are not dropped while the test holds them back.
-    let sb = Sandbox::with_config("[daemon]\nwrite_timeout_ms = 60000\n");
-    sb.ctl(&["daemon", "start"]).ok();
-    shell_session(&sb);
-    // Thousands of output events while the followers do not read: the daemon drops some for
-    // them and says so with a `lagged` notice, which carries no session.
-    // Lines of 8,000 bytes: the daemon reads at most 16 KiB at a time, so at least 1,750
-    // events, more than the 1,024 a follower's queue holds plus what the socket and its
-    // output pipe absorb, however the reads fall.
-    let spew = "i=0; while [ $i -lt 3500 ]; do printf '%08000d\\n' $i; i=$((i+1)); done";
-    let log_errors = sb.root.join("log-follow.err");
-    let mut log = sb
-        .sessionctl()
-        .args(["log", "--follow", "job"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log_errors).unwrap())
-        .spawn()
-        .expect("spawn log --follow");
-    let send = sb
-        .sessionctl()
-        .args(["send", "--follow", spew])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn send --follow");
-    // Neither reads its output meanwhile, so neither reads its socket.
-    sessiond_tests::eventually("the turn to settle", || {
-        let log = sb.ctl(&["--json", "log", "job", "--last", "1"]).json();
-        log["turns"][0]["turn"]["status"] == "completed"
-    });
-    let sent = sessiond_tests::CtlOutput(send.wait_with_output().unwrap());
-    assert_eq!(sent.code(), 1, "stderr: {}", sent.stderr());
-    assert!(
-        sent.stderr().contains("fell behind the turn's output"),
-        "{}",
-        sent.stderr()
-    );
-    // `log --follow` goes on after saying so: let it read again.
-    let mut out = log.stdout.take().unwrap();
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    sessiond_tests::eventually("log --follow to report its lag", || {
-        std::fs::read_to_string(&log_errors)
-            .unwrap()
-            .contains("fell behind the session's output")
-    });
-    assert!(log.try_wait().unwrap().is_none(), "log --follow goes on");
-    let _ = log.kill();
-    let _ = log.wait();
-}
-
 /// Runs `sessionctl ARGS` with `input` on its standard input.
 fn ctl_with_input(sb: &Sandbox, args: &[&str], input: Vec<u8>) -> sessiond_tests::CtlOutput {
     use std::io::Write;
@@ -1619,6 +1567,135 @@ fn a_slow_but_steady_follower_is_kept_however_long_the_output_takes() {
     );
     let _ = follow.kill();
     let _ = follow.wait();
+}
+
+#[test]
+fn a_follower_paused_far_past_the_write_timeout_is_kept_and_shows_every_byte_once() {
+    use std::io::Read;
+    // The follower's stdout is a pipe nobody reads while 15 MB of output pass: it stops
+    // reading its socket for seconds, past write_timeout_ms many times over, and the daemon
+    // drops what does not fit in its queue (`lagged`). Kept, it must read the transcript
+    // again and print every line once, in order.
+    let sb = Sandbox::with_config("[daemon]\nwrite_timeout_ms = 200\n");
+    sb.ctl(&["daemon", "start"]).ok();
+    shell_session(&sb);
+    sb.ctl(&["send", "--wait", "echo before"]).ok();
+    let errors = sb.root.join("follow.err");
+    let mut follow = sb
+        .sessionctl()
+        .args(["log", "--follow", "job"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&errors).unwrap())
+        .spawn()
+        .expect("spawn log --follow");
+    sessiond_tests::eventually("log --follow to subscribe", || {
+        sb.ctl(&["--json", "daemon", "status"]).json()["subscriptions"] == 1
+    });
+    const LINES: u32 = 2_000_000;
+    sb.ctl(&["send", "--wait", &format!("seq 1 {LINES}")]).ok();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    sb.ctl(&["send", "--wait", "echo after"]).ok();
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "log --follow ended while paused: {}",
+        std::fs::read_to_string(&errors).unwrap()
+    );
+
+    let mut out = follow.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n @ 1..) = out.read(&mut buf) {
+            reader.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let done = |text: &str| {
+        text.lines()
+            .rev()
+            .take(3)
+            .any(|l| l.starts_with("── ") && l.ends_with(" completed (exit 0) ──"))
+            && text.contains("\nafter\n")
+    };
+    sessiond_tests::eventually("the follower to print the last turn's end", || {
+        done(&String::from_utf8_lossy(&seen.lock().unwrap()))
+    });
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let text = String::from_utf8(seen.lock().unwrap().clone()).unwrap();
+    let number = |l: &&str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit());
+    let numbers: Vec<&str> = text.lines().filter(number).collect();
+    let ours: Vec<&str> = text.lines().filter(|l| !number(l)).collect();
+    assert_eq!(
+        numbers.len(),
+        LINES as usize,
+        "every line of output, once: {ours:?}"
+    );
+    assert!(
+        numbers
+            .iter()
+            .zip(1..)
+            .all(|(l, n)| l.parse::<u32>() == Ok(n)),
+        "in order"
+    );
+    assert_eq!(text.matches("\nbefore\n").count(), 1, "{}", &text[..200]);
+    assert_eq!(text.matches("\nafter\n").count(), 1);
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("── ") && l.contains(" completed (exit 0)"))
+            .count(),
+        3,
+        "each turn's end once"
+    );
+    let said = std::fs::read_to_string(&errors).unwrap();
+    assert!(
+        said.is_empty(),
+        "nothing was lost, so nothing to say: {said}"
+    );
+}
+
+#[test]
+fn send_follow_paused_by_its_reader_still_prints_every_byte_and_the_exit() {
+    use std::io::Read;
+    // As above, for `send --follow`: it used to give up ("fell behind … lost some") when
+    // the daemon dropped events it could not hold for it.
+    let sb = Sandbox::with_config("[daemon]\nwrite_timeout_ms = 200\n");
+    sb.ctl(&["daemon", "start"]).ok();
+    let project = shell_session(&sb);
+    const LINES: u32 = 2_000_000;
+    let errors = sb.root.join("send.err");
+    let mut send = sb
+        .sessionctl()
+        .args([
+            "send",
+            "--follow",
+            &format!("seq 1 {LINES}; touch done; exit 3"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&errors).unwrap())
+        .spawn()
+        .expect("spawn send --follow");
+    sessiond_tests::eventually("the turn to finish", || project.join("done").exists());
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let mut text = String::new();
+    send.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    let status = send.wait().unwrap();
+    let said = std::fs::read_to_string(&errors).unwrap();
+    assert_eq!(status.code(), Some(3), "the turn's exit status: {said}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), LINES as usize, "every line, once: {said}");
+    assert!(
+        lines
+            .iter()
+            .zip(1..)
+            .all(|(l, n)| l.parse::<u32>() == Ok(n)),
+        "in order"
+    );
+    assert!(!said.contains("fell behind"), "{said}");
 }
 
 #[test]

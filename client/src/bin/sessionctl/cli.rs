@@ -389,10 +389,9 @@ pub enum Command {
     ///
     /// When the daemon stops or restarts, watch prints the events of the stop (running turns
     /// settling `interrupted`) and ends with exit status 3 (`shutting_down`); run it again, or
-    /// in a loop, to follow the next daemon. A reader that takes nothing for the daemon's
-    /// write_timeout_ms (10 s), or reads slower than about 10 KB/s (the socket frees room
-    /// about 100 KB at a time), is dropped (exit 3); one that keeps up but falls behind
-    /// gets a `lagged` event saying how many it missed.
+    /// in a loop, to follow the next daemon. A reader that falls behind, or stops reading for
+    /// a while (paused in a pager), is kept, and gets a `lagged` event saying how many
+    /// events it missed when it reads again.
     ///
     /// With filters, an event is printed when it matches every kind of filter given, and any
     /// one value of each: `--session api --event turn_settled` prints api's settled turns. A
@@ -606,7 +605,9 @@ pub struct LogArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub last: Option<u32>,
     /// Keep printing new turns and output as they come, until interrupted (exit 0) or the
-    /// daemon stops (exit 3). Not with --turn: follow the session, or `send --follow`
+    /// daemon stops (exit 3). Nothing is lost when the reader pauses (a pager): what the
+    /// daemon could not hold meanwhile is read back from the transcript. Not with --turn:
+    /// follow the session, or `send --follow`
     #[arg(long, short = 'f', conflicts_with = "turn")]
     pub follow: bool,
 }

@@ -2,6 +2,7 @@
 //! hands the result to `Out`.
 
 pub mod daemon;
+pub mod follow;
 pub mod ping;
 pub mod run;
 pub mod sessions;

@@ -137,6 +137,10 @@ pub fn send(
         eprintln!("sessionctl: turn {} waits: {}", turn.short(), visible(held));
     }
     client.set_timeout(None)?;
+    let print = s.follow && !out.json;
+    // The next chunk of the turn's output to print: a re-read after a gap and the events
+    // that come meanwhile both carry some, and each is printed once.
+    let mut next_chunk = 0u64;
     loop {
         let Some(payload) = client.next_event()? else {
             return Err(ClientError::Disconnected(
@@ -144,63 +148,149 @@ pub fn send(
             ));
         };
         let Some(event) = session_event(&payload)? else {
-            return Err(ClientError::Local(format!(
-                "fell behind the turn's output and lost some; the turn goes on, and \
-                 `sessionctl log {} --turn {turn}` shows all of its output",
-                result.turn.session
-            )));
+            // Fell behind (a pager held stdout, say) and events were dropped: what they
+            // said is in the turn's transcript.
+            if let Some(end) = catch_up_turn(&mut client, &result.turn, &mut next_chunk, print)? {
+                return settled(
+                    out,
+                    s.follow,
+                    turn,
+                    end.status,
+                    end.exit_code,
+                    end.error.as_deref(),
+                );
+            }
+            continue;
         };
         if event.data.turn != Some(turn) {
             continue;
         }
-        if event.event == event_kind::TURN_OUTPUT && !out.json {
-            let text = event.data.data.unwrap_or_default();
-            let written = if event.data.stream.as_deref() == Some("stderr") {
-                let mut e = std::io::stderr().lock();
-                e.write_all(text.as_bytes()).and_then(|()| e.flush())
-            } else {
-                let mut o = std::io::stdout().lock();
-                o.write_all(text.as_bytes()).and_then(|()| o.flush())
-            };
-            if let Err(e) = written {
-                if e.kind() != std::io::ErrorKind::BrokenPipe {
-                    return Err(ClientError::Local(format!("cannot write output: {e}")));
+        if event.event == event_kind::TURN_OUTPUT {
+            let chunk = event.data.chunk.unwrap_or(0);
+            if chunk >= next_chunk {
+                next_chunk = chunk + 1;
+                if print {
+                    let text = event.data.data.unwrap_or_default();
+                    print_output(event.data.stream.as_deref(), &text).map_err(cannot_write)?;
                 }
             }
         }
         if event.event == event_kind::TURN_SETTLED {
-            let status = event.data.status.unwrap_or(TurnStatus::Failed);
-            let exit_code = event.data.exit_code;
-            let report = serde_json::json!({
-                "turn_id": turn,
-                "status": status,
-                "exit_code": exit_code,
-                "error": event.data.reason,
-            });
-            if out.json {
-                out.emit(&report, |_| Ok(()))?;
-            } else if !s.follow || status != TurnStatus::Completed {
-                eprintln!(
-                    "turn {} {}{}{}",
-                    turn.short(),
-                    status.as_str(),
-                    exit_code.map_or(String::new(), |c| format!(" (exit code {c})")),
-                    event
-                        .data
-                        .reason
-                        .as_deref()
-                        .map_or(String::new(), |r| format!(": {}", visible(r)))
-                );
-            }
-            return Ok(match (status, exit_code) {
-                (TurnStatus::Completed, _) => 0,
-                // Only a failure's code is the provider's verdict; an interrupted or
-                // cancelled turn's is the signal's doing.
-                (TurnStatus::Failed, Some(code)) if (1..=255).contains(&code) => code as u8,
-                _ => 1,
-            });
+            return settled(
+                out,
+                s.follow,
+                turn,
+                event.data.status.unwrap_or(TurnStatus::Failed),
+                event.data.exit_code,
+                event.data.reason.as_deref(),
+            );
         }
     }
+}
+
+/// A turn's output as it came: stderr's to stderr, the rest to stdout. A closed pipe is no
+/// error: the turn goes on, and `--wait` still reports how it ends.
+fn print_output(stream: Option<&str>, text: &str) -> std::io::Result<()> {
+    let written = if stream == Some("stderr") {
+        let mut e = std::io::stderr().lock();
+        e.write_all(text.as_bytes()).and_then(|()| e.flush())
+    } else {
+        let mut o = std::io::stdout().lock();
+        o.write_all(text.as_bytes()).and_then(|()| o.flush())
+    };
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+fn cannot_write(e: std::io::Error) -> ClientError {
+    ClientError::Local(format!("cannot write output: {e}"))
+}
+
+/// After `lagged`, for `send --wait`/`--follow`: reads the turn back from its transcript,
+/// from `next_chunk` on, printing what the dropped events carried (when `print`), and
+/// returns the turn when it has settled. The read comes after every change the dropped
+/// events reported (the daemon answers reads after the writes queued before them).
+fn catch_up_turn(
+    client: &mut BlockingClient,
+    turn: &TurnInfo,
+    next_chunk: &mut u64,
+    print: bool,
+) -> Result<Option<TurnInfo>, ClientError> {
+    let target = Target {
+        session: Some(turn.session.to_string()),
+        project: None,
+    };
+    let digits = turn.turn_id.0.simple().to_string();
+    let from = LogCursor {
+        turn: turn.turn_id,
+        chunk: *next_chunk,
+    };
+    let mut end = None;
+    let read = read_log(
+        client,
+        None,
+        &target,
+        Some(&digits),
+        None,
+        Some(from),
+        |page| {
+            for entry in page.turns.iter().filter(|e| e.turn.turn_id == turn.turn_id) {
+                for chunk in &entry.output {
+                    if chunk.chunk < *next_chunk {
+                        continue;
+                    }
+                    *next_chunk = chunk.chunk + 1;
+                    if print {
+                        print_output(Some(&chunk.stream), &chunk.data)?;
+                    }
+                }
+                if entry.turn.status.settled() && ends_here(entry, page.next) {
+                    end = Some(entry.turn.clone());
+                }
+            }
+            Ok(())
+        },
+    )?;
+    read.map_err(cannot_write)?;
+    Ok(end)
+}
+
+/// How `send --wait`/`--follow` ends: the turn's end said (always with `--json`; for
+/// people, unless `--follow` showed a turn that completed) and its exit status.
+fn settled(
+    out: &Out,
+    follow: bool,
+    turn: sessiond_proto::session::TurnId,
+    status: TurnStatus,
+    exit_code: Option<i32>,
+    reason: Option<&str>,
+) -> Result<u8, ClientError> {
+    if out.json {
+        let report = serde_json::json!({
+            "turn_id": turn,
+            "status": status,
+            "exit_code": exit_code,
+            "error": reason,
+        });
+        out.emit(&report, |_| Ok(()))?;
+    } else if !follow || status != TurnStatus::Completed {
+        eprintln!(
+            "turn {} {}{}{}",
+            turn.short(),
+            status.as_str(),
+            exit_code.map_or(String::new(), |c| format!(" (exit code {c})")),
+            reason.map_or(String::new(), |r| format!(": {}", visible(r)))
+        );
+    }
+    Ok(match (status, exit_code) {
+        (TurnStatus::Completed, _) => 0,
+        // Only a failure's code is the provider's verdict; an interrupted or cancelled
+        // turn's is the signal's doing.
+        (TurnStatus::Failed, Some(code)) if (1..=255).contains(&code) => code as u8,
+        _ => 1,
+    })
 }
 
 /// Which queue command.
@@ -290,13 +380,15 @@ const LOG_PAGE_BYTES: u64 = 16 << 20;
 
 /// Reads a transcript page by page, handing each page to `page` as it comes; stops early,
 /// returning what `page` failed with, when that fails (a closed stdout). Pages after the
-/// first name the session by id, so a switch meanwhile does not change what is read.
-fn read_log(
+/// first name the session by id, so a switch meanwhile does not change what is read. With
+/// `from`, reading starts there (a page's `next`, or a turn and chunk to go on from).
+pub(super) fn read_log(
     client: &mut BlockingClient,
     context: Option<&str>,
     t: &Target,
     turn: Option<&str>,
     last: Option<u32>,
+    from: Option<LogCursor>,
     mut page: impl FnMut(LogResult) -> std::io::Result<()>,
 ) -> Result<std::io::Result<()>, ClientError> {
     let SessionParams {
@@ -311,7 +403,7 @@ fn read_log(
         turn: turn.map(str::to_string),
         last,
         max_bytes: Some(LOG_PAGE_BYTES),
-        from: None,
+        from,
     };
     loop {
         let result = client.call::<Log>(params.clone())?;
@@ -334,7 +426,7 @@ fn read_log(
 }
 
 /// Whether `entry` ends in this page: the page's `next` continues no other turn's output.
-fn ends_here(entry: &LogTurn, next: Option<LogCursor>) -> bool {
+pub(super) fn ends_here(entry: &LogTurn, next: Option<LogCursor>) -> bool {
     next.is_none_or(|n| n.turn != entry.turn.turn_id)
 }
 
@@ -348,13 +440,13 @@ pub fn log(
     follow: bool,
 ) -> Result<(), ClientError> {
     if follow {
-        return follow_log(opts, context, t, last);
+        return super::follow::follow_log(opts, context, t, last);
     }
     let mut client = BlockingClient::connect(opts)?;
     if out.json {
         // One document: the pages joined, a turn cut between two made whole again.
         let mut whole: Option<LogResult> = None;
-        let joined = read_log(&mut client, context, t, turn, last, |page| {
+        let joined = read_log(&mut client, context, t, turn, last, None, |page| {
             let Some(whole) = whole.as_mut() else {
                 whole = Some(LogResult { next: None, ..page });
                 return Ok(());
@@ -377,7 +469,7 @@ pub fn log(
     let now = sessiond_proto::now_ms();
     let mut w = Transcript::new(std::io::BufWriter::new(std::io::stdout().lock()));
     let mut session = None;
-    let printed = read_log(&mut client, context, t, turn, last, |page| {
+    let printed = read_log(&mut client, context, t, turn, last, None, |page| {
         session.get_or_insert(page.session);
         for entry in &page.turns {
             w.turn(entry, now, ends_here(entry, page.next))?;
@@ -400,7 +492,7 @@ pub fn export(opts: &ConnectOptions, context: Option<&str>, t: &Target) -> Resul
     let mut w = std::io::BufWriter::new(std::io::stdout().lock());
     // The turn whose output a page cut: its `turn` line is out already.
     let mut cut = None;
-    let exported = read_log(&mut client, context, t, None, None, |page| {
+    let exported = read_log(&mut client, context, t, None, None, None, |page| {
         for entry in &page.turns {
             if cut != Some(entry.turn.turn_id) {
                 let mut turn = serde_json::to_value(&entry.turn).map_err(std::io::Error::from)?;
@@ -428,127 +520,9 @@ pub fn export(opts: &ConnectOptions, context: Option<&str>, t: &Target) -> Resul
     written(exported.and_then(|()| w.flush()))
 }
 
-/// Prints the transcript, then what happens next, live. Subscribing comes first so nothing
-/// falls between the transcript and the first event; chunk numbers drop what was printed.
-fn follow_log(
-    opts: &ConnectOptions,
-    context: Option<&str>,
-    t: &Target,
-    last: Option<u32>,
-) -> Result<(), ClientError> {
-    use std::collections::HashMap;
-    let mut client = BlockingClient::connect(opts)?;
-    let info = client.call::<Get>(t.params(context)?)?;
-    client.call::<Subscribe>(SubscribeParams {
-        filter: EventFilter {
-            sessions: vec![info.id],
-            events: vec![
-                event_kind::TURN_STARTED.into(),
-                event_kind::TURN_OUTPUT.into(),
-                event_kind::TURN_SETTLED.into(),
-            ],
-            ..Default::default()
-        },
-    })?;
-    let target = Target {
-        session: Some(info.id.to_string()),
-        project: None,
-    };
-    let mut printed: HashMap<sessiond_proto::session::TurnId, u64> = HashMap::new();
-    let mut w = Transcript::new(std::io::stdout().lock());
-    let fail = |e: std::io::Error| ClientError::Local(format!("cannot write output: {e}"));
-    let now = sessiond_proto::now_ms();
-    // What the history showed already, so events queued meanwhile do not show it again: a
-    // turn's start (shown as running or settled), its settling.
-    let mut started = std::collections::HashSet::new();
-    let mut settled = std::collections::HashSet::new();
-    let history = read_log(&mut client, None, &target, None, last, |page| {
-        for entry in &page.turns {
-            let id = entry.turn.turn_id;
-            if let Some(last) = entry.output.last() {
-                printed.insert(id, last.chunk + 1);
-            }
-            // A turn cut between pages goes on without a header: what it did by the later
-            // page (settling, say) is left for the events to show, unless its header showed
-            // it settled already.
-            if w.showing(id) {
-                w.turn(
-                    entry,
-                    now,
-                    ends_here(entry, page.next) && settled.contains(&id),
-                )?;
-                continue;
-            }
-            w.turn(entry, now, ends_here(entry, page.next))?;
-            match entry.turn.status {
-                TurnStatus::Queued => {}
-                TurnStatus::Running => {
-                    started.insert(id);
-                }
-                _ => {
-                    started.insert(id);
-                    settled.insert(id);
-                }
-            }
-        }
-        Ok(())
-    })?;
-    match history.and_then(|()| w.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-        other => other.map_err(fail)?,
-    }
-    client.set_timeout(None)?;
-    while let Some(payload) = client.next_event()? {
-        let Some(event) = session_event(&payload)? else {
-            w.end_line().and_then(|()| w.flush()).map_err(fail)?;
-            eprintln!(
-                "sessionctl: fell behind the session's output and lost some; `sessionctl log \
-                 {}` shows all of it",
-                info.id.short()
-            );
-            continue;
-        };
-        let Some(turn) = event.data.turn else {
-            continue;
-        };
-        match event.event.as_str() {
-            event_kind::TURN_STARTED if started.insert(turn) => {
-                w.header(turn, "running", None, None).map_err(fail)?;
-            }
-            event_kind::TURN_OUTPUT => {
-                let chunk = event.data.chunk.unwrap_or(0);
-                let next = printed.entry(turn).or_insert(0);
-                if chunk >= *next {
-                    *next = chunk + 1;
-                    w.output_of(turn, &event.data.data.unwrap_or_default())
-                        .map_err(fail)?;
-                }
-            }
-            event_kind::TURN_SETTLED if settled.insert(turn) => {
-                let status = event.data.status.map_or("settled", |s| s.as_str());
-                w.header(turn, status, event.data.exit_code, None)
-                    .map_err(fail)?;
-                if let Some(error) = &event.data.reason {
-                    w.error(error).map_err(fail)?;
-                }
-            }
-            _ => {}
-        }
-        if let Err(e) = w.flush() {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                return Ok(());
-            }
-            return Err(fail(e));
-        }
-    }
-    // The daemon went away: leave the terminal on a line of its own.
-    let _ = w.end_line().and_then(|()| w.flush());
-    Ok(())
-}
-
 /// Decodes an event of a session subscription; `None` for `lagged`, which carries no session
 /// (only how many events were dropped for this client).
-fn session_event(payload: &[u8]) -> Result<Option<Event<SessionEvent>>, ClientError> {
+pub(super) fn session_event(payload: &[u8]) -> Result<Option<Event<SessionEvent>>, ClientError> {
     let undecodable = |e| ClientError::Protocol(format!("undecodable event: {e}"));
     let head: Event<serde::de::IgnoredAny> = frame::decode(payload).map_err(undecodable)?;
     if head.event == event_kind::LAGGED {
