@@ -299,6 +299,19 @@ impl ProviderConfig {
                     .to_string(),
             );
         }
+        let templates = std::iter::once(("command", &self.command))
+            .chain(self.first_command.iter().map(|t| ("first_command", t)));
+        for (key, template) in templates {
+            if let Some(open) = prompt_open_to_options(template) {
+                warnings.push(format!(
+                    "{key}: {open:?} hands the prompt over as an argument of its own, so a \
+                     prompt starting with '-' (a Markdown list, \"--help\") would be read by \
+                     {:?} as an option; put \"--\" before it, or join it to its option \
+                     (\"--message={{prompt}}\")",
+                    template[0]
+                ));
+            }
+        }
         if self.needs_input_value.is_some() && self.needs_input_pointer.is_none() {
             warnings.push(
                 "needs_input_value is ignored without a needs_input_pointer to compare it with; \
@@ -412,6 +425,16 @@ pub enum Signal {
     NeedsInput(bool),
 }
 
+/// Longest provider session id kept: ids are UUIDs or similar; a longer one is surely not.
+pub const MAX_SESSION_ID_BYTES: usize = 1024;
+
+/// Whether `id` can be handed back to the provider (in an argv element, the environment)
+/// and shown: not empty, no control characters (a NUL would make every later turn fail to
+/// start), not absurdly long.
+fn usable_session_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_SESSION_ID_BYTES && !id.chars().any(char::is_control)
+}
+
 /// Longest line the scanner will parse; longer ones are stored but not interpreted, so a
 /// provider printing a gigabyte without a newline costs no memory here.
 pub const MAX_SCANNED_LINE: usize = 1024 * 1024;
@@ -457,27 +480,74 @@ impl<'a> LineScanner<'a> {
         signals
     }
 
+    /// Ends the output: a last line without a newline is still a line (a provider that
+    /// writes one JSON object and exits may not end it).
+    pub fn finish(&mut self) -> Vec<Signal> {
+        let mut signals = Vec::new();
+        if !self.skipping && !self.line.is_empty() {
+            self.scan(&mut signals);
+        }
+        self.line.clear();
+        self.skipping = false;
+        signals
+    }
+
     fn scan(&self, signals: &mut Vec<Signal>) {
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&self.line) else {
-            return; // not JSON: progress text; nothing to learn
+        let line = self
+            .line
+            .strip_prefix(b"\xEF\xBB\xBF")
+            .unwrap_or(&self.line);
+        if line.trim_ascii().is_empty() {
+            return;
+        }
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(line) else {
+            // Not JSON: progress text, an ordinary line, which ends a wait for input.
+            if self.provider.needs_input_pointer.is_some() {
+                signals.push(Signal::NeedsInput(false));
+            }
+            return;
         };
         if let Some(pointer) = &self.provider.session_id_pointer {
-            if let Some(id) = value.pointer(pointer).and_then(|v| v.as_str()) {
-                if !id.is_empty() {
-                    signals.push(Signal::SessionId(id.to_string()));
+            match value.pointer(pointer).and_then(|v| v.as_str()) {
+                Some(id) if usable_session_id(id) => {
+                    signals.push(Signal::SessionId(id.to_string()))
                 }
+                Some("") | None => {}
+                Some(id) => tracing::warn!(
+                    pointer = %pointer,
+                    "the provider printed a session id sessiond cannot pass back to it (control \
+                     characters, or over {MAX_SESSION_ID_BYTES} bytes); ignored: {:?}",
+                    id.chars().take(80).collect::<String>()
+                ),
             }
         }
         if let Some(pointer) = &self.provider.needs_input_pointer {
             let found = value.pointer(pointer);
             let asks = match (&self.provider.needs_input_value, found) {
                 (_, None) => false,
-                (Some(expected), Some(v)) => v.as_str() == Some(expected.as_str()),
+                // A string is compared as text; anything else as its JSON (`true`, `1`).
+                (Some(expected), Some(serde_json::Value::String(v))) => v == expected,
+                (Some(expected), Some(v)) => {
+                    serde_json::from_str::<serde_json::Value>(expected).is_ok_and(|e| e == *v)
+                }
                 (None, Some(v)) => !(v.is_null() || v == &serde_json::Value::Bool(false)),
             };
             signals.push(Signal::NeedsInput(asks));
         }
     }
+}
+
+/// The first element of `template` that begins with `{prompt}` and has no `--` (the end of
+/// options) before it: there a prompt starting with `-` would be parsed as an option.
+fn prompt_open_to_options(template: &[String]) -> Option<&str> {
+    template
+        .iter()
+        .skip(1)
+        .take_while(|element| element.as_str() != "--")
+        .find(|element| {
+            parse_element(element).is_ok_and(|pieces| pieces.first() == Some(&Piece::Var("prompt")))
+        })
+        .map(String::as_str)
 }
 
 fn argv(items: &[&str]) -> Vec<String> {
@@ -509,7 +579,8 @@ pub fn builtin() -> BTreeMap<String, ProviderConfig> {
     all.insert(
         "shell".to_string(),
         ProviderConfig {
-            command: argv(&["sh", "-c", "{prompt}"]),
+            // `--`: a prompt starting with `-` is the command, not an option of sh.
+            command: argv(&["sh", "-c", "--", "{prompt}"]),
             first_command: None,
             prompt: PromptChannel::Argv,
             output: OutputFormat::Text,
@@ -520,28 +591,34 @@ pub fn builtin() -> BTreeMap<String, ProviderConfig> {
             timeout_secs: None,
         },
     );
-    // Claude Code: `-p` prints one answer; stream-json emits JSON lines whose objects carry
-    // `session_id`; `--resume ID` continues that session.
+    // Each preset hands over the prompt so that one starting with `-` (a pasted Markdown
+    // list, "--help") stays the prompt: after `--` where the prompt is a positional argument,
+    // joined to its option with `=` where it is an option's value.
+    //
+    // Claude Code: `-p` (print) answers one prompt, a positional argument; stream-json emits
+    // JSON lines whose objects carry `session_id`; `--resume ID` continues that session.
     all.insert(
         "claude".to_string(),
         agent(
             &[
                 "claude",
                 "-p",
-                "{prompt}",
                 "--output-format",
                 "stream-json",
                 "--verbose",
+                "--",
+                "{prompt}",
             ],
             &[
                 "claude",
                 "-p",
-                "{prompt}",
                 "--resume",
                 "{provider_session_id}",
                 "--output-format",
                 "stream-json",
                 "--verbose",
+                "--",
+                "{prompt}",
             ],
             "/session_id",
         ),
@@ -551,32 +628,37 @@ pub fn builtin() -> BTreeMap<String, ProviderConfig> {
     all.insert(
         "codex".to_string(),
         agent(
-            &["codex", "exec", "--json", "{prompt}"],
+            &["codex", "exec", "--json", "--", "{prompt}"],
             &[
                 "codex",
                 "exec",
                 "--json",
                 "resume",
                 "{provider_session_id}",
+                "--",
                 "{prompt}",
             ],
             "/thread_id",
         ),
     );
-    // Gemini CLI: `-p` runs one prompt; stream-json prints JSON lines with `session_id`;
-    // `--resume ID` continues that session.
+    // Gemini CLI: `--prompt` runs one prompt; stream-json prints JSON lines with
+    // `session_id`; `--resume ID` continues that session.
     all.insert(
         "gemini".to_string(),
         agent(
-            &["gemini", "-p", "{prompt}", "--output-format", "stream-json"],
+            &[
+                "gemini",
+                "--output-format",
+                "stream-json",
+                "--prompt={prompt}",
+            ],
             &[
                 "gemini",
                 "--resume",
                 "{provider_session_id}",
-                "-p",
-                "{prompt}",
                 "--output-format",
                 "stream-json",
+                "--prompt={prompt}",
             ],
             "/session_id",
         ),
@@ -618,9 +700,87 @@ mod tests {
             vec![
                 Signal::SessionId("abc".into()),
                 Signal::NeedsInput(false),
+                // Progress text is an ordinary line too: it ends a wait for input.
+                Signal::NeedsInput(false),
                 Signal::NeedsInput(true)
             ]
         );
+        // A last line without its newline still counts, once the output ends; a blank one
+        // says nothing.
+        assert!(scanner.feed(b"\n  \n{\"session_id\": \"last\"}").is_empty());
+        assert_eq!(
+            scanner.finish(),
+            vec![Signal::SessionId("last".into()), Signal::NeedsInput(false)]
+        );
+        assert!(scanner.finish().is_empty(), "nothing is scanned twice");
+    }
+
+    #[test]
+    fn scanner_refuses_session_ids_it_could_not_hand_back_and_reads_odd_lines() {
+        let p = ProviderConfig {
+            output: OutputFormat::Jsonl,
+            session_id_pointer: Some("/session_id".into()),
+            needs_input_pointer: Some("/needs_input".into()),
+            needs_input_value: Some("true".into()),
+            ..builtin()["shell"].clone()
+        };
+        let mut scanner = LineScanner::new(&p);
+        // A NUL would make every later turn fail to start; a newline would break `show`.
+        for bad in [r#""a\u0000b""#, r#""a\nb""#, r#""\u001b[31mred""#] {
+            let line = format!("{{\"session_id\": {bad}}}\n");
+            assert_eq!(
+                scanner.feed(line.as_bytes()),
+                vec![Signal::NeedsInput(false)]
+            );
+        }
+        let long = format!(
+            "{{\"session_id\": \"{}\"}}\n",
+            "x".repeat(MAX_SESSION_ID_BYTES + 1)
+        );
+        assert_eq!(
+            scanner.feed(long.as_bytes()),
+            vec![Signal::NeedsInput(false)]
+        );
+        // A byte-order mark before the JSON, and a value that is not a string, compared as
+        // its JSON text.
+        assert_eq!(
+            scanner.feed(b"\xEF\xBB\xBF{\"session_id\": \"bom\", \"needs_input\": true}\n"),
+            vec![Signal::SessionId("bom".into()), Signal::NeedsInput(true)]
+        );
+    }
+
+    #[test]
+    fn presets_keep_a_prompt_that_looks_like_an_option_a_prompt() {
+        for (name, provider) in builtin() {
+            assert!(
+                provider.warnings().is_empty(),
+                "{name}: {:?}",
+                provider.warnings()
+            );
+            for psid in [None, Some("abc")] {
+                let argv = provider.argv(&vars("--help", psid)).unwrap();
+                let at = argv.iter().position(|a| a.ends_with("--help")).unwrap();
+                assert!(
+                    argv[..at].contains(&"--".to_string()) || argv[at].starts_with("--prompt="),
+                    "{name}: {argv:?}"
+                );
+            }
+        }
+        // A template of one's own that leaves the prompt open is warned of.
+        let open = ProviderConfig {
+            command: argv(&["aider", "--message", "{prompt}"]),
+            ..builtin()["shell"].clone()
+        };
+        let warnings = open.warnings();
+        assert!(
+            warnings.iter().any(|w| w.contains("put \"--\" before it")),
+            "{warnings:?}"
+        );
+        let joined = ProviderConfig {
+            command: argv(&["aider", "--message={prompt}"]),
+            ..open.clone()
+        };
+        assert!(joined.warnings().is_empty());
     }
 
     #[test]
@@ -657,7 +817,7 @@ mod tests {
         let nasty = "echo hi; rm -rf / && $(reboot) `id` \"quoted\" 'single'\nnext line {cwd}";
         assert_eq!(
             shell.argv(&vars(nasty, None)).unwrap(),
-            vec!["sh".to_string(), "-c".into(), nasty.into()]
+            vec!["sh".to_string(), "-c".into(), "--".into(), nasty.into()]
         );
     }
 
@@ -716,7 +876,7 @@ mod tests {
         let first = claude.argv(&vars("hi", None)).unwrap();
         assert!(!first.contains(&"--resume".to_string()));
         let later = claude.argv(&vars("hi", Some("abc"))).unwrap();
-        assert_eq!(later[3..5], ["--resume".to_string(), "abc".to_string()]);
+        assert_eq!(later[2..4], ["--resume".to_string(), "abc".to_string()]);
     }
 
     #[test]

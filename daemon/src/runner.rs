@@ -287,7 +287,17 @@ async fn run_turn(ctx: &Daemon, order: StartOrder) -> Result<Ended, ()> {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .current_dir(&order.cwd)
-        .envs(&provider.env)
+        // The daemon's environment is that of whichever client started it: its context and
+        // log filter are that client's, not the turn's. The paths lead a `sessionctl` run by
+        // the turn (a hook, an agent) to this daemon.
+        .env_remove("SESSIOND_CONTEXT")
+        .env_remove("SESSIOND_LOG")
+        .env("SESSIOND_RUNTIME_DIR", &ctx.paths.runtime_dir)
+        .env("SESSIOND_STATE_DIR", &ctx.paths.state_dir);
+    if ctx.paths.config_explicit {
+        cmd.env("SESSIOND_CONFIG", &ctx.paths.config);
+    }
+    cmd.envs(&provider.env)
         .env("SESSIOND_SESSION_ID", &id)
         .env("SESSIOND_TURN_ID", order.turn.to_string())
         .env("SESSIOND_PROJECT", &*order.project)
@@ -452,10 +462,13 @@ async fn pump(
         } else {
             crate::turn::utf8_complete_prefix(&buf[..end])
         };
-        let signals = scanner
+        let mut signals = scanner
             .as_mut()
             .map(|s| s.feed(&buf[held..end]))
             .unwrap_or_default();
+        if n == 0 {
+            signals.extend(scanner.as_mut().map(|s| s.finish()).unwrap_or_default());
+        }
         let mut registry = ctx.registry();
         if complete > 0 {
             registry.turn_output(turn, stream, &buf[..complete], ctx.config.max_output_bytes);

@@ -526,6 +526,32 @@ fn a_jsonl_provider_binds_the_session_and_later_ids_become_aliases() {
     for alias in ["conv-1", "conv-2"] {
         assert_eq!(sb.ctl(&["--json", "show", alias]).json()["id"], shown["id"]);
     }
+    // A last line without its newline (one object written, then exit) still counts.
+    sb.ctl(&[
+        "send",
+        "--wait",
+        "a",
+        "printf '{\"session_id\": \"conv-3\"}'",
+    ])
+    .ok();
+    let shown = sb.ctl(&["--json", "show", "a"]).json();
+    assert_eq!(shown["provider_session_id"], "conv-3", "{shown}");
+    // An id that could not be handed back (a NUL would fail every later turn at its
+    // start) is not taken.
+    sb.ctl(&[
+        "send",
+        "--wait",
+        "a",
+        "echo '{\"session_id\": \"x\\u0000y\"}'",
+    ])
+    .ok();
+    assert_eq!(
+        sb.ctl(&["--json", "show", "a"]).json()["provider_session_id"],
+        "conv-3"
+    );
+    let next = sb.ctl(&["send", "--follow", "a", "true"]);
+    assert_eq!(next.code(), 0, "{}", next.stderr());
+    assert!(next.stdout().contains("conv-3"), "{}", next.stdout());
 
     // A line asking for input shows as waiting_input while the turn waits.
     sb.ctl(&["send", "a", "echo '{\"type\": \"ask\"}'; sleep 0.6"])
@@ -535,6 +561,54 @@ fn a_jsonl_provider_binds_the_session_and_later_ids_become_aliases() {
     });
     sb.ctl(&["send", "--wait", "a", "true"]).ok();
     assert_eq!(sb.ctl(&["--json", "show", "a"]).json()["activity"], "idle");
+}
+
+#[test]
+fn a_turn_reaches_its_own_daemon_and_not_the_starting_clients_context() {
+    // A daemon started with flags, from an environment with a context and a log filter of
+    // its own (as when a client in an editor's context autostarts it).
+    let sb = Sandbox::new();
+    let mut daemon = sessiond_tests::Daemon {
+        child: sb
+            .sessiond()
+            .env("SESSIOND_CONTEXT", "nvim")
+            .env("SESSIOND_LOG", "debug")
+            .env_remove("SESSIOND_RUNTIME_DIR")
+            .env_remove("SESSIOND_STATE_DIR")
+            .env_remove("SESSIOND_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn sessiond"),
+    };
+    sessiond_tests::eventually("the daemon to accept", || {
+        std::os::unix::net::UnixStream::connect(sb.socket()).is_ok()
+    });
+    shell_session(&sb);
+    // A hook inside the turn runs sessionctl with nothing but what the turn was given.
+    let ctl = sessiond_tests::sessionctl_bin();
+    let script = format!(
+        "env | grep '^SESSIOND_' | sort; env -u SESSIOND_BIN '{}' --no-autostart current",
+        ctl.display()
+    );
+    let turn = sb.ctl(&["send", "--follow", &script]);
+    assert_eq!(turn.code(), 0, "{}{}", turn.stdout(), turn.stderr());
+    let out = turn.stdout();
+    assert!(!out.contains("SESSIOND_CONTEXT="), "{out}");
+    assert!(!out.contains("SESSIOND_LOG="), "{out}");
+    let runtime = format!("SESSIOND_RUNTIME_DIR={}", sb.runtime.display());
+    assert!(out.contains(&runtime), "{out}");
+    assert!(out.contains("SESSIOND_SESSION_ID="), "{out}");
+    // The default context's current session, in this daemon: the turn's own.
+    assert!(
+        out.lines()
+            .any(|l| l.contains("context default") && l.contains("job")),
+        "{out}"
+    );
+    assert!(!out.contains("nvim"), "{out}");
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    daemon.wait();
 }
 
 #[test]
