@@ -135,6 +135,9 @@ fn cannot_run(program: &Path, e: &std::io::Error) -> String {
 /// A sessiond too old to know the check (it refuses the flag as a bad command line) passes:
 /// the restart then goes ahead as it did before the check existed.
 pub fn start_refusal(opts: &ConnectOptions) -> Result<Option<String>, ClientError> {
+    if let Some(reason) = read_once(opts) {
+        return Ok(Some(reason));
+    }
     let program = opts.daemon_program();
     let mut cmd = daemon_command(opts);
     cmd.arg("--check-config");
@@ -176,6 +179,28 @@ pub fn start_refusal(opts: &ConnectOptions) -> Result<Option<String>, ClientErro
         ),
         text => text.strip_prefix("sessiond: ").unwrap_or(text).to_string(),
     }))
+}
+
+/// Why the config cannot serve both a check and a start: a pipe (`--config <(…)`) gives its
+/// text to the first reader only, so the check would take it and the new daemon find it
+/// empty, after the running one was stopped.
+fn read_once(opts: &ConnectOptions) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let paths = &opts.paths;
+        let kind = std::fs::metadata(&paths.config).ok()?.file_type();
+        if paths.config_explicit && (kind.is_fifo() || kind.is_socket()) {
+            return Some(format!(
+                "the config {} is a pipe, which only its first reader gets: the check made \
+                 before stopping the running daemon would take it, and the new one would find \
+                 it empty. Write the config to a file and pass that",
+                paths.config.display()
+            ));
+        }
+    }
+    let _ = opts;
+    None
 }
 
 /// The `sessiond --check-config` command [`start_refusal`] runs, as a line to paste into a

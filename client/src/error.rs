@@ -122,7 +122,11 @@ pub enum ClientError {
 }
 
 fn log_tail_suffix(log: &std::path::Path, tail: &str) -> String {
-    if tail.trim().is_empty() {
+    // A daemon that failed before it opened its log (a bad config, an unsafe directory) left
+    // none: the reason says all, and pointing at a file that does not exist only misleads.
+    if tail.trim().is_empty() && !log.exists() {
+        String::new()
+    } else if tail.trim().is_empty() {
         format!("\n(no log lines in {})", log.display())
     } else {
         format!("\nlast lines of {}:\n{}", log.display(), tail.trim_end())

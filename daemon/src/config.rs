@@ -174,6 +174,8 @@ impl Config {
     /// Reads the configuration named by `paths`, or the defaults when the default file is absent.
     pub fn load(paths: &Paths) -> Result<Config, ConfigError> {
         let path = &paths.config;
+        #[cfg(unix)]
+        check_owner(path)?;
         let text = match read_text(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !paths.config_explicit => {
@@ -262,6 +264,48 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// Reads the config file's text. Besides a regular file, a device (`/dev/null`: all defaults)
 /// and a pipe (`--config <(…)`) are read; a FIFO is opened without waiting for a writer, so
 /// one that nothing writes to is refused instead of stalling the start for ever.
+/// Refuses a config file another user owns or may write, as ssh refuses its own: the file
+/// decides which programs sessiond runs as this user (a provider may redefine `shell`), so
+/// whoever can change it could run anything as them. Root's files are trusted (a system-wide
+/// file an administrator manages). Only regular files are checked: a pipe (`--config <(…)`)
+/// or `/dev/null` is no file anyone else edits.
+#[cfg(unix)]
+fn check_owner(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(()); // reading it says what is wrong
+    };
+    if !meta.is_file() {
+        return Ok(());
+    }
+    let me = sessiond_proto::paths::current_uid();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(ConfigError(format!(
+            "config file {} belongs to uid {}, not to you (uid {me}), and it decides what \
+             sessiond runs as you; use a config file of your own, or take this one over \
+             (chown {me} {})",
+            path.display(),
+            meta.uid(),
+            path.display()
+        )));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o022 != 0 {
+        let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+            (true, true) => "its group and every user",
+            (true, false) => "its group",
+            _ => "every user",
+        };
+        return Err(ConfigError(format!(
+            "config file {} can be changed by {who} (mode {mode:o}), and it decides what \
+             sessiond runs as you; make it yours alone: chmod go-w {}",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 fn read_text(path: &Path) -> std::io::Result<String> {
     use std::io::{Error, Read};
     let mut options = std::fs::OpenOptions::new();

@@ -88,6 +88,9 @@ impl Sandbox {
         let root = dir.path().to_path_buf();
         let config = root.join("config.toml");
         std::fs::write(&config, toml).expect("write config");
+        // Private whatever the umask: sessiond refuses a config others may write.
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod config");
         Sandbox {
             runtime: root.join("run"),
             state: root.join("state"),

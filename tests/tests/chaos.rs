@@ -1180,9 +1180,14 @@ async fn submit(
             true
         }
         // A steer that would stop the running turn of a held queue is refused: nothing would
-        // run after it. Whether the queue is held then depends on other clients' pauses and
-        // cancels, so the refusal is expected, and must change nothing.
-        Outcome::Refused(why) if steer && !no_interrupt && why.contains("queue is paused") => {
+        // run after it. So is one while that turn is being cancelled (which pauses the queue).
+        // Whether either holds then depends on other clients' pauses and cancels, so the
+        // refusal is expected, and must change nothing.
+        Outcome::Refused(why)
+            if steer
+                && !no_interrupt
+                && (why.contains("queue is paused") || why.contains("is being cancelled")) =>
+        {
             l.refused += 1;
             true
         }

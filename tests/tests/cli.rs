@@ -99,6 +99,36 @@ fn start_and_restart_give_a_fresh_daemon() {
 }
 
 #[test]
+fn restart_with_a_config_pipe_is_refused_before_anything_stops() {
+    let sb = Sandbox::new();
+    // `--config <(…)`, in a shell, as people write it: the daemon started so reads it once;
+    // a restart's check before stopping would read the next one, and the new daemon none.
+    let ctl = sb.sessionctl();
+    let mut bash = std::process::Command::new("bash");
+    for (key, value) in ctl.get_envs() {
+        match value {
+            Some(value) => bash.env(key, value),
+            None => bash.env_remove(key),
+        };
+    }
+    bash.arg("-c")
+        .arg(
+            "\"$0\" --config <(echo) daemon start >/dev/null && \
+             \"$0\" --json --config <(echo) daemon restart",
+        )
+        .arg(sessiond_tests::sessionctl_bin())
+        .stdin(std::process::Stdio::null());
+    let out = sessiond_tests::run_bounded(&mut bash);
+    let err = out.refused(1, "local_error", "is a pipe");
+    assert!(
+        err["message"].as_str().unwrap().contains("not restarting"),
+        "{err}"
+    );
+    // The daemon was left running.
+    sb.ctl(&["--json", "--no-autostart", "ping"]).ok();
+}
+
+#[test]
 fn restart_keeps_the_running_daemon_when_a_new_one_would_not_start() {
     let sb = Sandbox::new();
     let started = sb.ctl(&["--json", "daemon", "start"]).json();

@@ -556,6 +556,56 @@ fn invalid_config_stops_start_up_naming_file_and_key() {
 }
 
 #[test]
+fn a_config_others_may_change_is_refused_as_ssh_refuses_its_own() {
+    use std::os::unix::fs::PermissionsExt;
+    // Whoever can write the config decides what runs as its user: here, the `shell` provider
+    // replaced by something else.
+    let sb = Sandbox::with_config(
+        "[providers.shell]\ncommand = [\"sh\", \"-c\", \"echo replaced; {prompt}\"]\n",
+    );
+    let chmod =
+        |mode| std::fs::set_permissions(&sb.config, std::fs::Permissions::from_mode(mode)).unwrap();
+    for (mode, who) in [(0o666, "its group and every user"), (0o620, "its group")] {
+        chmod(mode);
+        let out = run_bounded(sb.sessiond().arg("--check-config"));
+        assert_eq!(out.code(), 1, "{}", out.stderr());
+        assert!(
+            out.stderr().contains(&format!("can be changed by {who}"))
+                && out.stderr().contains("chmod go-w"),
+            "{}",
+            out.stderr()
+        );
+        // Autostart says the same, and no daemon is left behind.
+        let err = sb
+            .ctl(&["--json", "list"])
+            .refused(3, "autostart_failed", "chmod go-w");
+        let message = err["message"].as_str().unwrap();
+        assert!(message.contains(&*sb.config.to_string_lossy()), "{message}");
+        assert!(
+            !message.contains("no log lines"),
+            "no log was written: {message}"
+        );
+        assert!(!sb.socket().exists());
+    }
+    // Another user's file: refused too (only where this test may hand a file to another).
+    chmod(0o644);
+    if nix::unistd::chown(&sb.config, Some(nix::unistd::Uid::from_raw(65534)), None).is_ok() {
+        let out = run_bounded(sb.sessiond().arg("--check-config"));
+        assert_eq!(out.code(), 1, "{}", out.stderr());
+        assert!(
+            out.stderr().contains("belongs to uid 65534"),
+            "{}",
+            out.stderr()
+        );
+        let me = nix::unistd::getuid();
+        nix::unistd::chown(&sb.config, Some(me), None).unwrap();
+    }
+    // Readable by others is fine (as ssh allows), and so is a pipe nobody else edits.
+    run_bounded(sb.sessiond().arg("--check-config")).ok();
+    sb.ctl(&["list"]).ok();
+}
+
+#[test]
 fn check_config_says_whether_a_start_would_succeed_and_touches_nothing() {
     // A good config, directories not made yet: it passes, says what a daemon would use, and
     // creates neither directory (a start would).
