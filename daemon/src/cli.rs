@@ -16,8 +16,10 @@ FILES:
 
   RUNTIME defaults to $XDG_RUNTIME_DIR/sessiond, else $TMPDIR/sessiond-UID
   (/tmp/sessiond-UID when TMPDIR is unset).
-  STATE defaults to $XDG_STATE_HOME/sessiond (~/.local/state/sessiond).
-  CONFIG defaults to $XDG_CONFIG_HOME/sessiond/config.toml.
+  STATE defaults to $XDG_STATE_HOME/sessiond (~/.local/state/sessiond; on macOS
+  ~/Library/Application Support/sessiond).
+  CONFIG defaults to $XDG_CONFIG_HOME/sessiond/config.toml (on macOS
+  ~/Library/Application Support/sessiond/config.toml).
   Both directories must be owned by you and closed to others (mode 0700).
 
 SIGNALS:

@@ -137,6 +137,18 @@ impl Paths {
             Some(file) => file,
             None => default_config_file()?,
         };
+        for (path, what, flag, var) in [
+            (
+                &runtime_dir,
+                "runtime directory",
+                "--runtime-dir",
+                ENV_RUNTIME_DIR,
+            ),
+            (&state_dir, "state directory", "--state-dir", ENV_STATE_DIR),
+            (&config, "config file", "--config", ENV_CONFIG),
+        ] {
+            unexpanded_tilde(path, what, flag, var)?;
+        }
         let paths = Paths {
             runtime_dir: absolute(&runtime_dir)?,
             state_dir: absolute(&state_dir)?,
@@ -170,6 +182,28 @@ impl Paths {
     pub fn log_file(&self) -> PathBuf {
         self.state_dir.join(LOG_FILE)
     }
+}
+
+/// Refuses a path that starts with `~`: only a shell expands it, so one that got here
+/// unexpanded (quoted, or set in a unit file or a config where no shell reads it) would name
+/// a directory called `~` under the current one.
+fn unexpanded_tilde(path: &Path, what: &str, flag: &str, var: &str) -> Result<(), PathError> {
+    let starts_with_tilde = path
+        .components()
+        .next()
+        .is_some_and(|first| first.as_os_str().to_string_lossy().starts_with('~'));
+    if !starts_with_tilde {
+        return Ok(());
+    }
+    Err(PathError::Unsafe(format!(
+        "the {what} {} starts with '~', which only a shell expands (it was quoted, or set \
+         where no shell reads it); give {flag} or {var} the whole path, e.g. $HOME{}",
+        path.display(),
+        path.to_string_lossy()
+            .strip_prefix('~')
+            .filter(|rest| rest.starts_with('/'))
+            .unwrap_or("/…")
+    )))
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, PathError> {
@@ -326,6 +360,31 @@ pub fn check_private_dir(path: &Path, kind: DirKind) -> Result<(), PathError> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_path_with_an_unexpanded_tilde_is_refused_with_the_whole_path_to_give() {
+        let err = Paths::resolve(&PathOverrides {
+            runtime_dir: Some("/tmp/r".into()),
+            state_dir: Some("~/st".into()),
+            config: Some("/tmp/c.toml".into()),
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("state directory ~/st starts with '~'"),
+            "{err}"
+        );
+        assert!(err.contains("--state-dir or SESSIOND_STATE_DIR"), "{err}");
+        assert!(err.contains("$HOME/st"), "{err}");
+        // A '~' further in is an ordinary name.
+        let paths = Paths::resolve(&PathOverrides {
+            runtime_dir: Some("/tmp/r".into()),
+            state_dir: Some("/tmp/a~b".into()),
+            config: Some("/tmp/c.toml".into()),
+        })
+        .unwrap();
+        assert_eq!(paths.state_dir, PathBuf::from("/tmp/a~b"));
+    }
 
     #[test]
     fn creates_missing_directory_private() {
