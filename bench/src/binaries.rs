@@ -1,7 +1,7 @@
 //! The programs measured: sessiond, sessionctl and the floor from this workspace (built in
 //! release mode if they are not beside this harness), and the peers found on PATH.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub struct Binaries {
@@ -26,15 +26,18 @@ impl Binaries {
             floor: dir.join("sessiond-floor"),
         };
         if let Some(cargo) = std::env::var_os("CARGO") {
+            // The workspace this harness was built from, wherever it is run from; the target
+            // dir is cargo's own choice again (CARGO_TARGET_DIR is passed through), so the
+            // programs land beside this one.
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .ok_or("the harness's crate has no workspace")?
+                .join("Cargo.toml");
             let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--quiet", "--locked", "--bins"]).args([
-                "-p",
-                "sessiond",
-                "-p",
-                "sessionctl",
-                "-p",
-                "sessiond-bench",
-            ]);
+            cmd.args(["build", "--quiet", "--locked", "--bins"])
+                .arg("--manifest-path")
+                .arg(manifest)
+                .args(["-p", "sessiond", "-p", "sessionctl", "-p", "sessiond-bench"]);
             if dir.file_name().is_some_and(|n| n == "release") {
                 cmd.arg("--release");
             }

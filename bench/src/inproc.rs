@@ -14,8 +14,9 @@ use sessiond_proto::methods::Ping;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::cleanup;
+use crate::report::{Comparison, Row};
 use crate::stats::Samples;
-use crate::{compare, Row};
 
 const BLOCK: usize = 100;
 
@@ -26,17 +27,19 @@ pub fn ping_vs_echo(
     n: usize,
 ) -> Result<Vec<Row>, String> {
     let opts = opts.clone();
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = cleanup::temp_dir("sdbench-echo")?;
     // The floor: an echo in its own process, on a single-threaded runtime as sessiond is.
     let remote_path = dir.path().join("remote-echo.sock");
+    let mut cmd = std::process::Command::new(floor_bin);
+    cmd.arg("--echo")
+        .arg(&remote_path)
+        .stdin(std::process::Stdio::null());
+    cleanup::die_with_harness(&mut cmd);
     let mut remote = EchoProcess(
-        std::process::Command::new(floor_bin)
-            .arg("--echo")
-            .arg(&remote_path)
-            .stdin(std::process::Stdio::null())
-            .spawn()
+        cmd.spawn()
             .map_err(|e| format!("cannot start {}: {e}", floor_bin.display()))?,
     );
+    cleanup::track_child(remote.0.id());
     rt.block_on(async move {
         let client = Client::connect(&opts).await.map_err(|e| e.to_string())?;
         // Each echo moves as many bytes each way as a ping request does.
@@ -107,26 +110,36 @@ pub fn ping_vs_echo(
             }
         }
         let ours = ping.summary();
+        // The ratio of the medians: the target is stated in them, and the samples are taken
+        // in blocks, not pairs.
+        let compare = |against: &str, theirs: &Samples| {
+            let summary = theirs.summary();
+            Comparison {
+                against: against.to_string(),
+                summary,
+                ratio: ours.median_ms / summary.median_ms,
+                paired: false,
+            }
+        };
+        let p99 = |s: &Samples| {
+            s.summary()
+                .p99_ms
+                .map_or("none (too few samples)".into(), |p| format!("{p:.3} ms"))
+        };
         Ok::<_, String>(vec![Row {
             figure: "in-process ping round trip (p50; p99 in note)".into(),
             sessions: None,
+            runs: ping.len(),
+            warmup: BLOCK,
             sessiond: ours,
             compared: vec![
-                compare(
-                    "raw socket echo, own process",
-                    &ours,
-                    remote_floor.summary(),
-                ),
-                compare(
-                    "raw socket echo, same process",
-                    &ours,
-                    local_floor.summary(),
-                ),
+                compare("raw socket echo, own process", &remote_floor),
+                compare("raw socket echo, same process", &local_floor),
             ],
             note: Some(format!(
-                "p99 {:.3} ms vs echo p99 {:.3} ms (own process), {} round trips each",
-                ours.p99_ms,
-                remote_floor.summary().p99_ms,
+                "p99 {} vs echo p99 {} (own process), {} round trips each",
+                p99(&ping),
+                p99(&remote_floor),
                 ping.len()
             )),
         }])
@@ -140,5 +153,6 @@ impl Drop for EchoProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        cleanup::untrack_child(self.0.id());
     }
 }

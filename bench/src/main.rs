@@ -2,92 +2,102 @@
 //! otherwise use, in one run, and prints a table (`--json FILE` writes the same figures).
 //!
 //! How the pieces meet: [`binaries`] finds (or builds) what is measured, [`subject`] runs a
-//! sessiond in temp dirs and populates it, [`peers`] runs tmux (and names pueue when it is
-//! absent), [`stats`] summarises samples, and this file decides what is measured at which
-//! size and in what order. Whole-process figures are interleaved (A B A B …) after a
-//! warm-up, so drift on a noisy machine hits every contender alike; each row reports the
-//! median with min–max and the ratio to the floor and to the peer measured beside it.
+//! sessiond in temp dirs and populates it, [`peers`] runs tmux and pueue, [`rounds`] times
+//! whole processes in interleaved rounds, [`inproc`], [`throughput`] and [`idle`] measure
+//! through the library and /proc, [`stats`] summarises samples, [`report`] and [`meta`] say
+//! what was found and on what, [`cleanup`] undoes it all however the run ends, and this file
+//! decides what is measured at which size and in what order.
 //!
 //! Usage: `cargo run -p sessiond-bench --release -- [--quick] [--json FILE]`.
 
 mod binaries;
+mod cleanup;
+mod idle;
 mod inproc;
+mod meta;
 mod peers;
+mod report;
+mod rounds;
 mod stats;
 mod subject;
 mod throughput;
 
-use std::process::Command;
-use std::time::{Duration, Instant};
-
-use serde::Serialize;
+use std::path::Path;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
 
 use crate::binaries::Binaries;
+use crate::meta::RunInfo;
+use crate::report::{Report, Row, Scalar};
+use crate::rounds::{add_note, measure, Contender};
 use crate::stats::{Samples, Summary};
 use crate::subject::Subject;
 
-/// One line of the report.
-#[derive(Debug, Serialize)]
-struct Row {
-    figure: String,
-    sessions: Option<u64>,
-    sessiond: Summary,
-    /// Name and summary of the floor or peer measured beside it, with sessiond's ratio.
-    compared: Vec<Comparison>,
-    note: Option<String>,
-}
-
-/// A figure that is one number (a rate, a size), not a set of timings.
-#[derive(Debug, Serialize)]
-struct Scalar {
-    figure: String,
-    sessions: Option<u64>,
-    value: f64,
-    unit: String,
-    note: Option<String>,
-}
-
-fn scalar(
-    figure: &str,
-    sessions: Option<usize>,
-    value: f64,
-    unit: &str,
-    note: Option<String>,
-) -> Scalar {
-    Scalar {
-        figure: figure.to_string(),
-        sessions: sessions.map(|s| s as u64),
-        value,
-        unit: unit.to_string(),
-        note,
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct Comparison {
-    against: String,
-    summary: Summary,
-    ratio: f64,
-}
-
-#[derive(Default)]
 struct Plan {
+    quick: bool,
     sizes: Vec<usize>,
     runs: usize,
     warmup: usize,
-    /// Largest tmux server started (each session is a process).
-    tmux_max: usize,
-    /// Most tasks pueue is given for `status` (each is added by a process).
-    pueue_max: usize,
     startup_sizes: Vec<usize>,
     /// Seconds each requests-per-second figure runs.
     rps_secs: f64,
     submits_each: usize,
     event_switches: u64,
-    idle_secs: u64,
+    /// The quiet window idle CPU is measured over.
+    idle: Duration,
 }
 
-fn main() -> std::process::ExitCode {
+impl Plan {
+    fn quick() -> Plan {
+        Plan {
+            quick: true,
+            sizes: vec![1, 100, 1000],
+            runs: 11,
+            warmup: 3,
+            startup_sizes: vec![1000, 10_000],
+            rps_secs: 0.5,
+            submits_each: 100,
+            event_switches: 200,
+            idle: Duration::from_secs(3),
+        }
+    }
+
+    fn full() -> Plan {
+        Plan {
+            quick: false,
+            sizes: vec![1, 100, 1000, 10_000],
+            runs: 41,
+            warmup: 5,
+            startup_sizes: vec![1000, 10_000, 100_000],
+            rps_secs: 2.0,
+            submits_each: 300,
+            event_switches: 1000,
+            // Three housekeeping ticks, so "no CPU while idle" is judged over more than one.
+            idle: subject::HOUSEKEEPING_TICK * 3,
+        }
+    }
+}
+
+/// Turns queued in the session the second `send` figure sends into (and tasks in pueue's
+/// queue for its `pueue add`).
+const SEND_QUEUED: usize = 2000;
+
+/// Settled turns each session of the largest start-up store holds: a daemon in long use keeps
+/// its sessions' history, and start-up must cope with it (it loads only queued and running
+/// turns).
+const STARTUP_TURNS_PER_SESSION: usize = 10;
+
+fn main() -> ExitCode {
+    // First: until it is in place a Ctrl-C would skip the cleanup.
+    if let Err(e) = cleanup::install() {
+        eprintln!("sessiond-bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    let _cleanup = cleanup::RunGuard;
+    let swept = cleanup::sweep_stale();
+    if swept > 0 {
+        eprintln!("removed {swept} temp dirs left by earlier runs that were killed");
+    }
     let mut quick = false;
     let mut json = None;
     let mut serve = None;
@@ -106,95 +116,58 @@ fn main() -> std::process::ExitCode {
             "-h" | "--help" => {
                 println!(
                     "sessiond-bench [--quick] [--json FILE] | --serve N\n\n\
-                     Measures sessionctl and sessiond against a floor program and tmux (and \
-                     pueue when installed),\nin temp dirs, and prints a table. --quick is a \
+                     Measures sessionctl and sessiond against a floor program, tmux and pueue \
+                     (when installed),\nin temp dirs, and prints a table. --quick is a \
                      subset that finishes in under 2 minutes.\n--serve N starts a daemon \
                      with N sessions, prints the environment that points sessionctl at it,\n\
                      and keeps it until stdin closes (for profiling by hand).\n\
                      See docs/performance.md."
                 );
-                return std::process::ExitCode::SUCCESS;
+                return ExitCode::SUCCESS;
             }
             other => return usage(&format!("unknown argument {other:?}")),
         }
     }
     if let Some(n) = serve {
         return match serve_populated(n) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sessiond-bench: {e}");
-                std::process::ExitCode::FAILURE
+                ExitCode::FAILURE
             }
         };
     }
-    let plan = if quick {
-        Plan {
-            sizes: vec![1, 100, 1000],
-            runs: 11,
-            warmup: 3,
-            tmux_max: 1000,
-            pueue_max: 1000,
-            startup_sizes: vec![1000, 10_000],
-            rps_secs: 0.5,
-            submits_each: 100,
-            event_switches: 200,
-            idle_secs: 3,
+    let plan = if quick { Plan::quick() } else { Plan::full() };
+    let mut info = RunInfo::now(quick, plan.runs, plan.warmup);
+    let mut report = Report::default();
+    if let Err(e) = run(&plan, &mut report, &mut info) {
+        if cleanup::is_interrupted() {
+            // The signal's cleanup ends the process; dropping the guard waits for it.
+            return ExitCode::FAILURE;
         }
-    } else {
-        Plan {
-            sizes: vec![1, 100, 1000, 10_000],
-            runs: 41,
-            warmup: 5,
-            tmux_max: 1000,
-            pueue_max: 1000,
-            startup_sizes: vec![1000, 10_000, 100_000],
-            rps_secs: 2.0,
-            submits_each: 300,
-            event_switches: 1000,
-            idle_secs: 10,
-        }
-    };
-    match run(&plan) {
-        Ok((rows, scalars, notes)) => {
-            print_table(&rows, &scalars, &notes);
-            // CI runs --quick as a smoke test: no timing is judged, but every figure must
-            // have been produced.
-            let missing: Vec<&str> = rows
-                .iter()
-                .filter(|r| r.sessiond.n == 0 || !r.sessiond.median_ms.is_finite())
-                .map(|r| r.figure.as_str())
-                .chain(
-                    scalars
-                        .iter()
-                        .filter(|s| !s.value.is_finite())
-                        .map(|s| s.figure.as_str()),
-                )
-                .collect();
-            if !missing.is_empty() {
-                eprintln!("sessiond-bench: no figure for: {}", missing.join(", "));
-                return std::process::ExitCode::FAILURE;
-            }
-            if let Some(file) = json {
-                let doc = serde_json::json!({
-                    "rows": rows, "scalars": scalars, "notes": notes, "quick": quick,
-                });
-                if let Err(e) = std::fs::write(&file, serde_json::to_vec_pretty(&doc).unwrap()) {
-                    eprintln!("cannot write {file}: {e}");
-                    return std::process::ExitCode::FAILURE;
-                }
-            }
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("sessiond-bench: {e}");
-            std::process::ExitCode::FAILURE
+        // What was measured before is still worth seeing.
+        report.print(&info);
+        eprintln!("sessiond-bench: the run ended early: {e}");
+        return ExitCode::FAILURE;
+    }
+    report.print(&info);
+    let missing = report.missing();
+    if !missing.is_empty() {
+        eprintln!("sessiond-bench: no figure for: {}", missing.join(", "));
+        return ExitCode::FAILURE;
+    }
+    if let Some(file) = json {
+        if let Err(e) = std::fs::write(&file, report.to_json(&info)) {
+            eprintln!("cannot write {file}: {e}");
+            return ExitCode::FAILURE;
         }
     }
+    ExitCode::SUCCESS
 }
 
-fn usage(why: &str) -> std::process::ExitCode {
+fn usage(why: &str) -> ExitCode {
     eprintln!("sessiond-bench: {why}\nusage: sessiond-bench [--quick] [--json FILE] | --serve N");
-    std::process::ExitCode::from(2)
+    ExitCode::from(2)
 }
 
 /// `--serve N`: a populated daemon to profile by hand. Prints `export` lines for a shell and
@@ -216,75 +189,6 @@ fn serve_populated(n: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Quiet time before each process starts. A peer's server goes on working after its client
-/// exits (tmux's does), and on two cores that work landed on whichever contender ran next:
-/// `sessionctl switch` measured 1.71 × the floor right after `tmux has-session` and 1.43 ×
-/// with no tmux in the rounds. A user does not start commands microseconds apart either.
-const SETTLE: Duration = Duration::from_millis(2);
-
-/// Settled turns each session of the largest start-up store holds: a daemon in long use keeps
-/// its sessions' history, and start-up must cope with it (it loads only queued and running
-/// turns).
-const STARTUP_TURNS_PER_SESSION: usize = 10;
-
-/// Runs each contender `runs` times, interleaved, after `warmup` unrecorded rounds. Each
-/// round runs them in a fresh order (a fixed-seed shuffle, so runs are repeatable), so none
-/// always follows the same one, and each process starts after [`SETTLE`].
-fn interleave(
-    contenders: &mut [&mut dyn FnMut() -> Command],
-    warmup: usize,
-    runs: usize,
-) -> Vec<Samples> {
-    let n = contenders.len();
-    let mut samples = vec![Samples::default(); n];
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
-    for round in 0..warmup + runs {
-        for k in (1..n).rev() {
-            order.swap(k, rng.below(k + 1));
-        }
-        for &i in &order {
-            let mut cmd = contenders[i]();
-            std::thread::sleep(SETTLE);
-            let started = Instant::now();
-            let status = cmd.status();
-            let took = started.elapsed();
-            match status {
-                Ok(s) if s.success() => {}
-                Ok(s) => panic!("{cmd:?} failed: {s}"),
-                Err(e) => panic!("{cmd:?}: {e}"),
-            }
-            if round >= warmup {
-                samples[i].push(took);
-            }
-        }
-    }
-    samples
-}
-
-/// A small deterministic generator for shuffling the order of contenders (xorshift64).
-struct XorShift(u64);
-
-impl XorShift {
-    /// A number in `0..n`; the slight bias of a modulo is irrelevant for a handful of items.
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-}
-
-fn compare(against: &str, ours: &Summary, theirs: Summary) -> Comparison {
-    Comparison {
-        against: against.to_string(),
-        summary: theirs,
-        ratio: ours.median_ms / theirs.median_ms,
-    }
-}
-
-type Report = (Vec<Row>, Vec<Scalar>, Vec<String>);
-
 /// The runtime the library-driven figures and the populating run on.
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
@@ -294,119 +198,150 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| e.to_string())
 }
 
-fn run(plan: &Plan) -> Result<Report, String> {
+/// The floor program against `socket`: connect, `hello` and `ping`, two frames read, exit.
+fn floor(bins: &Binaries, socket: &Path) -> Command {
+    let mut c = Command::new(&bins.floor);
+    c.arg(socket);
+    c
+}
+
+/// A peer ready at `size` (`grown` is how growing it went), or a note saying why it is left
+/// out at that size.
+fn peer_ready(
+    peer: &str,
+    size: usize,
+    grown: Option<Result<(), String>>,
+    notes: &mut Vec<String>,
+) -> bool {
+    match grown {
+        Some(Ok(())) => true,
+        Some(Err(why)) => {
+            notes.push(format!("{peer} left out at {size}: {why}"));
+            false
+        }
+        // Not running at all: said once, when it would not start.
+        None => false,
+    }
+}
+
+fn run(plan: &Plan, report: &mut Report, info: &mut RunInfo) -> Result<(), String> {
     let bins = Binaries::locate()?;
     let rt = runtime()?;
-    let mut rows = Vec::new();
-    let mut scalars = Vec::new();
-    let mut notes = Vec::new();
-    let mut tmux = match peers::Tmux::start() {
-        Ok(t) => Some(t),
-        Err(why) => {
-            notes.push(format!("tmux skipped: {why}"));
-            None
-        }
-    };
-    let mut pueue = match peers::Pueue::start() {
-        Ok(p) => Some(p),
-        Err(why) => {
-            notes.push(format!("pueue skipped: {why}"));
-            None
-        }
-    };
+    let notes = &mut report.notes;
+    if plan.quick {
+        notes.push(format!(
+            "--quick measures list and switch at {:?} sessions only; 10000, for sessiond, tmux \
+             and pueue alike, is in the full run",
+            plan.sizes
+        ));
+    }
+    let mut tmux = peers::Tmux::start()
+        .inspect_err(|why| notes.push(format!("tmux skipped: {why}")))
+        .ok();
+    let mut pueue = peers::Pueue::start()
+        .inspect_err(|why| notes.push(format!("pueue skipped: {why}")))
+        .ok();
+    info.tmux = tmux.as_ref().and_then(peers::Tmux::version);
+    info.pueue = pueue.as_ref().and_then(peers::Pueue::version);
 
     let mut subject = Subject::new(&bins)?;
     subject.start()?;
     let socket = subject.socket();
+    // A second daemon holding one session, so a switch at each larger size is compared with
+    // a switch at one session in the same rounds.
+    let mut single = Subject::new(&bins)?;
+    single.start()?;
+    let single_id = single.add_sessions(&rt, 1).remove(0);
+    settle(
+        "the second daemon",
+        &single,
+        &rt,
+        &single_id,
+        &mut report.notes,
+    );
     let mut ids: Vec<String> = Vec::new();
     for &size in &plan.sizes {
         ids.extend(subject.add_sessions(&rt, size - ids.len()));
         if size == plan.sizes[0] {
-            match subject.settle_storage(&rt, &ids[0]) {
-                Ok(writes) => eprintln!("storage settled after {writes} switches"),
-                Err(writes) => notes.push(format!(
-                    "the store's log was still growing after {writes} switches; the smallest \
-                     sizes may be timed before it settled"
-                )),
-            }
+            settle("the daemon", &subject, &rt, &ids[0], &mut report.notes);
         }
-        let tmux_ok = match tmux.as_mut().filter(|_| size <= plan.tmux_max) {
-            Some(t) => t.grow_to(size).map(|()| true).unwrap_or_else(|e| {
-                notes.push(format!("tmux at {size}: {e}"));
-                false
-            }),
-            None => false,
-        };
-        eprintln!("measuring at {size} sessions…");
-
-        let pueue_ok = match pueue.as_mut().filter(|_| size <= plan.pueue_max) {
-            Some(p) => p.grow_to(size).map(|()| true).unwrap_or_else(|e| {
-                notes.push(format!("pueue at {size}: {e}"));
-                false
-            }),
-            None => false,
-        };
-        let floor = || {
-            let mut c = Command::new(&bins.floor);
-            c.arg(&socket);
-            c
-        };
+        let held = subject.sessions_held()?;
+        let notes = &mut report.notes;
+        let tmux_ok = peer_ready("tmux", size, tmux.as_mut().map(|t| t.grow_to(size)), notes);
+        let pueue_ok = peer_ready(
+            "pueue",
+            size,
+            pueue.as_mut().map(|p| p.grow_to(size)),
+            notes,
+        );
         let tmux_ref = tmux.as_ref().filter(|_| tmux_ok);
         let pueue_ref = pueue.as_ref().filter(|_| pueue_ok);
+        eprintln!("measuring at {held} sessions…");
 
         // list
-        let mut contenders: Contenders = vec![
-            (
-                "sessionctl",
-                Box::new(|| {
-                    let mut c = subject.ctl(&bins.sessionctl);
-                    c.args(["--json", "list"]);
-                    c
-                }),
-            ),
-            ("floor", Box::new(floor)),
+        let mut contenders = vec![
+            Contender::ours("sessionctl", || {
+                let mut c = subject.ctl(&bins.sessionctl);
+                c.args(["--json", "list"]);
+                c
+            }),
+            Contender::ours("floor", || floor(&bins, &socket)),
         ];
         if let Some(t) = tmux_ref {
-            contenders.push(("tmux ls", Box::new(|| t.command(&["ls"]))));
+            contenders.push(Contender::peer("tmux ls", || t.command(&["ls"])));
         }
         if let Some(p) = pueue_ref {
-            contenders.push((
-                "pueue status --json",
-                Box::new(|| p.command(&["status", "--json"])),
-            ));
+            contenders.push(Contender::peer("pueue status --json", || {
+                p.command(&["status", "--json"])
+            }));
         }
-        rows.push(measure("sessionctl list --json", size, contenders, plan));
+        report.rows.push(measure(
+            "sessionctl list --json",
+            held,
+            contenders,
+            plan.warmup,
+            plan.runs,
+        )?);
 
         // switch
         let target = ids[0].clone();
-        let mut contenders: Contenders = vec![
-            (
-                "sessionctl",
-                Box::new(|| {
-                    let mut c = subject.ctl(&bins.sessionctl);
-                    c.args(["switch", &target]);
-                    c
-                }),
-            ),
-            ("floor", Box::new(floor)),
+        let mut contenders = vec![
+            Contender::ours("sessionctl", || {
+                let mut c = subject.ctl(&bins.sessionctl);
+                c.args(["switch", &target]);
+                c
+            }),
+            Contender::ours("floor", || floor(&bins, &socket)),
             // The same switch from the floor program: what is left between it and sessionctl
             // is sessionctl's; between it and the floor, the daemon's commit.
-            (
-                "floor's switch",
-                Box::new(|| {
-                    let mut c = Command::new(&bins.floor);
-                    c.args(["--switch", target.as_str()]).arg(&socket);
-                    c
-                }),
-            ),
+            Contender::ours("floor's switch", || {
+                let mut c = Command::new(&bins.floor);
+                c.args(["--switch", target.as_str()]).arg(&socket);
+                c
+            }),
         ];
-        if let Some(t) = tmux_ref {
-            contenders.push((
-                "tmux has-session -t",
-                Box::new(|| t.command(&["has-session", "-t", "s0"])),
+        if held > 1 {
+            contenders.push(Contender::ours(
+                "sessionctl switch, 1 session (second daemon)",
+                || {
+                    let mut c = single.ctl(&bins.sessionctl);
+                    c.args(["switch", &single_id]);
+                    c
+                },
             ));
         }
-        rows.push(measure("sessionctl switch", size, contenders, plan));
+        if let Some(t) = tmux_ref {
+            contenders.push(Contender::peer("tmux has-session -t", || {
+                t.command(&["has-session", "-t", "s0"])
+            }));
+        }
+        report.rows.push(measure(
+            "sessionctl switch",
+            held,
+            contenders,
+            plan.warmup,
+            plan.runs,
+        )?);
 
         // Requests per second through the library, by method and connection count.
         for kind in [
@@ -423,9 +358,9 @@ fn run(plan: &Plan) -> Result<Report, String> {
                     conns,
                     plan.rps_secs,
                 )?;
-                scalars.push(scalar(
+                report.scalars.push(Scalar::new(
                     &format!("{} requests/s, {conns} connections", kind.name()),
-                    Some(size),
+                    Some(held),
                     rps,
                     "req/s",
                     (matches!(kind, throughput::Kind::List))
@@ -434,66 +369,15 @@ fn run(plan: &Plan) -> Result<Report, String> {
             }
         }
     }
+    // The peers and the second daemon would only disturb what follows.
+    drop(tmux);
+    drop(pueue);
+    single.stop();
 
-    // send, into a paused session (acknowledged and stored, not run), with 0 and 2,000 turns
-    // already queued; against `pueue add` into a paused group with as many tasks.
-    let empty = subject.add_sessions(&rt, 2);
-    subject.queue_turns(&rt, &empty[0], 0);
-    subject.queue_turns(&rt, &empty[1], 2000);
-    let send = |session: &str| {
-        let mut c = subject.ctl(&bins.sessionctl);
-        c.args(["send", session, "true"]);
-        c
-    };
-    // The queue's length must not matter: both sessions and the floor, interleaved, with no
-    // peer in the rounds (a peer's own work after answering would land on the next run).
-    let contenders: Contenders = vec![
-        ("sessionctl", Box::new(|| send(&empty[1]))),
-        (
-            "sessionctl send (0 turns queued)",
-            Box::new(|| send(&empty[0])),
-        ),
-        (
-            "floor",
-            Box::new(|| {
-                let mut c = Command::new(&bins.floor);
-                c.arg(&socket);
-                c
-            }),
-        ),
-    ];
-    let mut r = measure(
-        "sessionctl send (2000 turns queued)",
-        ids.len() + 2,
-        contenders,
-        plan,
-    );
-    r.note = Some("into a paused session: durable acknowledgement, nothing spawned".into());
-    rows.push(r);
-    // Against `pueue add` into a paused group holding as many tasks (a second pueue, empty
-    // to begin with; why one is missing was noted already).
-    if let Ok(mut adds) = peers::Pueue::start() {
-        for (session, queued) in [(&empty[0], 0usize), (&empty[1], 2000)] {
-            adds.grow_to(queued)?;
-            let contenders: Contenders = vec![
-                ("sessionctl", Box::new(|| send(session))),
-                (
-                    "pueue add",
-                    Box::new(|| adds.command(&["add", "--", "true"])),
-                ),
-            ];
-            rows.push(measure(
-                &format!("sessionctl send ({queued} turns queued)"),
-                ids.len() + 2,
-                contenders,
-                plan,
-            ));
-            adds.added(plan.warmup + plan.runs);
-        }
-    }
+    measure_send(plan, &bins, &rt, &subject, report)?;
 
     // In-process round trips through the library against a raw socket echo.
-    rows.extend(inproc::ping_vs_echo(
+    report.rows.extend(inproc::ping_vs_echo(
         &rt,
         &subject.options(),
         &bins.floor,
@@ -505,11 +389,12 @@ fn run(plan: &Plan) -> Result<Report, String> {
     for session in &paused {
         subject.queue_turns(&rt, session, 0);
     }
+    let held = subject.sessions_held()?;
     let rate =
         throughput::durable_submits(&rt, &subject.options(), &paused, 32, plan.submits_each)?;
-    scalars.push(scalar(
+    report.scalars.push(Scalar::new(
         "durable submits/s, 32 clients",
-        Some(ids.len() + 34),
+        Some(held),
         rate,
         "submits/s",
         Some(format!(
@@ -520,7 +405,7 @@ fn run(plan: &Plan) -> Result<Report, String> {
 
     // Event delivery to 100 subscribers, then beside one that never reads.
     for stalled in [false, true] {
-        let samples = throughput::event_delivery(
+        let delivery = throughput::event_delivery(
             &rt,
             &subject.options(),
             &socket,
@@ -529,52 +414,220 @@ fn run(plan: &Plan) -> Result<Report, String> {
             plan.event_switches,
             stalled,
         )?;
-        let s = samples.summary();
-        rows.push(Row {
-            figure: format!(
-                "event delivery to 100 subscribers{}",
-                if stalled { ", one stalled" } else { "" }
-            ),
-            sessions: Some(ids.len() as u64),
-            sessiond: s,
-            compared: Vec::new(),
-            note: Some(format!("p99 {:.3} ms over {} deliveries", s.p99_ms, s.n)),
-        });
+        report.rows.push(delivery_row(
+            &delivery,
+            subject.sessions_held()?,
+            plan,
+            stalled,
+        ));
     }
 
-    // CPU used while idle.
-    // Not measurable (no daemon pid, no /proc): the figure is NaN, which fails the check
-    // that every figure was produced.
-    let (cpu, note) = match idle_cpu(&subject, plan.idle_secs) {
-        Some((cpu, wakeups)) => (
-            cpu,
+    // CPU used while idle. Not measurable (no daemon pid, no /proc): the figure is NaN,
+    // which fails the check that every figure was produced.
+    let held = subject.sessions_held()?;
+    let (cpu, note) = match subject.pid().and_then(|pid| idle::measure(pid, plan.idle)) {
+        Some(idle) => (
+            idle.cpu_ms_per_sec,
             format!(
-                "over {} s with no clients; its threads woke {wakeups} times",
-                plan.idle_secs
+                "over {} s with no clients, a window holding {} (one every {} s); its threads \
+                 woke {} times",
+                plan.idle.as_secs(),
+                ticks_in(plan.idle),
+                subject::HOUSEKEEPING_TICK.as_secs(),
+                idle.wakeups
             ),
         ),
         None => (f64::NAN, "could not be read from /proc".to_string()),
     };
-    scalars.push(scalar(
+    report.scalars.push(Scalar::new(
         "idle CPU",
-        Some(ids.len() + 36),
+        Some(held),
         cpu,
         "ms of CPU per second",
         Some(note),
     ));
     subject.stop();
 
-    // Start-up to the first answered ping, and RSS, by size; the largest store also holds a
-    // history of settled turns.
-    let mut rss_by_size = Vec::new();
+    measure_startup(plan, &bins, &rt, report)
+}
+
+/// Settles a daemon's store before anything is timed on it (see [`Subject::settle_storage`]).
+fn settle(
+    which: &str,
+    subject: &Subject,
+    rt: &tokio::runtime::Runtime,
+    session: &str,
+    notes: &mut Vec<String>,
+) {
+    match subject.settle_storage(rt, session) {
+        Ok(writes) => eprintln!("storage of {which} settled after {writes} switches"),
+        Err(writes) => notes.push(format!(
+            "the store of {which} was still growing after {writes} switches; the smallest \
+             sizes may be timed before it settled"
+        )),
+    }
+}
+
+/// How many housekeeping ticks any window of this length holds.
+fn ticks_in(window: Duration) -> String {
+    let tick = subject::HOUSEKEEPING_TICK.as_secs_f64();
+    let ticks = window.as_secs_f64() / tick;
+    if ticks.fract() == 0.0 {
+        format!("{ticks} housekeeping ticks")
+    } else {
+        format!("{} or {} housekeeping ticks", ticks.floor(), ticks.ceil())
+    }
+}
+
+/// `send` into a paused session (acknowledged and stored, nothing spawned) with 0 and
+/// [`SEND_QUEUED`] turns queued: first the two against each other and the floor, with no peer
+/// in the rounds; then each against `pueue add` with as many tasks, and the floor. After each
+/// run the turn or task it added is cancelled or removed, untimed, so every run finds the
+/// queue at the length its row names.
+fn measure_send(
+    plan: &Plan,
+    bins: &Binaries,
+    rt: &tokio::runtime::Runtime,
+    subject: &Subject,
+    report: &mut Report,
+) -> Result<(), String> {
+    let sessions = subject.add_sessions(rt, 2);
+    let (empty, full) = (&sessions[0], &sessions[1]);
+    subject.queue_turns(rt, empty, 0);
+    subject.queue_turns(rt, full, SEND_QUEUED);
+    let held = subject.sessions_held()?;
+    let socket = subject.socket();
+    let send = |session: &str| {
+        let mut c = subject.ctl(&bins.sessionctl);
+        c.args(["send", session, "true"]);
+        c
+    };
+    let mut keep_empty = subject.queue_keeper(empty, 0)?;
+    let mut keep_full = subject.queue_keeper(full, SEND_QUEUED)?;
+    let contenders = vec![
+        Contender::ours("sessionctl", || send(full)).then(|| keep_full.cancel_sent()),
+        Contender::ours("sessionctl send (0 turns queued)", || send(empty))
+            .then(|| keep_empty.cancel_sent()),
+        Contender::ours("floor", || floor(bins, &socket)),
+    ];
+    let mut row = measure(
+        &format!("sessionctl send ({SEND_QUEUED} turns queued)"),
+        held,
+        contenders,
+        plan.warmup,
+        plan.runs,
+    )?;
+    add_note(
+        &mut row,
+        "into a paused session: acknowledged after its commit is fsynced, nothing spawned; \
+         each sent turn is cancelled after its run, untimed",
+    );
+    report.rows.push(row);
+
+    let mut adds = match peers::Pueue::start() {
+        Ok(p) => p,
+        Err(why) => {
+            report.notes.push(format!(
+                "sessionctl send not compared with pueue add: {why}"
+            ));
+            return Ok(());
+        }
+    };
+    for (session, keeper, queued) in [
+        (empty, &mut keep_empty, 0),
+        (full, &mut keep_full, SEND_QUEUED),
+    ] {
+        if let Err(why) = adds.grow_to(queued) {
+            report.notes.push(format!(
+                "sessionctl send ({queued} turns queued) not compared with pueue add: {why}"
+            ));
+            continue;
+        }
+        let contenders = vec![
+            Contender::ours("sessionctl", || send(session)).then(|| keeper.cancel_sent()),
+            Contender::ours("floor", || floor(bins, &socket)),
+            Contender::peer(format!("pueue add ({queued} tasks queued)"), || {
+                adds.command(&["add", "--", "true"])
+            })
+            .then(|| adds.remove_added()),
+        ];
+        let mut row = measure(
+            &format!("sessionctl send ({queued} turns queued)"),
+            held,
+            contenders,
+            plan.warmup,
+            plan.runs,
+        )?;
+        add_note(
+            &mut row,
+            "not the same durability: pueued saves its state by write and rename with no \
+             fsync before answering, sessiond answers after an fsynced commit; each added \
+             task and sent turn is removed after its run, untimed",
+        );
+        report.rows.push(row);
+    }
+    Ok(())
+}
+
+/// The row of one event-delivery measurement, which fails (NaN, and a note) if any delivery
+/// was lost or the stalled subscriber was let go.
+fn delivery_row(d: &throughput::Delivery, held: u64, plan: &Plan, stalled: bool) -> Row {
+    let got = d.samples.len();
+    let mut summary = d.samples.summary();
+    let note = if got < d.expected {
+        summary = Summary::failed(got);
+        format!(
+            "no figure: {got} of {} deliveries arrived (lost, or later than 30 s)",
+            d.expected
+        )
+    } else if let Some(Err(why)) = &d.stalled {
+        summary = Summary::failed(got);
+        format!("no figure: {why}")
+    } else {
+        let p99 = summary
+            .p99_ms
+            .map_or("none".into(), |p| format!("{p:.3} ms"));
+        let check = if stalled {
+            "; the stalled subscriber was still connected and subscribed at the end"
+        } else {
+            ""
+        };
+        format!("p99 {p99} over {got} deliveries{check}")
+    };
+    Row {
+        figure: format!(
+            "event delivery to 100 subscribers{}",
+            if stalled { ", one stalled" } else { "" }
+        ),
+        sessions: Some(held),
+        runs: plan.event_switches as usize,
+        warmup: 0,
+        sessiond: summary,
+        compared: Vec::new(),
+        note: Some(note),
+    }
+}
+
+/// Start-up to the first answered ping, and RSS, by size; the largest store also holds a
+/// history of settled turns.
+fn measure_startup(
+    plan: &Plan,
+    bins: &Binaries,
+    rt: &tokio::runtime::Runtime,
+    report: &mut Report,
+) -> Result<(), String> {
+    const STARTS: usize = 3;
+    // Bytes; NaN when /proc could not be read, which the every-figure check reports.
+    let mut rss_by_size: Vec<(u64, f64)> = Vec::new();
     let largest = plan.startup_sizes.iter().copied().max();
     for &size in &plan.startup_sizes {
-        let mut fresh = Subject::new(&bins)?;
+        let mut fresh = Subject::new(bins)?;
         fresh.start()?;
-        let ids = fresh.add_sessions(&rt, size);
+        let ids = fresh.add_sessions(rt, size);
+        let held = fresh.sessions_held()?;
         let mut note = String::new();
         if Some(size) == largest {
-            fresh.add_settled_turns(&rt, &ids, STARTUP_TURNS_PER_SESSION);
+            fresh.add_settled_turns(rt, &ids, STARTUP_TURNS_PER_SESSION);
             note = format!(
                 "; {} settled turns stored",
                 size * STARTUP_TURNS_PER_SESSION
@@ -582,30 +635,34 @@ fn run(plan: &Plan) -> Result<Report, String> {
         }
         fresh.stop();
         let mut startup = Samples::default();
-        let mut rss = 0;
-        for _ in 0..3 {
+        let mut rss = f64::NAN;
+        for _ in 0..STARTS {
             startup.push(fresh.start()?);
-            rss = fresh.rss().unwrap_or(0);
+            rss = fresh.rss().map_or(f64::NAN, |b| b as f64);
             fresh.stop();
         }
-        rss_by_size.push((size, rss));
-        rows.push(Row {
+        rss_by_size.push((held, rss));
+        let rss_text = if rss.is_finite() {
+            format!("{:.1} MB", rss / 1e6)
+        } else {
+            "not readable".into()
+        };
+        report.rows.push(Row {
             figure: "daemon start-up to first ping".into(),
-            sessions: Some(size as u64),
+            sessions: Some(held),
+            runs: STARTS,
+            warmup: 0,
             sessiond: startup.summary(),
             compared: Vec::new(),
-            note: Some(format!(
-                "RSS after start-up: {:.1} MB{note}",
-                rss as f64 / 1e6
-            )),
+            note: Some(format!("RSS after start-up: {rss_text}{note}")),
         });
     }
     if let (Some(&(small, a)), Some(&(large, b))) = (rss_by_size.first(), rss_by_size.last()) {
         if large > small {
-            scalars.push(scalar(
+            report.scalars.push(Scalar::new(
                 "RSS per idle session",
                 None,
-                (b as f64 - a as f64) / (large - small) as f64,
+                (b - a) / (large - small) as f64,
                 "bytes",
                 Some(format!(
                     "RSS after start-up at {large} minus at {small}, per session"
@@ -613,145 +670,14 @@ fn run(plan: &Plan) -> Result<Report, String> {
             ));
         }
         for (size, rss) in rss_by_size {
-            scalars.push(scalar(
+            report.scalars.push(Scalar::new(
                 "daemon RSS after start-up",
                 Some(size),
-                rss as f64 / 1e6,
+                rss / 1e6,
                 "MB",
                 None,
             ));
         }
     }
-    Ok((rows, scalars, notes))
-}
-
-/// The daemon's CPU time so far, in nanoseconds: the kernel's process CPU clock, the exact
-/// run time of all its threads, those that have exited included. (`utime` and `stime` in
-/// `/proc/PID/stat` are clock ticks, 10 ms each, charged to whichever thread runs at the
-/// tick, so a millisecond of work read as 0 or as 10 ms.)
-fn cpu_ns(pid: u32) -> Option<u64> {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).ok()?);
-    let clock = nix::time::clock_getcpuclockid(pid).ok()?;
-    let t = nix::time::clock_gettime(clock).ok()?;
-    Some(u64::try_from(t.tv_sec()).ok()? * 1_000_000_000 + u64::try_from(t.tv_nsec()).ok()?)
-}
-
-/// Each thread's count of voluntary context switches (times it slept and was woken), by
-/// thread id. A thread that is gone by the time it is read is left out.
-fn wakeups_by_thread(pid: u32) -> Option<std::collections::HashMap<String, u64>> {
-    let mut counts = std::collections::HashMap::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let Ok(task) = task else { continue };
-        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
-            continue;
-        };
-        let count = status
-            .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-            .and_then(|n| n.trim().parse::<u64>().ok());
-        if let Some(count) = count {
-            counts.insert(task.file_name().to_string_lossy().into_owned(), count);
-        }
-    }
-    Some(counts)
-}
-
-/// The daemon's CPU time per second of wall time while nobody talks to it, and how many
-/// times its threads woke in that time (a thread started meanwhile counts from zero).
-fn idle_cpu(subject: &Subject, secs: u64) -> Option<(f64, u64)> {
-    let pid = subject.pid()?;
-    std::thread::sleep(Duration::from_secs(1));
-    let (cpu_before, woke_before) = (cpu_ns(pid)?, wakeups_by_thread(pid)?);
-    std::thread::sleep(Duration::from_secs(secs));
-    let (cpu_after, woke_after) = (cpu_ns(pid)?, wakeups_by_thread(pid)?);
-    let wakeups = woke_after
-        .iter()
-        .map(|(tid, n)| n.saturating_sub(woke_before.get(tid).copied().unwrap_or(0)))
-        .sum();
-    let ms_per_sec = cpu_after.saturating_sub(cpu_before) as f64 / 1e6 / secs as f64;
-    Some((ms_per_sec, wakeups))
-}
-
-/// Named commands measured side by side; the first is sessiond's.
-type Contenders<'a> = Vec<(&'a str, Box<dyn FnMut() -> Command + 'a>)>;
-
-/// Interleaves the contenders and makes the row: sessiond's figure and each other's ratio.
-fn measure(figure: &str, size: usize, mut contenders: Contenders, plan: &Plan) -> Row {
-    let names: Vec<&str> = contenders.iter().skip(1).map(|(name, _)| *name).collect();
-    let mut makers: Vec<&mut dyn FnMut() -> Command> = contenders
-        .iter_mut()
-        .map(|(_, make)| make.as_mut() as &mut dyn FnMut() -> Command)
-        .collect();
-    let samples = interleave(&mut makers, plan.warmup, plan.runs);
-    row(figure, size, &samples, &names)
-}
-
-/// A row from interleaved samples: the first is sessiond, the others what it is compared
-/// with, named by `names`.
-fn row(figure: &str, size: usize, samples: &[Samples], names: &[&str]) -> Row {
-    let ours = samples[0].summary();
-    Row {
-        figure: figure.to_string(),
-        sessions: Some(size as u64),
-        sessiond: ours,
-        compared: samples[1..]
-            .iter()
-            .zip(names)
-            .map(|(s, name)| compare(name, &ours, s.summary()))
-            .collect(),
-        note: None,
-    }
-}
-
-fn print_table(rows: &[Row], scalars: &[Scalar], notes: &[String]) {
-    println!(
-        "| figure | sessions | sessiond median (min–max) ms | compared with | its median ms | ratio |"
-    );
-    println!("|---|---:|---|---|---:|---:|");
-    for r in rows {
-        let size = r.sessions.map_or(String::new(), |s| s.to_string());
-        let ours = format!(
-            "{:.2} ({:.2}–{:.2})",
-            r.sessiond.median_ms, r.sessiond.min_ms, r.sessiond.max_ms
-        );
-        if r.compared.is_empty() {
-            println!(
-                "| {} | {size} | {ours} | {} | | |",
-                r.figure,
-                r.note.clone().unwrap_or_default()
-            );
-        }
-        for (i, c) in r.compared.iter().enumerate() {
-            let (figure, size, ours) = if i == 0 {
-                (r.figure.as_str(), size.as_str(), ours.as_str())
-            } else {
-                ("", "", "")
-            };
-            println!(
-                "| {figure} | {size} | {ours} | {} | {:.2} | {:.2}× |",
-                c.against, c.summary.median_ms, c.ratio
-            );
-        }
-    }
-    println!("\n| figure | sessions | value | unit | note |");
-    println!("|---|---:|---:|---|---|");
-    for s in scalars {
-        // Small values (idle CPU) keep three decimals, so a few microseconds show as such.
-        let value = if s.value.abs() < 1.0 {
-            format!("{:.3}", s.value)
-        } else {
-            format!("{:.1}", s.value)
-        };
-        println!(
-            "| {} | {} | {value} | {} | {} |",
-            s.figure,
-            s.sessions.map_or(String::new(), |n| n.to_string()),
-            s.unit,
-            s.note.clone().unwrap_or_default()
-        );
-    }
-    println!();
-    for note in notes {
-        println!("- {note}");
-    }
+    Ok(())
 }

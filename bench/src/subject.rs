@@ -6,14 +6,19 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sessiond_client::{Client, ConnectOptions};
+use sessiond_client::{BlockingClient, Client, ConnectOptions};
 use sessiond_proto::methods::{
-    Cancel, Create, CreateParams, Pause, Resume, SessionParams, Submit, SubmitParams, Switch,
-    TurnParams,
+    Cancel, Create, CreateParams, Pause, Queue, Resume, SessionParams, Status, Submit,
+    SubmitParams, Switch, TurnParams,
 };
 use sessiond_proto::paths::{PathOverrides, Paths};
 
 use crate::binaries::Binaries;
+use crate::cleanup;
+
+/// The daemon's housekeeping tick (`socket_check_interval_ms`), written into its config as
+/// the default it is, so the idle-CPU figure can say how many ticks its window held.
+pub const HOUSEKEEPING_TICK: Duration = Duration::from_secs(10);
 
 pub struct Subject {
     _dir: tempfile::TempDir,
@@ -29,15 +34,19 @@ const POPULATE_CONNECTIONS: usize = 16;
 
 impl Subject {
     pub fn new(bins: &Binaries) -> Result<Subject, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("sdbench")
-            .tempdir()
-            .map_err(|e| format!("temp dir: {e}"))?;
+        let dir = cleanup::temp_dir("sdbench")?;
         let root = dir.path().to_path_buf();
         let project = root.join("project");
         std::fs::create_dir_all(&project).map_err(|e| e.to_string())?;
         let project = project.canonicalize().map_err(|e| e.to_string())?;
-        std::fs::write(root.join("config.toml"), "").map_err(|e| e.to_string())?;
+        std::fs::write(
+            root.join("config.toml"),
+            format!(
+                "[daemon]\nsocket_check_interval_ms = {}\n",
+                HOUSEKEEPING_TICK.as_millis()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
         let paths = Paths::resolve(&PathOverrides {
             runtime_dir: Some(root.join("run")),
             state_dir: Some(root.join("state")),
@@ -85,11 +94,15 @@ impl Subject {
         opts
     }
 
-    /// Starts the daemon; returns the time from spawning to the first answered `ping`.
+    /// Starts the daemon; returns the time from its exec to the first answered `ping`.
+    ///
+    /// Timed from when `spawn` returns, which is once the exec has succeeded: the parent-death
+    /// signal makes std fork the harness rather than `posix_spawn` it, and copying the
+    /// harness's page tables (hundreds of MB by the start-up figures) cost 20 ms and more,
+    /// the harness's cost and not the daemon's.
     pub fn start(&mut self) -> Result<Duration, String> {
-        let started = Instant::now();
-        let child = Command::new(&self.sessiond)
-            .arg("--runtime-dir")
+        let mut cmd = Command::new(&self.sessiond);
+        cmd.arg("--runtime-dir")
             .arg(&self.paths.runtime_dir)
             .arg("--state-dir")
             .arg(&self.paths.state_dir)
@@ -97,9 +110,13 @@ impl Subject {
             .arg(self.root.join("config.toml"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::null());
+        cleanup::die_with_harness(&mut cmd);
+        let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start sessiond: {e}"))?;
+        let started = Instant::now();
+        cleanup::track_child(child.id());
         self.child = Some(child);
         let deadline = started + Duration::from_secs(120);
         let opts = self.options();
@@ -131,7 +148,26 @@ impl Subject {
                 nix::sys::signal::Signal::SIGTERM,
             );
             let _ = child.wait();
+            cleanup::untrack_child(child.id());
         }
+    }
+
+    /// Sessions the daemon holds, as its `status` counts them.
+    pub fn sessions_held(&self) -> Result<u64, String> {
+        let mut client = BlockingClient::connect(&self.options()).map_err(|e| e.to_string())?;
+        let status = client
+            .call::<Status>(Default::default())
+            .map_err(|e| e.to_string())?;
+        Ok(status.sessions)
+    }
+
+    /// A connection that keeps `session`'s queue at `queued` turns: see [`QueueKeeper`].
+    pub fn queue_keeper(&self, session: &str, queued: usize) -> Result<QueueKeeper, String> {
+        Ok(QueueKeeper {
+            client: BlockingClient::connect(&self.options()).map_err(|e| e.to_string())?,
+            session: session.to_string(),
+            queued,
+        })
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -318,6 +354,43 @@ impl Drop for Subject {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            cleanup::untrack_child(child.id());
         }
+    }
+}
+
+/// Cancels the turn each measured `send` queued, between runs and untimed, so every send
+/// finds the queue as long as the row says. A cancelled queued turn settles at once and is
+/// kept as history, which a send does not read.
+pub struct QueueKeeper {
+    client: BlockingClient,
+    session: String,
+    queued: usize,
+}
+
+impl QueueKeeper {
+    /// Cancels the newest queued turn, which must be the one sent since the last call.
+    pub fn cancel_sent(&mut self) -> Result<(), String> {
+        let queue = self
+            .client
+            .call::<Queue>(SessionParams {
+                session: Some(self.session.clone()),
+                ..Default::default()
+            })
+            .map_err(|e| format!("queue: {e}"))?;
+        if queue.queued.len() != self.queued + 1 {
+            return Err(format!(
+                "the session held {} queued turns after a send, not {}",
+                queue.queued.len(),
+                self.queued + 1
+            ));
+        }
+        let newest = queue.queued.last().expect("checked above");
+        self.client
+            .call::<Cancel>(TurnParams {
+                turn: newest.turn_id.to_string(),
+            })
+            .map_err(|e| format!("cancel: {e}"))?;
+        Ok(())
     }
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use sessiond_client::{Client, ConnectOptions};
 use sessiond_proto::methods::{
-    ContextParams, Current, Get, List, ListParams, SessionParams, Submit, SubmitParams, Subscribe,
-    SubscribeParams, Switch,
+    ContextParams, Current, Get, List, ListParams, SessionParams, Status, Submit, SubmitParams,
+    Subscribe, SubscribeParams, Switch,
 };
 use sessiond_proto::session::EventFilter;
 
@@ -143,6 +143,20 @@ pub fn durable_submits(
     })
 }
 
+/// Longest a subscriber waits for its next event before the figure counts the rest as lost.
+const DELIVERY_PATIENCE: Duration = Duration::from_secs(30);
+
+/// What one event-delivery measurement got.
+pub struct Delivery {
+    /// One per event that arrived: from sending its switch to its arrival.
+    pub samples: Samples,
+    /// Deliveries there should have been: subscribers × switches.
+    pub expected: usize,
+    /// With a stalled subscriber: whether its connection and subscription were still open at
+    /// the end, and if not, what was found.
+    pub stalled: Option<Result<(), String>>,
+}
+
 /// Latency from sending a switch to each of `subscribers` receiving its event, over
 /// `switches` switches, optionally beside one subscriber that never reads its socket.
 pub fn event_delivery(
@@ -153,7 +167,7 @@ pub fn event_delivery(
     subscribers: usize,
     switches: u64,
     stalled: bool,
-) -> Result<Samples, String> {
+) -> Result<Delivery, String> {
     let session = session.to_string();
     let socket = socket.to_path_buf();
     rt.block_on(async move {
@@ -163,7 +177,7 @@ pub fn event_delivery(
             ..Default::default()
         };
         // Raw, so it can subscribe and then never read.
-        let _stalled = if stalled {
+        let stalled_conn = if stalled {
             Some(stalled_subscriber(&socket, &filter)?)
         } else {
             None
@@ -182,11 +196,13 @@ pub fn event_delivery(
                 .await
                 .map_err(|e| e.to_string())?;
             let (sent, received, context) = (sent.clone(), received.clone(), context.clone());
+            // An event that never comes, or one for a switch never sent, is not counted:
+            // the shortfall against `expected` fails the figure.
             readers.push(tokio::spawn(async move {
                 let mut got = 0;
                 while got < switches {
                     let Ok(Some(payload)) =
-                        tokio::time::timeout(Duration::from_secs(30), events.recv()).await
+                        tokio::time::timeout(DELIVERY_PATIENCE, events.recv()).await
                     else {
                         break;
                     };
@@ -241,9 +257,56 @@ pub fn event_delivery(
         for reader in readers {
             reader.await.map_err(|e| e.to_string())?;
         }
+        let stalled = match &stalled_conn {
+            Some(conn) => {
+                let subscriptions = driver
+                    .call::<Status>(Default::default())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .subscriptions;
+                Some(still_subscribed(
+                    conn,
+                    subscriptions,
+                    subscribers as u64 + 1,
+                ))
+            }
+            None => None,
+        };
         let samples = received.lock().unwrap().clone();
-        Ok(samples)
+        Ok(Delivery {
+            samples,
+            expected: subscribers * switches as usize,
+            stalled,
+        })
     })
+}
+
+/// Whether the stalled subscriber is still connected and subscribed: its socket not hung up
+/// (checked without reading it), and the daemon counting `expected` subscriptions, the 100
+/// readers' and its own.
+fn still_subscribed(
+    conn: &std::os::unix::net::UnixStream,
+    subscriptions: u64,
+    expected: u64,
+) -> Result<(), String> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let rdhup = PollFlags::from_bits_retain(nix::libc::POLLRDHUP);
+    let mut fds = [PollFd::new(conn.as_fd(), rdhup)];
+    poll(&mut fds, PollTimeout::ZERO).map_err(|e| format!("poll: {e}"))?;
+    let closed = fds[0]
+        .revents()
+        .is_some_and(|r| r.intersects(rdhup | PollFlags::POLLHUP | PollFlags::POLLERR));
+    if closed {
+        return Err("the daemon closed the stalled subscriber's connection".into());
+    }
+    if subscriptions != expected {
+        return Err(format!(
+            "the daemon held {subscriptions} subscriptions at the end, not {expected} (the \
+             readers' and the stalled subscriber's)"
+        ));
+    }
+    Ok(())
 }
 
 /// A connection that subscribes to `filter` and then never reads.
