@@ -120,6 +120,34 @@ impl DaemonConfig {
 pub struct ConfigError(String);
 
 /// Bounds for each numeric setting: (key, value, min, max).
+/// The line (from 1) where `table.key` is set in `text`, for messages about a value the TOML
+/// parser accepted: under a `[table]` header, or dotted at the top. `None` for a spelling
+/// this does not follow (an inline table); the message then names the key alone.
+fn key_line(text: &str, table: &str, key: &str) -> Option<usize> {
+    let dotted = format!("{table}.{key}");
+    let mut current = String::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            current = header
+                .split(']')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            continue;
+        }
+        let Some((name, _)) = line.split_once('=') else {
+            continue;
+        };
+        let name = name.trim().trim_matches('"');
+        if (current == table && name == key) || (current.is_empty() && name == dotted) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
 fn ranges(d: &DaemonConfig) -> [(&'static str, u64, u64, u64); 11] {
     [
         // A hello must fit; above 1 GiB a single client could pin too much memory.
@@ -209,9 +237,12 @@ impl Config {
         })?;
         for (key, value, min, max) in ranges(&config.daemon) {
             if !(min..=max).contains(&value) {
+                let line = key_line(text, "daemon", key)
+                    .map(|n| format!(", line {n}"))
+                    .unwrap_or_default();
                 return Err(ConfigError(format!(
-                    "config file {}: daemon.{key} = {value} is out of range; use a value from \
-                     {min} to {max}",
+                    "config file {}{line}: daemon.{key} = {value} is out of range; use a value \
+                     from {min} to {max}",
                     path.display()
                 )));
             }
@@ -348,6 +379,19 @@ fn read_text(path: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_out_of_range_is_named_with_its_line() {
+        let text = "# mine\n[daemon]\n\n\nmax_connections = 0\n";
+        let err = Config::parse(text, Path::new("c.toml")).unwrap_err().0;
+        assert!(
+            err.contains("c.toml, line 5: daemon.max_connections = 0"),
+            "{err}"
+        );
+        let dotted = "daemon.write_timeout_ms = 1\n";
+        let err = Config::parse(dotted, Path::new("c.toml")).unwrap_err().0;
+        assert!(err.contains("line 1: daemon.write_timeout_ms"), "{err}");
+    }
 
     #[test]
     fn empty_file_gives_defaults() {

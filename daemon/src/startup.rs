@@ -117,6 +117,29 @@ fn start(args: Args) -> Result<(), Failure> {
     outcome.map_err(Failure::Other)
 }
 
+/// Refuses a directory a start could not create: its nearest existing ancestor must be a
+/// directory this user may write into.
+fn creatable(dir: &std::path::Path) -> Result<(), Failure> {
+    let Some(ancestor) = dir.ancestors().skip(1).find(|a| a.exists()) else {
+        return Ok(());
+    };
+    let writable = ancestor.is_dir()
+        && nix::unistd::access(
+            ancestor,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .is_ok();
+    if writable {
+        return Ok(());
+    }
+    Err(Failure::Other(format!(
+        "cannot create {}: {} is not a directory you may write into; create it yourself \
+         (mode 0700), or choose another place",
+        dir.display(),
+        ancestor.display()
+    )))
+}
+
 /// `--check-config`: the checks a start makes before it takes anything, made without taking
 /// or creating anything — both directories (when they exist; a start creates missing ones),
 /// the config file, the log filter — and what a daemon would use, printed.
@@ -127,7 +150,12 @@ fn check_config(paths: &Paths, args: &Args) -> Result<(), Failure> {
         (&paths.state_dir, DirKind::State),
     ] {
         let shown = match std::fs::symlink_metadata(dir) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Absent, or under something that is not a directory: could a start create it?
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.kind() == std::io::ErrorKind::NotADirectory =>
+            {
+                creatable(dir)?;
                 format!("{} (absent: a start creates it)", dir.display())
             }
             _ => {
@@ -136,6 +164,16 @@ fn check_config(paths: &Paths, args: &Args) -> Result<(), Failure> {
             }
         };
         dirs.push(shown);
+    }
+    // A detached start (as autostart makes) appends to this file; one that cannot be opened
+    // as a file stops it.
+    let log = paths.log_file();
+    if std::fs::metadata(&log).is_ok_and(|m| !m.is_file()) {
+        return Err(Failure::Other(format!(
+            "the log file {} is not a file, so a detached start (as sessionctl's autostart \
+             makes) cannot write it; remove it",
+            log.display()
+        )));
     }
     let settings = read_settings(paths, args)?;
     let config_note = if paths.config.exists() {

@@ -606,6 +606,61 @@ fn a_config_others_may_change_is_refused_as_ssh_refuses_its_own() {
 }
 
 #[test]
+fn check_config_refuses_what_a_start_would_trip_on_and_start_names_other_settings() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    // A state dir that cannot be created: its parent is a file.
+    let file = sb.root.join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let out = run_bounded(
+        std::process::Command::new(sessiond_tests::sessiond_bin())
+            .arg("--runtime-dir")
+            .arg(&sb.runtime)
+            .arg("--state-dir")
+            .arg(file.join("state"))
+            .arg("--config")
+            .arg(&sb.config)
+            .arg("--check-config"),
+    );
+    assert_eq!(out.code(), 1, "{}", out.stdout());
+    assert!(
+        out.stderr().contains("cannot create") && out.stderr().contains("a-file"),
+        "{}",
+        out.stderr()
+    );
+    // A log path that is a directory: a detached start (autostart's) cannot open it.
+    std::fs::create_dir(&sb.state).unwrap();
+    std::fs::set_permissions(&sb.state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::create_dir(sb.state.join("sessiond.log")).unwrap();
+    let out = run_bounded(sb.sessiond().arg("--check-config"));
+    assert_eq!(out.code(), 1, "{}", out.stdout());
+    assert!(out.stderr().contains("is not a file"), "{}", out.stderr());
+    std::fs::remove_dir(sb.state.join("sessiond.log")).unwrap();
+    run_bounded(sb.sessiond().arg("--check-config")).ok();
+
+    // `daemon start` beside a daemon started with another config says so.
+    sb.ctl(&["daemon", "start"]).ok();
+    let other = sb.root.join("other.toml");
+    std::fs::write(&other, "").unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run_bounded(
+        sb.sessionctl()
+            .env("SESSIOND_CONFIG", &other)
+            .args(["daemon", "start"]),
+    );
+    assert!(out.ok().contains("already running"));
+    assert!(
+        out.stderr().contains("uses config") && out.stderr().contains("other.toml"),
+        "{}",
+        out.stderr()
+    );
+    assert!(!run_bounded(sb.sessionctl().args(["daemon", "start"]))
+        .stderr()
+        .contains("uses config"));
+    sb.ctl(&["daemon", "stop"]).ok();
+}
+
+#[test]
 fn check_config_says_whether_a_start_would_succeed_and_touches_nothing() {
     // A good config, directories not made yet: it passes, says what a daemon would use, and
     // creates neither directory (a start would).

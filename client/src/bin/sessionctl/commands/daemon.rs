@@ -110,6 +110,24 @@ fn start(opts: &ConnectOptions, out: &Out) -> Result<(), ClientError> {
         Err(e) => return Err(e),
     };
     let s = fetch_status(&existing_only(opts))?;
+    // Already running, but not as this sessionctl would have started it: the user asked for
+    // these settings, and should not believe they are in force.
+    if !started {
+        let ours = &opts.paths;
+        for (what, theirs, ours) in [
+            ("state dir", &s.state_dir, &ours.state_dir),
+            ("config", &s.config, &ours.config),
+        ] {
+            if std::path::Path::new(theirs) != *ours {
+                eprintln!(
+                    "sessionctl: the running daemon uses {what} {}, not {} as given here; \
+                     to change it, `sessionctl daemon stop`, then start again",
+                    crate::output::visible(theirs),
+                    crate::output::visible(&ours.display().to_string())
+                );
+            }
+        }
+    }
     let report = StartReport {
         started,
         pid: s.pid,
