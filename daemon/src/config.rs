@@ -119,7 +119,6 @@ impl DaemonConfig {
 #[error("{0}")]
 pub struct ConfigError(String);
 
-/// Bounds for each numeric setting: (key, value, min, max).
 /// The line (from 1) where `table.key` is set in `text`, for messages about a value the TOML
 /// parser accepted: under a `[table]` header, or dotted at the top. `None` for a spelling
 /// this does not follow (an inline table); the message then names the key alone.
@@ -148,6 +147,7 @@ fn key_line(text: &str, table: &str, key: &str) -> Option<usize> {
     None
 }
 
+/// Bounds for each numeric setting: (key, value, min, max).
 fn ranges(d: &DaemonConfig) -> [(&'static str, u64, u64, u64); 11] {
     [
         // A hello must fit; above 1 GiB a single client could pin too much memory.
@@ -292,9 +292,6 @@ impl Config {
 /// `/dev/zero` could make the daemon read.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
-/// Reads the config file's text. Besides a regular file, a device (`/dev/null`: all defaults)
-/// and a pipe (`--config <(…)`) are read; a FIFO is opened without waiting for a writer, so
-/// one that nothing writes to is refused instead of stalling the start for ever.
 /// Refuses a config file another user owns or may write, as ssh refuses its own: the file
 /// decides which programs sessiond runs as this user (a provider may redefine `shell`), so
 /// whoever can change it could run anything as them. Root's files are trusted (a system-wide
@@ -321,8 +318,38 @@ fn check_owner(path: &Path) -> Result<(), ConfigError> {
         )));
     }
     let mode = meta.mode() & 0o777;
-    if mode & 0o022 != 0 {
-        let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+    // A group-writable file whose group is the user's own private one (umask 002 systems
+    // give every user such a group) lets nobody else in.
+    let group_is_mine = || {
+        nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(meta.gid()))
+            .ok()
+            .flatten()
+            .is_some_and(|g| {
+                meta.gid() == nix::unistd::getgid().as_raw()
+                    && g.mem.iter().all(|member| {
+                        nix::unistd::User::from_name(member)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|u| u.uid.as_raw() == me)
+                    })
+            })
+    };
+    let bad = if mode & 0o020 != 0 && group_is_mine() {
+        mode & 0o002
+    } else {
+        mode & 0o022
+    };
+    if bad != 0 && meta.uid() != me {
+        return Err(ConfigError(format!(
+            "config file {} can be changed by users other than its owner, uid {} (mode \
+             {mode:o}), and it decides what sessiond runs as you; ask its owner to run chmod \
+             go-w on it, or use a config file of your own",
+            path.display(),
+            meta.uid()
+        )));
+    }
+    if bad != 0 {
+        let who = match (bad & 0o020 != 0, bad & 0o002 != 0) {
             (true, true) => "its group and every user",
             (true, false) => "its group",
             _ => "every user",
@@ -337,6 +364,9 @@ fn check_owner(path: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Reads the config file's text. Besides a regular file, a device (`/dev/null`: all defaults)
+/// and a pipe (`--config <(…)`) are read; a FIFO is opened without waiting for a writer, so
+/// one that nothing writes to is refused instead of stalling the start for ever.
 fn read_text(path: &Path) -> std::io::Result<String> {
     use std::io::{Error, Read};
     let mut options = std::fs::OpenOptions::new();

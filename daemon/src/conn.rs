@@ -542,6 +542,7 @@ async fn write_loop(
                     }
                     Ok(large) => {
                         carried = Some(large);
+                        answers = true;
                         break;
                     }
                     Err(_) => break,
@@ -552,10 +553,20 @@ async fn write_loop(
             }
         }
         // Events alone may wait: a subscriber paused in a pager is kept, missing events are
-        // counted, and it gets `lagged` when it reads again. An answer waiting, in this write
-        // or behind it, ends the patience.
-        let events_only = || !answers && queue.is_empty();
-        match write_while_accepted(&mut w, &bytes, ctx.config.write_timeout(), events_only).await {
+        // counted, and it gets `lagged` when it reads again. The daemon closing its
+        // connections ends the patience soon (shutdown waits for this one); an answer waiting,
+        // in this write or behind it, or a client whose reader has gone (it closed its side),
+        // ends it after the write timeout.
+        let patience = || {
+            if ctx.is_closing() {
+                Patience::Closing
+            } else if answers || !queue.is_empty() || queue.is_closed() {
+                Patience::Answer
+            } else {
+                Patience::Events
+            }
+        };
+        match write_while_accepted(&mut w, &bytes, ctx.config.write_timeout(), patience).await {
             Ok(()) => ctx.note_answer_written(bytes.len()),
             Err(Stall::Gone) => return Err("client went away"),
             Err(Stall::Stopped) => {
@@ -579,32 +590,73 @@ enum Stall {
     Stopped,
 }
 
-/// Writes all of `bytes`, giving up only when the client accepts nothing for `stall` and
-/// `patient` says not to wait on: the timeout is on progress, not on the whole write, so a
-/// slow but steady reader (a terminal over ssh taking a batch of events that is megabytes
-/// long) is kept however long it takes. `patient` is asked again after each stall, so an
-/// answer queued behind a stalled write still ends the wait within two timeouts.
+/// What a write that makes no progress is waiting for, and so how long it may wait.
+enum Patience {
+    /// Only events: as long as the client likes.
+    Events,
+    /// An answer (or the client's reader is gone): `write_timeout` with no progress.
+    Answer,
+    /// The daemon is closing connections: briefly, since shutdown waits for this one.
+    Closing,
+}
+
+/// How long a stalled write may go on once the daemon is closing connections: long enough
+/// for a client that is reading to take the rest, well inside the shutdown grace.
+const CLOSING_STALL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How often a stalled write asks again what it is waiting for.
+const STALL_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Writes all of `bytes`, giving up when the client accepts nothing for as long as
+/// `patience` allows: `stall` once an answer is waiting, [`CLOSING_STALL`] once the daemon
+/// is closing, never for events alone. Time counts from the last progress, or from when the
+/// wait became one for an answer, so a slow but steady reader (a terminal over ssh taking a
+/// batch of events megabytes long) is kept however long it takes, and a paused subscriber
+/// that then leaves an answer unread has the whole `stall` to take it.
 async fn write_while_accepted(
     w: &mut &Stream,
     mut bytes: &[u8],
     stall: std::time::Duration,
-    patient: impl Fn() -> bool,
+    patience: impl Fn() -> Patience,
 ) -> Result<(), Stall> {
+    use tokio::time::Instant;
+    let check = STALL_CHECK.min(stall);
+    let mut since = Instant::now();
+    let mut answer_waiting = false;
     let mut said = false;
     while !bytes.is_empty() {
-        match tokio::time::timeout(stall, w.write(bytes)).await {
+        match tokio::time::timeout(check, w.write(bytes)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return Err(Stall::Gone),
-            Ok(Ok(n)) => bytes = &bytes[n..],
-            Err(_) if patient() => {
-                if !said {
-                    debug!(
-                        "subscriber took nothing for {stall:?}; keeping it, its events \
-                         counted as missed until it reads again"
-                    );
-                    said = true;
-                }
+            Ok(Ok(n)) => {
+                bytes = &bytes[n..];
+                since = Instant::now();
             }
-            Err(_) => return Err(Stall::Stopped),
+            Err(_) => match patience() {
+                Patience::Events => {
+                    if !said && since.elapsed() >= stall {
+                        debug!(
+                            "subscriber took nothing for {stall:?}; keeping it, its events \
+                             counted as missed until it reads again"
+                        );
+                        said = true;
+                    }
+                }
+                Patience::Answer => {
+                    if !answer_waiting {
+                        // Seen within one check of its arrival: count from about then.
+                        answer_waiting = true;
+                        since = since.max(Instant::now() - check);
+                    }
+                    if since.elapsed() >= stall {
+                        return Err(Stall::Stopped);
+                    }
+                }
+                Patience::Closing => {
+                    if since.elapsed() >= CLOSING_STALL {
+                        return Err(Stall::Stopped);
+                    }
+                }
+            },
         }
     }
     Ok(())

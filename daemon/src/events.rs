@@ -17,8 +17,9 @@ use sessiond_proto::session::{event_kind, EventFilter, SessionEvent, SessionId};
 use tokio::sync::Notify;
 
 /// Events a connection may have waiting before it counts as lagging. Deep enough to absorb a
-/// burst (a thousand sessions created at once), small enough that a stalled editor costs at
-/// most a few hundred kilobytes.
+/// burst (a thousand sessions created at once); with [`QUEUE_BYTES`], what bounds a stalled
+/// subscriber's cost: its queue, plus the write it is stuck in (one earlier take of the
+/// queue), some 8 MiB at most.
 pub const QUEUE_CAPACITY: usize = 1024;
 
 /// Bytes of events a connection may have waiting before it counts as lagging: what keeps a

@@ -305,9 +305,9 @@ impl ProviderConfig {
             if let Some(open) = prompt_open_to_options(template) {
                 warnings.push(format!(
                     "{key}: {open:?} hands the prompt over as an argument of its own, so a \
-                     prompt starting with '-' (a Markdown list, \"--help\") would be read by \
-                     {:?} as an option; put \"--\" before it, or join it to its option \
-                     (\"--message={{prompt}}\")",
+                     prompt starting with '-' (a Markdown list, \"--help\") may be read by \
+                     {:?} as an option; unless it never parses options there, put \"--\" \
+                     before it, or join it to its option (\"--message={{prompt}}\")",
                     template[0]
                 ));
             }

@@ -168,9 +168,9 @@ fn check_config(paths: &Paths, args: &Args) -> Result<(), Failure> {
     // A detached start (as autostart makes) appends to this file; one that cannot be opened
     // as a file stops it.
     let log = paths.log_file();
-    if std::fs::metadata(&log).is_ok_and(|m| !m.is_file()) {
+    if std::fs::metadata(&log).is_ok_and(|m| m.is_dir()) {
         return Err(Failure::Other(format!(
-            "the log file {} is not a file, so a detached start (as sessionctl's autostart \
+            "the log file {} is a directory, so a detached start (as sessionctl's autostart \
              makes) cannot write it; remove it",
             log.display()
         )));

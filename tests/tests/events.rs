@@ -625,6 +625,25 @@ fn a_stalled_subscriber_is_kept_until_it_leaves_an_answer_waiting() {
     });
 }
 
+#[test]
+fn a_paused_subscriber_does_not_hold_up_a_stop() {
+    // Kept while it reads nothing, but a stop must not wait the whole grace for it: its
+    // closing notice cannot reach it anyway.
+    let sb = Sandbox::new();
+    sb.ctl(&["daemon", "start"]).ok();
+    let project = sb.project("p");
+    let mut stalled = sb.raw();
+    stalled.handshake();
+    subscribe(&mut stalled, 1, EventFilter::default());
+    tokio_runtime().block_on(create_sessions(&sb.connect_options(), &project, BURST));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(subscriptions(&sb), 1, "kept while paused");
+    sb.ctl(&["daemon", "stop"]).ok();
+    let log = std::fs::read_to_string(sb.state.join("sessiond.log")).unwrap();
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(!log.contains("still busy"), "the stop waited for it: {log}");
+}
+
 /// The next line a watch prints, as JSON.
 fn next_event(lines: &Receiver<String>) -> serde_json::Value {
     let line = lines.recv_timeout(WAIT).expect("watch prints a line");

@@ -565,7 +565,15 @@ fn a_config_others_may_change_is_refused_as_ssh_refuses_its_own() {
     );
     let chmod =
         |mode| std::fs::set_permissions(&sb.config, std::fs::Permissions::from_mode(mode)).unwrap();
-    for (mode, who) in [(0o666, "its group and every user"), (0o620, "its group")] {
+    // Group-writable counts only when the group is not the user's own private one.
+    let other_group =
+        nix::unistd::chown(&sb.config, None, Some(nix::unistd::Gid::from_raw(65534))).is_ok();
+    let cases: &[(u32, &str)] = if other_group {
+        &[(0o666, "its group and every user"), (0o620, "its group")]
+    } else {
+        &[(0o666, "every user")]
+    };
+    for &(mode, who) in cases {
         chmod(mode);
         let out = run_bounded(sb.sessiond().arg("--check-config"));
         assert_eq!(out.code(), 1, "{}", out.stderr());
@@ -587,6 +595,17 @@ fn a_config_others_may_change_is_refused_as_ssh_refuses_its_own() {
         );
         assert!(!sb.socket().exists());
     }
+    // Writable by the user's own private group (umask 002 systems): nobody else's.
+    let me = nix::unistd::getuid();
+    let own = nix::unistd::getgid();
+    nix::unistd::chown(&sb.config, None, Some(own)).unwrap();
+    let private = nix::unistd::Group::from_gid(own)
+        .unwrap()
+        .is_some_and(|g| g.mem.is_empty());
+    if private {
+        chmod(0o660);
+        run_bounded(sb.sessiond().arg("--check-config")).ok();
+    }
     // Another user's file: refused too (only where this test may hand a file to another).
     chmod(0o644);
     if nix::unistd::chown(&sb.config, Some(nix::unistd::Uid::from_raw(65534)), None).is_ok() {
@@ -597,7 +616,6 @@ fn a_config_others_may_change_is_refused_as_ssh_refuses_its_own() {
             "{}",
             out.stderr()
         );
-        let me = nix::unistd::getuid();
         nix::unistd::chown(&sb.config, Some(me), None).unwrap();
     }
     // Readable by others is fine (as ssh allows), and so is a pipe nobody else edits.
@@ -634,7 +652,7 @@ fn check_config_refuses_what_a_start_would_trip_on_and_start_names_other_setting
     std::fs::create_dir(sb.state.join("sessiond.log")).unwrap();
     let out = run_bounded(sb.sessiond().arg("--check-config"));
     assert_eq!(out.code(), 1, "{}", out.stdout());
-    assert!(out.stderr().contains("is not a file"), "{}", out.stderr());
+    assert!(out.stderr().contains("is a directory"), "{}", out.stderr());
     std::fs::remove_dir(sb.state.join("sessiond.log")).unwrap();
     run_bounded(sb.sessiond().arg("--check-config")).ok();
 

@@ -1729,6 +1729,60 @@ fn a_follower_paused_far_past_the_write_timeout_is_kept_and_shows_every_byte_onc
 }
 
 #[test]
+fn a_paused_follower_of_the_last_turns_reads_back_only_what_it_follows() {
+    use std::io::Read;
+    // `--last 1` shows only a queued turn; the running one before it is followed live. After
+    // a lag, the re-read goes on from the running turn: not from the session's start, which
+    // would print the history `--last` left out, in the middle of the output.
+    let sb = Sandbox::with_config("[daemon]\nwrite_timeout_ms = 200\n");
+    sb.ctl(&["daemon", "start"]).ok();
+    shell_session(&sb);
+    sb.ctl(&["send", "--wait", "echo OLD-TURN"]).ok();
+    const LINES: u32 = 1_500_000;
+    sb.ctl(&["send", &format!("sleep 1; seq 1 {LINES}")]).ok();
+    sb.ctl(&["send", "echo QUEUED-TURN"]).ok();
+    let mut follow = sb
+        .sessionctl()
+        .args(["log", "--follow", "--last", "1", "job"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn log --follow");
+    sessiond_tests::eventually("log --follow to subscribe", || {
+        sb.ctl(&["--json", "daemon", "status"]).json()["subscriptions"] == 1
+    });
+    sb.ctl(&["send", "--wait", "echo AFTER-TURN"]).ok();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let mut out = follow.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n @ 1..) = out.read(&mut buf) {
+            reader.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    sessiond_tests::eventually("the follower to print the last turn", || {
+        String::from_utf8_lossy(&seen.lock().unwrap()).contains("\nAFTER-TURN\n")
+    });
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let text = String::from_utf8(seen.lock().unwrap().clone()).unwrap();
+    assert!(
+        !text.contains("OLD-TURN"),
+        "history --last left out was printed"
+    );
+    let numbers: Vec<u32> = text.lines().filter_map(|l| l.parse().ok()).collect();
+    assert_eq!(numbers.last(), Some(&LINES));
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "the running turn's output once, in order"
+    );
+    assert_eq!(text.matches("\nQUEUED-TURN\n").count(), 1);
+    assert_eq!(text.matches("\nAFTER-TURN\n").count(), 1);
+}
+
+#[test]
 fn send_follow_paused_by_its_reader_still_prints_every_byte_and_the_exit() {
     use std::io::Read;
     // As above, for `send --follow`: it used to give up ("fell behind … lost some") when

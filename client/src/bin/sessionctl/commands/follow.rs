@@ -10,7 +10,11 @@
 //! Where the re-read starts: the daemon drops a contiguous run of events and delivers all
 //! before it, so what was missed began after the last event seen. Transcripts are ordered by
 //! when each turn started (or settled unstarted), so everything the gap touched comes at or
-//! after the turn seen running, or, with none running, the turn seen settling last.
+//! after the turn seen running (its start shown, or its output), or, with none running, the
+//! turn seen settling last, or, with neither (`--last` chose only queued turns), the first
+//! turn printed. Only with nothing printed at all is the whole transcript new. One case it
+//! cannot cover: with `--last` leaving out a turn that was running, output of that turn
+//! dropped before any of it was printed is not read back.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -36,6 +40,9 @@ struct Shown {
     running: Option<TurnId>,
     /// The turn shown settling last: a re-read goes on from it when none is running.
     last_settled: Option<TurnId>,
+    /// The first turn the first reading printed: a re-read goes on from it when no turn
+    /// has been seen to run (`--last` chose only queued turns).
+    first: Option<TurnId>,
 }
 
 impl Shown {
@@ -59,6 +66,12 @@ impl Shown {
             return Ok(());
         }
         *next = chunk + 1;
+        // Output means it runs, though its start came before what was printed (`--last`
+        // left it out): a re-read must go on from it.
+        if !self.settled.contains(&turn) {
+            self.started.insert(turn);
+            self.running = Some(turn);
+        }
         w.output_of(turn, data)
     }
 
@@ -143,9 +156,11 @@ impl Shown {
         Ok(())
     }
 
-    /// Where a re-read after a gap begins.
+    /// Where a re-read after a gap begins: `None` (the whole transcript) only when the first
+    /// reading printed nothing, so every turn is new.
     fn resume_from(&self) -> Option<LogCursor> {
-        self.running.or(self.last_settled).map(|turn| LogCursor {
+        let turn = self.running.or(self.last_settled).or(self.first);
+        turn.map(|turn| LogCursor {
             turn,
             chunk: self.printed.get(&turn).copied().unwrap_or(0),
         })
@@ -184,6 +199,7 @@ pub fn follow_log(
     let history = read_log(&mut client, None, &target, None, last, None, |page| {
         for entry in &page.turns {
             let id = entry.turn.turn_id;
+            shown.first.get_or_insert(id);
             // A turn cut between pages goes on without a header: what it did by the later
             // page (settling, say) is left for the events to show, unless its header showed
             // it settled already.
