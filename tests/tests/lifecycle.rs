@@ -250,20 +250,31 @@ fn sigint_and_sighup_are_graceful_shutdowns_too() {
 
 #[test]
 fn second_signal_during_a_slow_shutdown_exits_at_once() {
-    let sb =
-        Sandbox::with_config("[daemon]\nwrite_timeout_ms = 60000\nshutdown_grace_ms = 60000\n");
+    let sb = Sandbox::with_config(
+        "[daemon]\ninterrupt_grace_ms = 60000\nterminate_grace_ms = 60000\n\
+         shutdown_grace_ms = 60000\n",
+    );
     let mut daemon = sb.start_daemon();
-    // A client that never reads keeps its connection's writer blocked, so the graceful
-    // shutdown would wait out the 60 s grace period.
-    let mut hog = sb.raw();
-    hog.handshake();
-    hog.flood_unread(3000);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // A turn that ignores SIGINT: a graceful stop interrupts it and waits out the 60 s
+    // grace for it to end.
+    let project = sb.project("p");
+    sb.ctl(&[
+        "new",
+        "--project",
+        project.to_str().unwrap(),
+        "--name",
+        "job",
+    ])
+    .ok();
+    sb.ctl(&["send", "job", "trap '' INT; sleep 60"]).ok();
+    sessiond_tests::eventually("the turn to run", || {
+        !sb.ctl(&["--json", "queue", "job"]).json()["running"].is_null()
+    });
     daemon.signal(Signal::SIGTERM);
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(
         daemon.running(),
-        "the first signal waits for the stalled client"
+        "the first signal waits for the turn to end"
     );
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait().code(), Some(1));
@@ -273,11 +284,11 @@ fn second_signal_during_a_slow_shutdown_exits_at_once() {
         "second_signal_during_a_slow_shutdown_exits_at_once",
     )
     .done(
-        "SIGTERM while a client that reads nothing holds 3,000 unread answers (60 s \
-               grace), then a second SIGTERM",
+        "SIGTERM while a turn that ignores SIGINT runs (60 s graces), then a second \
+         SIGTERM",
     )
     .runs(1)
-    .checked("the first signal waits for the client; the second ends the daemon; files")
+    .checked("the first signal waits for the turn; the second ends the daemon; files")
     .result("still running after the first signal; exit 1 after the second; 0 files left")
     .record();
 }
