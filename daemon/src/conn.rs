@@ -499,8 +499,9 @@ async fn write_loop(
     events: &EventQueue,
 ) -> Result<(), &'static str> {
     let mut w = stream;
-    // An answer taken from the queue while coalescing but too large to copy into the batch;
-    // it is written next, on its own.
+    let mut shutdown = ctx.shutdown_listener();
+    // An answer taken from the queue while coalescing but too large to copy into the batch,
+    // or while a write of events waited: it is written next, on its own.
     let mut carried: Option<Vec<u8>> = None;
     loop {
         // Whether this write carries an answer, which a client that stops reading is not
@@ -552,24 +553,21 @@ async fn write_loop(
                 bytes = batch;
             }
         }
-        // Events alone may wait: a subscriber paused in a pager is kept, missing events are
-        // counted, and it gets `lagged` when it reads again. The daemon closing its
-        // connections ends the patience soon (shutdown waits for this one); an answer waiting,
-        // in this write or behind it, or a client whose reader has gone (it closed its side),
-        // ends it after the write timeout.
-        let patience = || {
-            if ctx.is_closing() {
-                Patience::Closing
-            } else if answers || !queue.is_empty() || queue.is_closed() {
-                Patience::Answer
-            } else {
-                Patience::Events
-            }
+        let stall = Stall {
+            timeout: ctx.config.write_timeout(),
+            answers,
         };
-        match write_while_accepted(&mut w, &bytes, ctx.config.write_timeout(), patience).await {
-            Ok(()) => ctx.note_answer_written(bytes.len()),
-            Err(Stall::Gone) => return Err("client went away"),
-            Err(Stall::Stopped) => {
+        match write_while_accepted(&mut w, &bytes, stall, &mut queue, &mut shutdown).await {
+            Ok(held) => {
+                ctx.note_answer_written(bytes.len());
+                // Only a write of events alone takes an answer from the queue, and such a
+                // write carries none over.
+                if held.is_some() {
+                    carried = held;
+                }
+            }
+            Err(Stalled::Gone) => return Err("client went away"),
+            Err(Stalled::Stopped) => {
                 warn!(
                     "client's socket took nothing for {:?} with an answer waiting (it \
                      stopped reading, or reads slower than its socket frees room); dropping it",
@@ -583,81 +581,82 @@ async fn write_loop(
 }
 
 /// Why a write to a client ended early.
-enum Stall {
+enum Stalled {
     /// The connection failed.
     Gone,
-    /// The client accepted no byte for the whole write timeout.
+    /// The client accepted nothing for as long as it was allowed.
     Stopped,
 }
 
-/// What a write that makes no progress is waiting for, and so how long it may wait.
-enum Patience {
-    /// Only events: as long as the client likes.
-    Events,
-    /// An answer (or the client's reader is gone): `write_timeout` with no progress.
-    Answer,
-    /// The daemon is closing connections: briefly, since shutdown waits for this one.
-    Closing,
+/// How long a write that makes no progress may go on.
+struct Stall {
+    /// Once an answer waits: the configured write timeout.
+    timeout: std::time::Duration,
+    /// Whether the write carries an answer already.
+    answers: bool,
 }
 
 /// How long a stalled write may go on once the daemon is closing connections: long enough
 /// for a client that is reading to take the rest, well inside the shutdown grace.
 const CLOSING_STALL: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// How often a stalled write asks again what it is waiting for.
-const STALL_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Writes all of `bytes`, giving up when the client accepts nothing for as long as
-/// `patience` allows: `stall` once an answer is waiting, [`CLOSING_STALL`] once the daemon
-/// is closing, never for events alone. Time counts from the last progress, or from when the
-/// wait became one for an answer, so a slow but steady reader (a terminal over ssh taking a
-/// batch of events megabytes long) is kept however long it takes, and a paused subscriber
-/// that then leaves an answer unread has the whole `stall` to take it.
+/// Writes all of `bytes`, giving up when the client accepts nothing for as long as it may:
+/// never, for events alone (a subscriber paused in a pager is kept; its queue counts what it
+/// misses, and it gets `lagged` when it reads again); `stall.timeout` once an answer waits,
+/// in this write or behind it, or the client's reader has gone (it closed its side);
+/// [`CLOSING_STALL`] once the daemon closes connections (shutdown waits for this one, and a
+/// client that takes nothing could not take its closing notice either). Time counts from
+/// the last progress, or from the answer's arrival, so a slow but steady reader (a terminal
+/// over ssh taking a batch of events megabytes long) is kept however long it takes.
+///
+/// While events alone wait, nothing polls: the write, the next answer and the closing each
+/// wake it. An answer taken from `queue` meanwhile is returned, to be written next.
 async fn write_while_accepted(
     w: &mut &Stream,
     mut bytes: &[u8],
-    stall: std::time::Duration,
-    patience: impl Fn() -> Patience,
-) -> Result<(), Stall> {
+    stall: Stall,
+    queue: &mut mpsc::Receiver<Vec<u8>>,
+    shutdown: &mut crate::shutdown::ShutdownListener,
+) -> Result<Option<Vec<u8>>, Stalled> {
     use tokio::time::Instant;
-    let check = STALL_CHECK.min(stall);
+    let mut held: Option<Vec<u8>> = None;
+    let mut reader_gone = false;
+    let mut closing = false;
     let mut since = Instant::now();
-    let mut answer_waiting = false;
-    let mut said = false;
     while !bytes.is_empty() {
-        match tokio::time::timeout(check, w.write(bytes)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return Err(Stall::Gone),
-            Ok(Ok(n)) => {
-                bytes = &bytes[n..];
-                since = Instant::now();
+        let limit = if closing {
+            Some(CLOSING_STALL)
+        } else if stall.answers || held.is_some() || reader_gone {
+            Some(stall.timeout)
+        } else {
+            None
+        };
+        let give_up = async {
+            match limit {
+                Some(limit) => tokio::time::sleep_until(since + limit).await,
+                None => std::future::pending().await,
             }
-            Err(_) => match patience() {
-                Patience::Events => {
-                    if !said && since.elapsed() >= stall {
-                        debug!(
-                            "subscriber took nothing for {stall:?}; keeping it, its events \
-                             counted as missed until it reads again"
-                        );
-                        said = true;
-                    }
-                }
-                Patience::Answer => {
-                    if !answer_waiting {
-                        // Seen within one check of its arrival: count from about then.
-                        answer_waiting = true;
-                        since = since.max(Instant::now() - check);
-                    }
-                    if since.elapsed() >= stall {
-                        return Err(Stall::Stopped);
-                    }
-                }
-                Patience::Closing => {
-                    if since.elapsed() >= CLOSING_STALL {
-                        return Err(Stall::Stopped);
-                    }
+        };
+        let watch_queue = limit.is_none();
+        tokio::select! {
+            written = w.write(bytes) => match written {
+                Ok(0) | Err(_) => return Err(Stalled::Gone),
+                Ok(n) => {
+                    bytes = &bytes[n..];
+                    since = Instant::now();
                 }
             },
+            () = give_up => return Err(Stalled::Stopped),
+            next = queue.recv(), if watch_queue => {
+                // From here the answer has the whole timeout to be taken.
+                since = Instant::now();
+                match next {
+                    Some(answer) => held = Some(answer),
+                    None => reader_gone = true,
+                }
+            }
+            () = shutdown.closing(), if !closing => closing = true,
         }
     }
-    Ok(())
+    Ok(held)
 }

@@ -114,11 +114,6 @@ impl Daemon {
         self.shutdown.is_triggered()
     }
 
-    /// Whether connections are closing (the second stage of shutdown).
-    pub fn is_closing(&self) -> bool {
-        self.shutdown.is_closing()
-    }
-
     pub fn shutdown_listener(&self) -> ShutdownListener {
         self.shutdown.listener()
     }

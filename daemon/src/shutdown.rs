@@ -64,10 +64,6 @@ impl ShutdownSignal {
         *self.tx.borrow() >= Stage::Ending
     }
 
-    pub fn is_closing(&self) -> bool {
-        *self.tx.borrow() >= Stage::Closing
-    }
-
     pub fn listener(&self) -> ShutdownListener {
         ShutdownListener {
             rx: self.tx.subscribe(),
