@@ -210,7 +210,7 @@ pub fn temp_dir(prefix: &str) -> Result<tempfile::TempDir, String> {
 /// kernel ties it to the thread that forked, and the harness spawns from the main thread
 /// only). For long-lived processes only: with a `pre_exec` hook std forks instead of using
 /// `posix_spawn`, which would change what a measured command's own spawn costs.
-pub fn die_with_harness(cmd: &mut Command) {
+fn die_with_harness(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     let harness = nix::unistd::getpid();
     // SAFETY: between fork and exec only async-signal-safe calls are allowed: prctl and
@@ -226,6 +226,16 @@ pub fn die_with_harness(cmd: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// Spawns a long-lived process that must not outlive the harness: with the parent-death
+/// signal ([`die_with_harness`]), and tracked, so an interrupt stops it too. The caller
+/// untracks it when it stops it.
+pub fn spawn_tracked(cmd: &mut Command) -> std::io::Result<std::process::Child> {
+    die_with_harness(cmd);
+    let child = cmd.spawn()?;
+    track_child(child.id());
+    Ok(child)
 }
 
 /// Removes the run directories of earlier runs whose harness is gone (killed, so nothing

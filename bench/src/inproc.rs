@@ -34,12 +34,10 @@ pub fn ping_vs_echo(
     cmd.arg("--echo")
         .arg(&remote_path)
         .stdin(std::process::Stdio::null());
-    cleanup::die_with_harness(&mut cmd);
     let mut remote = EchoProcess(
-        cmd.spawn()
+        cleanup::spawn_tracked(&mut cmd)
             .map_err(|e| format!("cannot start {}: {e}", floor_bin.display()))?,
     );
-    cleanup::track_child(remote.0.id());
     rt.block_on(async move {
         let client = Client::connect(&opts).await.map_err(|e| e.to_string())?;
         // Each echo moves as many bytes each way as a ping request does.

@@ -277,11 +277,8 @@ impl Pueue {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        cleanup::die_with_harness(&mut cmd);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start pueued: {e}"))?;
-        cleanup::track_child(child.id());
+        let child =
+            cleanup::spawn_tracked(&mut cmd).map_err(|e| format!("cannot start pueued: {e}"))?;
         self.daemon = Some(child);
         // Restoring 10,000 tasks takes it about a second.
         let deadline = Instant::now() + Duration::from_secs(60);

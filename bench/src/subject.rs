@@ -111,12 +111,9 @@ impl Subject {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        cleanup::die_with_harness(&mut cmd);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start sessiond: {e}"))?;
+        let child =
+            cleanup::spawn_tracked(&mut cmd).map_err(|e| format!("cannot start sessiond: {e}"))?;
         let started = Instant::now();
-        cleanup::track_child(child.id());
         self.child = Some(child);
         let deadline = started + Duration::from_secs(120);
         let opts = self.options();

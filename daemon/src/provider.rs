@@ -189,11 +189,15 @@ fn check_pointer(key: &str, pointer: &Option<String>) -> Result<(), TemplateErro
 }
 
 impl ProviderConfig {
+    /// `command`, and `first_command` when there is one, each with its key.
+    fn templates(&self) -> impl Iterator<Item = (&'static str, &Vec<String>)> {
+        std::iter::once(("command", &self.command))
+            .chain(self.first_command.iter().map(|t| ("first_command", t)))
+    }
+
     /// Checks everything that can be checked before a turn runs.
     pub fn validate(&self) -> Result<(), TemplateError> {
-        let templates = std::iter::once(("command", &self.command))
-            .chain(self.first_command.iter().map(|t| ("first_command", t)));
-        for (key, template) in templates {
+        for (key, template) in self.templates() {
             if template.is_empty() {
                 return Err(template_error(
                     format!("{key} is empty; it needs at least the program to run"),
@@ -299,9 +303,7 @@ impl ProviderConfig {
                     .to_string(),
             );
         }
-        let templates = std::iter::once(("command", &self.command))
-            .chain(self.first_command.iter().map(|t| ("first_command", t)));
-        for (key, template) in templates {
+        for (key, template) in self.templates() {
             if let Some(open) = prompt_open_to_options(template) {
                 warnings.push(format!(
                     "{key}: {open:?} hands the prompt over as an argument of its own, so a \

@@ -47,6 +47,28 @@ pub use envelope::version_mismatch_message;
 pub use error::ErrorCode;
 pub use version::{ProtocolVersion, PROTOCOL_VERSION};
 
+/// The proleptic Gregorian date (year, month, day) `days` after 1970-01-01, for showing
+/// times without a date crate. Counted in 400-year eras (146,097 days each, the calendar's
+/// full cycle) from 0000-03-01, so that February, with its leap day, ends each counted year
+/// (Howard Hinnant's algorithm).
+pub fn civil_date(days: u64) -> (u64, u64, u64) {
+    // 1970-01-01 is day 719,468 counted from 0000-03-01.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    // Years of 365 days, less a day every 4 years, plus one every 100, less one every 400.
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    // Months from March: 31, 30, 31, 30, 31, 31, 30, 31, 30, 31, 31, 28/29 — five-month
+    // runs of 153 days.
+    let m = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * m + 2) / 5 + 1;
+    let month = if m < 10 { m + 3 } else { m - 9 };
+    let year = era * 400 + year_of_era + u64::from(month <= 2);
+    (year, month, day)
+}
+
 /// Milliseconds since the Unix epoch, the unit of every timestamp on the wire.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

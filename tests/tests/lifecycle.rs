@@ -257,15 +257,7 @@ fn second_signal_during_a_slow_shutdown_exits_at_once() {
     let mut daemon = sb.start_daemon();
     // A turn that ignores SIGINT: a graceful stop interrupts it and waits out the 60 s
     // grace for it to end.
-    let project = sb.project("p");
-    sb.ctl(&[
-        "new",
-        "--project",
-        project.to_str().unwrap(),
-        "--name",
-        "job",
-    ])
-    .ok();
+    sb.new_session(&sb.project("p"), &["--name", "job"]);
     sb.ctl(&["send", "job", "trap '' INT; sleep 60"]).ok();
     sessiond_tests::eventually("the turn to run", || {
         !sb.ctl(&["--json", "queue", "job"]).json()["running"].is_null()

@@ -1601,9 +1601,27 @@ fn oversized_prompts_and_frames_are_refused_with_their_reason() {
     assert_eq!(queue["queued"].as_array().unwrap().len(), 0, "{queue}");
 }
 
+/// Reads `out` on a thread of its own, `chunk` bytes at a time with `pause` after each (a
+/// slow reader), into the buffer returned, until the writer closes it.
+fn read_in_background(
+    mut out: impl std::io::Read + Send + 'static,
+    chunk: usize,
+    pause: std::time::Duration,
+) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; chunk];
+        while let Ok(n @ 1..) = out.read(&mut buf) {
+            reader.lock().unwrap().extend_from_slice(&buf[..n]);
+            std::thread::sleep(pause);
+        }
+    });
+    seen
+}
+
 #[test]
 fn a_slow_but_steady_follower_is_kept_however_long_the_output_takes() {
-    use std::io::Read;
     // The daemon drops a client that accepts nothing for 1 s; this one always accepts
     // something, just slowly: 2 MB of output at about 0.8 MB/s takes seconds to pass. (The
     // socket frees room a buffer of about 100 KB at a time, so much less than 1 s would drop
@@ -1619,16 +1637,8 @@ fn a_slow_but_steady_follower_is_kept_however_long_the_output_takes() {
         .stderr(std::fs::File::create(&errors).unwrap())
         .spawn()
         .expect("spawn log --follow");
-    let mut out = follow.stdout.take().unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let reader = seen.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n @ 1..) = out.read(&mut buf) {
-            reader.lock().unwrap().extend_from_slice(&buf[..n]);
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-    });
+    let out = follow.stdout.take().unwrap();
+    let seen = read_in_background(out, 4096, std::time::Duration::from_millis(5));
     let spew = "i=0; while [ $i -lt 2000 ]; do printf '%01000d\\n' $i; i=$((i+1)); done";
     sb.ctl(&["send", "--wait", spew]).ok();
     sessiond_tests::eventually("the follower to read the turn's end", || {
@@ -1645,7 +1655,6 @@ fn a_slow_but_steady_follower_is_kept_however_long_the_output_takes() {
 
 #[test]
 fn a_follower_paused_far_past_the_write_timeout_is_kept_and_shows_every_byte_once() {
-    use std::io::Read;
     // The follower's stdout is a pipe nobody reads while 15 MB of output pass: it stops
     // reading its socket for seconds, past write_timeout_ms many times over, and the daemon
     // drops what does not fit in its queue (`lagged`). Kept, it must read the transcript
@@ -1675,15 +1684,8 @@ fn a_follower_paused_far_past_the_write_timeout_is_kept_and_shows_every_byte_onc
         std::fs::read_to_string(&errors).unwrap()
     );
 
-    let mut out = follow.stdout.take().unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let reader = seen.clone();
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 1 << 16];
-        while let Ok(n @ 1..) = out.read(&mut buf) {
-            reader.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
+    let out = follow.stdout.take().unwrap();
+    let seen = read_in_background(out, 1 << 16, std::time::Duration::ZERO);
     let done = |text: &str| {
         text.lines()
             .rev()
@@ -1730,7 +1732,6 @@ fn a_follower_paused_far_past_the_write_timeout_is_kept_and_shows_every_byte_onc
 
 #[test]
 fn a_paused_follower_of_the_last_turns_reads_back_only_what_it_follows() {
-    use std::io::Read;
     // `--last 1` shows only a queued turn; the running one before it is followed live. After
     // a lag, the re-read goes on from the running turn: not from the session's start, which
     // would print the history `--last` left out, in the middle of the output.
@@ -1753,15 +1754,8 @@ fn a_paused_follower_of_the_last_turns_reads_back_only_what_it_follows() {
     });
     sb.ctl(&["send", "--wait", "echo AFTER-TURN"]).ok();
     std::thread::sleep(std::time::Duration::from_secs(1));
-    let mut out = follow.stdout.take().unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let reader = seen.clone();
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 1 << 16];
-        while let Ok(n @ 1..) = out.read(&mut buf) {
-            reader.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
+    let out = follow.stdout.take().unwrap();
+    let seen = read_in_background(out, 1 << 16, std::time::Duration::ZERO);
     sessiond_tests::eventually("the follower to print the last turn", || {
         String::from_utf8_lossy(&seen.lock().unwrap()).contains("\nAFTER-TURN\n")
     });
