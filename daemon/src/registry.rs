@@ -74,6 +74,16 @@ pub struct StartOrder {
     pub provider_session_id: Option<String>,
 }
 
+/// What became of a turn the runner offered to a steer ([`Registry::yield_to_steer`]).
+pub enum Yielded {
+    /// It was not steered past: start it (or stop it) as usual.
+    No,
+    /// It went back to its queue; start this one (the steer) in its slot, if there is one.
+    To(Option<StartOrder>),
+    /// It went back to its queue, and the daemon is stopping: nothing starts.
+    Held,
+}
+
 /// A session's place in a listing as two integers: most recently active first, then newest
 /// (both times inverted), then by id (its 128 bits in the byte order `Uuid`'s own ordering
 /// uses). Comparing two `u128`s is a few instructions; the tuple of times and a 16-byte array
@@ -966,7 +976,14 @@ impl Registry {
         session.updated_at = now;
         writes.push(Write::Session(session.clone()));
         writes.push(self.point(&context, id));
-        let commit = self.store.write(writes);
+        // A switch is answered before its fsync, which follows at once: a person waits for it
+        // at a keystroke, and a crash of the daemon cannot lose it. A reopening is a change
+        // of the session's own state, and waits for the disk as every other change does.
+        let commit = if reopened {
+            self.store.write(writes)
+        } else {
+            self.store.write_then_flush(writes)
+        };
         let pointer = SwitchResult {
             reopened,
             ..self.pointer(&context)
@@ -1386,7 +1403,81 @@ impl Registry {
         writes.extend(self.sync_queue_length(session));
         writes.extend(self.set_activity(session, Activity::Paused, reason));
         self.publish_paused(session, reason);
+        let mut event = self.turn_event(&self.turns[&turn_id]);
+        event.position = Some(1);
+        event.reason = Some(format!("it could not start: {reason}"));
+        self.events.publish(event_kind::TURN_QUEUED, event);
         drop(self.store.write(writes));
+    }
+
+    /// A turn steered past while it waited for a run slot never ran, so it is not interrupted:
+    /// it goes back to its queue, second, behind the steer, which takes its slot. Called by
+    /// the runner once the slot comes (not at the steer, so the steer keeps the turn's place
+    /// among the sessions waiting for slots, and no second start of this turn can race a
+    /// first one still waiting). While the daemon stops, both wait in the queue, held.
+    pub fn yield_to_steer(&mut self, turn_id: TurnId) -> Yielded {
+        let Some(turn) = self.turns.get_mut(&turn_id) else {
+            return Yielded::No;
+        };
+        if turn.stop != Some(Stop::Steer) || turn.worker_pid.is_some() {
+            return Yielded::No;
+        }
+        turn.status = TurnStatus::Queued;
+        turn.started_at = None;
+        turn.stop = None;
+        turn.launching = false;
+        let session = turn.session;
+        let queue = self.queues.entry(session).or_default();
+        if queue.running == Some(turn_id) {
+            queue.running = None;
+        }
+        queue.queued.push_front(turn_id);
+        let steer = queue
+            .queued
+            .iter()
+            .copied()
+            .find(|t| self.turns.get(t).is_some_and(|t| t.interrupts));
+        let mut writes = Vec::new();
+        if let Some(steer) = steer {
+            self.move_to_head(steer);
+            writes.push(Write::Turn(self.turns[&steer].clone()));
+        }
+        writes.push(Write::Turn(self.turns[&turn_id].clone()));
+        let mut event = self.turn_event(&self.turns[&turn_id]);
+        event.position = self.position(turn_id);
+        event.reason = Some(match steer {
+            Some(steer) => format!(
+                "steer {} came before it started, and runs first",
+                steer.short()
+            ),
+            None => "a steer came before it started".into(),
+        });
+        self.events.publish(event_kind::TURN_QUEUED, event);
+        if self.stopping {
+            self.queues.entry(session).or_default().paused = Some(DAEMON_STOPPED.into());
+            writes.extend(self.sync_queue_length(session));
+            writes.extend(self.set_activity(session, Activity::Paused, DAEMON_STOPPED));
+            self.publish_paused(session, DAEMON_STOPPED);
+            drop(self.store.write(writes));
+            return Yielded::Held;
+        }
+        let next = self
+            .queues
+            .get_mut(&session)
+            .filter(|q| q.paused.is_none())
+            .and_then(|q| q.queued.pop_front());
+        let order = match next {
+            Some(next) => Some(self.start(next, &mut writes)),
+            None => {
+                // Held since the steer (a client paused the queue): nothing runs.
+                let reason = format!("turn {} went back to its queue", turn_id.short());
+                writes.extend(self.set_activity(session, Activity::Paused, &reason));
+                None
+            }
+        };
+        writes.extend(self.sync_queue_length(session));
+        drop(self.store.write(writes));
+        Yielded::To(order)
     }
 
     /// Applies what a `jsonl` provider's output said: its session id (binding or rebinding the

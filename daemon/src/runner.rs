@@ -15,12 +15,12 @@ use std::sync::Arc;
 use sessiond_proto::session::{TurnId, TurnStatus};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use crate::context::Daemon;
 use crate::provider::{LineScanner, OutputFormat, PromptChannel, Vars};
-use crate::registry::StartOrder;
+use crate::registry::{StartOrder, Yielded};
 use sessiond_proto::ownership::ClaimError;
 
 /// Bytes read from a worker's stdout or stderr at a time: one output event at most.
@@ -66,64 +66,88 @@ pub async fn run(ctx: Arc<Daemon>, mut orders: mpsc::UnboundedReceiver<Order>, l
             let Ok(slot) = slots.acquire_owned().await else {
                 return;
             };
-            let turn = order.turn;
-            // Cancelled while it waited for the slot: settled already, nothing to start.
-            if !ctx.registry().begin_launch(turn) {
-                return;
+            launch(ctx, slot, order, saved).await;
+        });
+    }
+}
+
+/// Starts the turn `order` names in `slot`, once `saved` (the write that marked it running) is
+/// durable, and settles it when it ends. A turn a steer came for while it waited for the slot
+/// hands the slot to the steer instead.
+async fn launch(
+    ctx: Arc<Daemon>,
+    slot: OwnedSemaphorePermit,
+    mut order: StartOrder,
+    mut saved: crate::store::Commit,
+) {
+    let turn = loop {
+        let turn = order.turn;
+        // Cancelled while it waited for the slot: settled already, nothing to start.
+        if !ctx.registry().begin_launch(turn) {
+            return;
+        }
+        if ctx.registry().hold_if_stopping(turn) {
+            return;
+        }
+        // Bound first: a guard in the match's head would live through its arms.
+        let yielded = ctx.registry().yield_to_steer(turn);
+        match yielded {
+            Yielded::No => break turn,
+            Yielded::To(Some(steer)) => {
+                saved = ctx.registry().barrier();
+                order = steer;
             }
-            if ctx.registry().hold_if_stopping(turn) {
-                return;
-            }
-            if ctx.registry().stop_requested(turn) {
-                drop(slot);
-                // Settle maps the stop to its status (cancelled, or interrupted by a steer).
-                let next = ctx
-                    .registry()
-                    .settle(turn, TurnStatus::Cancelled, None, None);
-                if let Some(next) = next {
-                    ctx.start_turn(next);
-                }
-                return;
-            }
-            // Never start a worker for a turn a crash could forget (it would run again after
-            // a restart): while the database cannot be written the turn waits at the head of
-            // its queue, which is paused until someone resumes it.
-            if !matches!(saved.await, Ok(Ok(()))) {
-                drop(slot);
-                // A stop of the daemon that came meanwhile holds it, as it would have held
-                // it before its save.
-                if ctx.registry().hold_if_stopping(turn) {
-                    return;
-                }
-                // A cancel or steer that came while the save failed still counts: settle
-                // maps it to its status (a steer then runs next, or waits, like this one).
-                if ctx.registry().stop_requested(turn) {
-                    let next = ctx
-                        .registry()
-                        .settle(turn, TurnStatus::Cancelled, None, None);
-                    if let Some(next) = next {
-                        ctx.start_turn(next);
-                    }
-                    return;
-                }
-                ctx.registry().requeue_blocked(
-                    turn,
-                    "the database could not be written, so the turn was not started; free \
-                     disk space, then resume the queue",
-                );
-                return;
-            }
-            let outcome = run_turn(&ctx, order).await;
-            drop(slot);
-            // Err: the turn went back to its queue (its session is owned by another process).
-            let Ok((status, exit_code, error)) = outcome else {
-                return;
-            };
-            let next = ctx.registry().settle(turn, status, exit_code, error);
+            Yielded::To(None) | Yielded::Held => return,
+        }
+    };
+    if ctx.registry().stop_requested(turn) {
+        drop(slot);
+        // Settle maps the stop to its status (cancelled, or interrupted by a steer).
+        let next = ctx
+            .registry()
+            .settle(turn, TurnStatus::Cancelled, None, None);
+        if let Some(next) = next {
+            ctx.start_turn(next);
+        }
+        return;
+    }
+    // Never start a worker for a turn a crash could forget (it would run again after a
+    // restart): while the database cannot be written the turn waits at the head of its queue,
+    // which is paused until someone resumes it.
+    if !matches!(saved.await, Ok(Ok(()))) {
+        drop(slot);
+        // A stop of the daemon that came meanwhile holds it, as it would have held it before
+        // its save.
+        if ctx.registry().hold_if_stopping(turn) {
+            return;
+        }
+        // A cancel or steer that came while the save failed still counts: settle maps it to
+        // its status (a steer then runs next, or waits, like this one).
+        if ctx.registry().stop_requested(turn) {
+            let next = ctx
+                .registry()
+                .settle(turn, TurnStatus::Cancelled, None, None);
             if let Some(next) = next {
                 ctx.start_turn(next);
             }
-        });
+            return;
+        }
+        ctx.registry().requeue_blocked(
+            turn,
+            "the database could not be written, so the turn was not started; free disk \
+             space, then resume the queue",
+        );
+        return;
+    }
+    let outcome = run_turn(&ctx, order).await;
+    drop(slot);
+    // Err: the turn went back to its queue (its session is owned by another process).
+    let Ok((status, exit_code, error)) = outcome else {
+        return;
+    };
+    let next = ctx.registry().settle(turn, status, exit_code, error);
+    if let Some(next) = next {
+        ctx.start_turn(next);
     }
 }
 

@@ -308,8 +308,19 @@ enum Job {
     Write {
         writes: Vec<Write>,
         done: oneshot::Sender<Result<(), StoreError>>,
+        flush: Flush,
     },
     Read(Query),
+}
+
+/// When a write is flushed to the disk, relative to its answer.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Flush {
+    /// Before: the commit's fsync is done when its [`Commit`] resolves.
+    BeforeAnswer,
+    /// Right after: the [`Commit`] resolves once the transaction is in the database's log
+    /// (it survives the daemon's crash), and the store thread fsyncs the log next.
+    AfterAnswer,
 }
 
 /// The handle the registry writes through.
@@ -351,10 +362,28 @@ impl Store {
         ))
     }
 
-    /// Queues writes for the next commit.
+    /// Queues writes for the next commit; the [`Commit`] resolves once they are on disk.
     pub fn write(&self, writes: Vec<Write>) -> Commit {
+        self.queue(writes, Flush::BeforeAnswer)
+    }
+
+    /// Queues writes whose answer need not wait for the disk: the [`Commit`] resolves once
+    /// they are committed to the database's write-ahead log, which a crash of the daemon
+    /// cannot lose, and the log is fsynced right after. Only an OS crash or power loss in
+    /// that moment can lose them. For a switch of the current session, which a person waits
+    /// for at a keystroke and whose loss (the context points where it did before, at a lower
+    /// generation than the next run's) costs nothing.
+    pub fn write_then_flush(&self, writes: Vec<Write>) -> Commit {
+        self.queue(writes, Flush::AfterAnswer)
+    }
+
+    fn queue(&self, writes: Vec<Write>, flush: Flush) -> Commit {
         let (done, commit) = oneshot::channel();
-        let job = Job::Write { writes, done };
+        let job = Job::Write {
+            writes,
+            done,
+            flush,
+        };
         if let Some(jobs) = &self.jobs {
             if let Err(mpsc::SendError(Job::Write { done, .. })) = jobs.send(job) {
                 let _ = done.send(Err(StoreError {
@@ -710,12 +739,20 @@ fn run(
     };
     let mut held_read = None;
     let mut backlog: Option<Backlog> = None;
+    let mut sync = Synchronous::Full;
+    let log = write_ahead_log(&path);
+    // A flush after an answer that failed: the next commit is flushed before its answer,
+    // which covers it (or fails, and is handled as every failed commit is).
+    let mut flush_owed = false;
     loop {
         // A retry that is due comes first, so neither reads nor a quiet queue put it off.
         if let Some(held) = &mut backlog {
             if held.last_attempt.elapsed() >= RETRY_INTERVAL {
                 held.last_attempt = Instant::now();
-                match commit(&mut conn, held.writes.iter()) {
+                let retried = sync
+                    .set(&conn, Synchronous::Full)
+                    .and_then(|()| commit(&mut conn, held.writes.iter()));
+                match retried {
                     Ok(()) => {
                         tracing::info!(
                             database = %path.display(),
@@ -749,7 +786,10 @@ fn run(
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if let Some(held) = backlog.take() {
                     // Stopping: one last try, so nothing held is lost if space came back.
-                    if let Err(e) = commit(&mut conn, held.writes.iter()) {
+                    let retried = sync
+                        .set(&conn, Synchronous::Full)
+                        .and_then(|()| commit(&mut conn, held.writes.iter()));
+                    if let Err(e) = retried {
                         tracing::error!(
                             database = %path.display(),
                             "stopping with {} changes that could not be saved: {e}",
@@ -780,30 +820,53 @@ fn run(
                 })
                 .collect()
         };
+        // Flushed after the answers only if every job in the batch allows it.
+        let flush = if !flush_owed
+            && batch.iter().all(|job| {
+                matches!(
+                    job,
+                    Job::Write {
+                        flush: Flush::AfterAnswer,
+                        ..
+                    }
+                )
+            }) {
+            Flush::AfterAnswer
+        } else {
+            Flush::BeforeAnswer
+        };
+        let wanted = match flush {
+            Flush::AfterAnswer => Synchronous::Normal,
+            Flush::BeforeAnswer => Synchronous::Full,
+        };
         let result = match &mut backlog {
             // Nothing held: commit as usual.
-            None => commit(
-                &mut conn,
-                batch.iter().flat_map(|job| match job {
-                    Job::Write { writes, .. } => writes.as_slice(),
-                    Job::Read(_) => &[],
+            None => sync
+                .set(&conn, wanted)
+                .and_then(|()| {
+                    commit(
+                        &mut conn,
+                        batch.iter().flat_map(|job| match job {
+                            Job::Write { writes, .. } => writes.as_slice(),
+                            Job::Read(_) => &[],
+                        }),
+                    )
+                })
+                .map_err(|e| {
+                    let message = e.to_string();
+                    tracing::error!(
+                        database = %path.display(),
+                        "commit failed: {message}; holding changes in memory, refusing new ones, \
+                         and retrying every {} s",
+                        RETRY_INTERVAL.as_secs()
+                    );
+                    backlog = Some(Backlog {
+                        writes: writes(&batch),
+                        last_attempt: Instant::now(),
+                    });
+                    set_failure(Some(message.clone()));
+                    message
                 }),
-            )
-            .map_err(|e| {
-                let message = e.to_string();
-                tracing::error!(
-                    database = %path.display(),
-                    "commit failed: {message}; holding changes in memory, refusing new ones, \
-                     and retrying every {} s",
-                    RETRY_INTERVAL.as_secs()
-                );
-                backlog = Some(Backlog {
-                    writes: writes(&batch),
-                    last_attempt: Instant::now(),
-                });
-                set_failure(Some(message.clone()));
-                message
-            }),
             // Held writes go first; these join them, not durable until the next retry.
             Some(held) => {
                 held.writes.extend(writes(&batch));
@@ -818,11 +881,57 @@ fn run(
             path: path.clone(),
             message,
         });
+        let committed = result.is_ok();
         for job in batch {
             if let Job::Write { done, .. } = job {
                 let _ = done.send(result.clone());
             }
         }
+        if committed {
+            flush_owed = false;
+            if flush == Flush::AfterAnswer {
+                if let Err(e) = std::fs::File::open(&log).and_then(|f| f.sync_data()) {
+                    tracing::warn!(
+                        database = %path.display(),
+                        "cannot flush the write-ahead log {}: {e}; the next commit flushes it",
+                        log.display()
+                    );
+                    flush_owed = true;
+                }
+            }
+        }
+    }
+}
+
+/// The write-ahead log SQLite keeps beside the database in WAL mode.
+fn write_ahead_log(database: &Path) -> PathBuf {
+    let mut log = database.as_os_str().to_owned();
+    log.push("-wal");
+    PathBuf::from(log)
+}
+
+/// SQLite's `synchronous` setting for the next commit, as the connection has it now. FULL
+/// fsyncs the write-ahead log at every commit; NORMAL leaves the log in the OS's cache (a
+/// crash of the process loses nothing, and SQLite fsyncs it before a checkpoint copies it into
+/// the database), and the store thread fsyncs it itself after answering.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Synchronous {
+    Full,
+    Normal,
+}
+
+impl Synchronous {
+    /// Sets the connection's setting to `to`, if it is not that already.
+    fn set(&mut self, conn: &Connection, to: Synchronous) -> rusqlite::Result<()> {
+        if *self != to {
+            let value = match to {
+                Synchronous::Full => "FULL",
+                Synchronous::Normal => "NORMAL",
+            };
+            conn.pragma_update(None, "synchronous", value)?;
+            *self = to;
+        }
+        Ok(())
     }
 }
 

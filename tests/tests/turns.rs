@@ -990,6 +990,101 @@ fn a_cancel_before_the_worker_starts_still_stops_it() {
     assert_eq!(log["turns"][0]["turn"]["status"], "cancelled");
 }
 
+/// A steer that comes while the running turn still waits for a run slot does not interrupt
+/// it: it never ran. It goes back to the queue behind the steer, which runs first in the
+/// slot, and then it runs whole; the client waiting for it sees it complete.
+#[test]
+fn a_steer_before_the_worker_starts_runs_first_and_the_turn_after_it() {
+    let sb = Sandbox::with_config(
+        "[daemon]\nmax_concurrent_turns = 1\ninterrupt_grace_ms = 200\nterminate_grace_ms = 200\n",
+    );
+    let _daemon = sb.start_daemon();
+    let project = shell_session(&sb);
+    let other = sb.project("q");
+    sb.ctl(&["new", "--project", path_str(&other), "--name", "other"])
+        .ok();
+    // other's turn holds the only slot until `go` exists.
+    sb.ctl(&[
+        "send",
+        "other",
+        "touch holding; while [ ! -e go ]; do sleep 0.02; done",
+    ])
+    .ok();
+    sessiond_tests::eventually("other's turn to hold the slot", || {
+        other.join("holding").exists()
+    });
+    let (mut watch, events) = sb.spawn_lines(&[
+        "--json",
+        "watch",
+        "--session",
+        "job",
+        "--event",
+        "turn_queued",
+    ]);
+    sessiond_tests::eventually("watch to subscribe", || {
+        sb.ctl(&["--json", "daemon", "status"]).json()["subscriptions"] == 1
+    });
+    let mut send = sb.sessionctl();
+    send.args(["send", "--wait", "job", "echo first >> order.log"]);
+    let waiter = std::thread::spawn(move || sessiond_tests::run_bounded(&mut send));
+    // Running for the registry, but with no worker: it waits for the slot.
+    sessiond_tests::eventually("the turn to wait for the slot", || {
+        sb.ctl(&["--json", "queue", "job"]).json()["running"].is_object()
+    });
+    let first = sb.ctl(&["--json", "queue", "job"]).json()["running"]["turn_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let steer = sb
+        .ctl(&["--json", "steer", "job", "echo steer >> order.log"])
+        .json();
+    let steer = steer["turn"]["turn_id"].as_str().unwrap().to_string();
+    std::fs::write(other.join("go"), "").unwrap();
+
+    let waited = waiter.join().unwrap();
+    assert_eq!(waited.code(), 0, "the waited-for turn: {}", waited.stderr());
+    assert_eq!(
+        std::fs::read_to_string(project.join("order.log")).unwrap(),
+        "steer\nfirst\n",
+        "the steer runs first, then the turn it went ahead of, each once"
+    );
+    let log = sb.ctl(&["--json", "log", "job"]).json();
+    let turns: Vec<(&str, &str)> = log["turns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["turn"]["turn_id"].as_str().unwrap(),
+                t["turn"]["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        turns,
+        [(steer.as_str(), "completed"), (first.as_str(), "completed")]
+    );
+    // Clients learn that it went back to its queue, second, and why (after the steer's own
+    // turn_queued).
+    let event = loop {
+        let line = events
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a turn_queued event for the turn that went back");
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["data"]["turn"] == first.as_str() {
+            break event;
+        }
+    };
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(event["data"]["position"], 2, "{event}");
+    let reason = event["data"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("steer {}", &steer[..8])),
+        "{event}"
+    );
+}
+
 /// A daemon started in the foreground inherits whatever its parent had open; none of it may
 /// reach a worker (a pipe kept open by a worker can hang the parent that waits for its end).
 #[test]

@@ -413,7 +413,9 @@ pub enum Command {
 
     /// Send a prompt that runs next: it interrupts the running turn (SIGINT to its process
     /// group, then SIGTERM and SIGKILL), which settles `interrupted`; with --no-interrupt it
-    /// only goes to the head of the queue. Arguments, --project, --wait and --follow are as
+    /// only goes to the head of the queue. A running turn still waiting for a slot under
+    /// `max_concurrent_turns` has not run, so it is not interrupted: it goes back to the queue
+    /// behind the steer, and runs after it. Arguments, --project, --wait and --follow are as
     /// for `send`. Refused, unless --no-interrupt, while the session's queue is paused with a
     /// turn running: the steer would wait behind the pause after the interruption.
     #[command(
