@@ -5,12 +5,21 @@
 //! already queued and commits them in one transaction (group commit), so durability costs one
 //! fsync per burst rather than one per request, and a slow disk delays only the writers.
 //!
+//! A switch is the one change answered before its fsync ([`Store::write_then_flush`]): once
+//! it is in the write-ahead log, which a crash of the daemon cannot lose, with the fsync
+//! right after. When the store thread has nothing queued, the switch is committed on a second
+//! connection by whoever holds the registry (no hand-over to the store thread and back), and
+//! the store thread is asked to fsync the log and, now and then, to checkpoint it. Writes
+//! still commit in the order they are made: that connection is used only while nothing is
+//! queued, and only the registry's holder queues.
+//!
 //! At start-up [`Store::open`] applies versioned migrations and loads everything; from then on
 //! reads are served from the registry's memory and the database is written, never read. A
 //! database that cannot be used (damaged, from a newer sessiond, read-only, disk full) stops
 //! the daemon with the file and what to do; it is never silently recreated.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -311,6 +320,9 @@ enum Job {
         flush: Flush,
     },
     Read(Query),
+    /// Fsync the write-ahead log: a switch was committed on the caller's connection and
+    /// answered (see [`Store::write_then_flush`]).
+    Flush,
 }
 
 /// When a write is flushed to the disk, relative to its answer.
@@ -331,6 +343,14 @@ pub struct Store {
     /// Why the last commit failed, while changes are held unsaved (see [`run`]); the registry
     /// refuses changes while it is set.
     failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// A second connection, used only by [`Store::write_then_flush`] on the caller's thread
+    /// (which holds the registry), when the store thread has nothing queued. `None` if it
+    /// could not be opened: then everything goes through the store thread.
+    inline: Option<Connection>,
+    /// Writes queued to the store thread and not yet answered. Only the registry's holder
+    /// queues writes, so when this is 0 the store thread holds no write transaction and
+    /// nothing is waiting to commit before a write made here.
+    unanswered: Arc<AtomicUsize>,
 }
 
 /// The largest number of jobs committed in one transaction; bounds the latency one commit
@@ -343,13 +363,27 @@ impl Store {
         let path = state_dir.join(DB_FILE);
         let conn = open_connection(&path)?;
         let loaded = load(&conn).map_err(|e| explain(&path, &e))?;
+        let inline = open_inline(&path)
+            .map_err(|e| {
+                tracing::warn!(
+                    database = %path.display(),
+                    "cannot open a second connection ({e}); switches are committed by the \
+                     store thread"
+                )
+            })
+            .ok();
         let (jobs, queue) = mpsc::channel::<Job>();
         let path = Arc::new(path);
         let failure = Arc::new(std::sync::Mutex::new(None));
-        let (thread_path, thread_failure) = (path.clone(), failure.clone());
+        let unanswered = Arc::new(AtomicUsize::new(0));
+        let shared = Shared {
+            path: path.clone(),
+            failure: failure.clone(),
+            unanswered: unanswered.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("sessiond-store".into())
-            .spawn(move || run(conn, queue, thread_path, thread_failure))
+            .spawn(move || run(conn, queue, shared))
             .map_err(|e| format!("cannot start the store thread: {e}"))?;
         Ok((
             Store {
@@ -357,6 +391,8 @@ impl Store {
                 thread: Some(thread),
                 path,
                 failure,
+                inline,
+                unanswered,
             },
             loaded,
         ))
@@ -367,13 +403,39 @@ impl Store {
         self.queue(writes, Flush::BeforeAnswer)
     }
 
-    /// Queues writes whose answer need not wait for the disk: the [`Commit`] resolves once
-    /// they are committed to the database's write-ahead log, which a crash of the daemon
-    /// cannot lose, and the log is fsynced right after. Only an OS crash or power loss in
-    /// that moment can lose them. For a switch of the current session, which a person waits
-    /// for at a keystroke and whose loss (the context points where it did before, at a lower
+    /// Writes whose answer need not wait for the disk: the [`Commit`] resolves once they are
+    /// committed to the database's write-ahead log, which a crash of the daemon cannot lose,
+    /// and the log is fsynced right after. Only an OS crash or power loss in that moment can
+    /// lose them. For a switch of the current session, which a person waits for at a
+    /// keystroke and whose loss (the context points where it did before, at a lower
     /// generation than the next run's) costs nothing.
-    pub fn write_then_flush(&self, writes: Vec<Write>) -> Commit {
+    ///
+    /// When the store thread has nothing queued they are committed here, on the caller's own
+    /// connection (a few page writes into the OS's cache, no fsync), and the store thread is
+    /// asked to fsync the log afterwards: that saves the two hand-overs between threads, each
+    /// a wake-up of a sleeping thread, which were about half of what a switch cost the daemon.
+    /// Otherwise, or if that commit fails, they queue behind the others, so writes still
+    /// commit in the order they were made.
+    pub fn write_then_flush(&mut self, writes: Vec<Write>) -> Commit {
+        if self.unanswered.load(Ordering::Acquire) == 0 && self.failure().is_none() {
+            if let Some(conn) = self.inline.as_mut() {
+                match commit(conn, writes.iter()) {
+                    Ok(()) => {
+                        if let Some(jobs) = &self.jobs {
+                            let _ = jobs.send(Job::Flush);
+                        }
+                        let (done, commit) = oneshot::channel();
+                        let _ = done.send(Ok(()));
+                        return commit;
+                    }
+                    Err(e) => tracing::debug!(
+                        database = %self.path.display(),
+                        "a switch could not be committed on the caller's connection ({e}); \
+                         the store thread commits it"
+                    ),
+                }
+            }
+        }
         self.queue(writes, Flush::AfterAnswer)
     }
 
@@ -385,7 +447,9 @@ impl Store {
             flush,
         };
         if let Some(jobs) = &self.jobs {
+            self.unanswered.fetch_add(1, Ordering::AcqRel);
             if let Err(mpsc::SendError(Job::Write { done, .. })) = jobs.send(job) {
+                self.unanswered.fetch_sub(1, Ordering::AcqRel);
                 let _ = done.send(Err(StoreError {
                     path: self.path.clone(),
                     message: "the store thread has stopped".into(),
@@ -728,12 +792,12 @@ struct Backlog {
 /// [`RETRY_INTERVAL`] — on a fixed schedule, whatever reads come meanwhile — the backlog is
 /// tried again; when it commits, the failure is cleared. Reads go on throughout, seeing what
 /// is saved.
-fn run(
-    mut conn: Connection,
-    queue: mpsc::Receiver<Job>,
-    path: Arc<PathBuf>,
-    failure: Arc<std::sync::Mutex<Option<String>>>,
-) {
+fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, shared: Shared) {
+    let Shared {
+        path,
+        failure,
+        unanswered,
+    } = shared;
     let set_failure = |message: Option<String>| {
         *failure.lock().unwrap_or_else(|e| e.into_inner()) = message;
     };
@@ -744,6 +808,10 @@ fn run(
     // A flush after an answer that failed: the next commit is flushed before its answer,
     // which covers it (or fails, and is handled as every failed commit is).
     let mut flush_owed = false;
+    // Switches committed on the registry's connection since this one last committed or
+    // checkpointed: that connection never checkpoints (it would fsync where a person waits),
+    // so this one does, every `INLINE_CHECKPOINT` of them, lest the log grow without end.
+    let mut inline_commits = 0;
     loop {
         // A retry that is due comes first, so neither reads nor a quiet queue put it off.
         if let Some(held) = &mut backlog {
@@ -781,6 +849,25 @@ fn run(
                 query(&conn);
                 continue;
             }
+            Ok(Job::Flush) => {
+                if let Err(e) = flush_log(&log) {
+                    tracing::warn!(
+                        database = %path.display(),
+                        "cannot flush the write-ahead log {}: {e}; the next commit flushes it",
+                        log.display()
+                    );
+                    flush_owed = true;
+                }
+                inline_commits += 1;
+                if inline_commits >= INLINE_CHECKPOINT {
+                    inline_commits = 0;
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(database = %path.display(), "checkpoint failed: {e}");
+                    }
+                }
+                continue;
+            }
             Ok(write) => write,
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -807,6 +894,9 @@ fn run(
                     held_read = Some(read);
                     break;
                 }
+                // This batch's own flush, before or after its answers, covers the log up to
+                // that earlier commit too.
+                Ok(Job::Flush) => {}
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
@@ -816,7 +906,7 @@ fn run(
                 .iter()
                 .flat_map(|job| match job {
                     Job::Write { writes, .. } => writes.clone(),
-                    Job::Read(_) => Vec::new(),
+                    Job::Read(_) | Job::Flush => Vec::new(),
                 })
                 .collect()
         };
@@ -848,7 +938,7 @@ fn run(
                         &mut conn,
                         batch.iter().flat_map(|job| match job {
                             Job::Write { writes, .. } => writes.as_slice(),
-                            Job::Read(_) => &[],
+                            Job::Read(_) | Job::Flush => &[],
                         }),
                     )
                 })
@@ -882,15 +972,19 @@ fn run(
             message,
         });
         let committed = result.is_ok();
+        let answered = batch.len();
         for job in batch {
             if let Job::Write { done, .. } = job {
                 let _ = done.send(result.clone());
             }
         }
+        unanswered.fetch_sub(answered, Ordering::AcqRel);
         if committed {
             flush_owed = false;
+            // This connection checkpoints by itself once the log is long (SQLite's default).
+            inline_commits = 0;
             if flush == Flush::AfterAnswer {
-                if let Err(e) = std::fs::File::open(&log).and_then(|f| f.sync_data()) {
+                if let Err(e) = flush_log(&log) {
                     tracing::warn!(
                         database = %path.display(),
                         "cannot flush the write-ahead log {}: {e}; the next commit flushes it",
@@ -901,6 +995,36 @@ fn run(
             }
         }
     }
+}
+
+/// Fsyncs the write-ahead log (data only: its size was synced when it was created or grew
+/// under a flushing commit, and SQLite reads it by its frames' checksums).
+fn flush_log(log: &Path) -> std::io::Result<()> {
+    std::fs::File::open(log).and_then(|f| f.sync_data())
+}
+
+/// What the store thread shares with the [`Store`] handle.
+struct Shared {
+    path: Arc<PathBuf>,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
+    unanswered: Arc<AtomicUsize>,
+}
+
+/// Switches committed on the registry's connection between two checkpoints by the store
+/// thread: about SQLite's own threshold of 1,000 pages of log, at two pages a switch.
+const INLINE_CHECKPOINT: u32 = 500;
+
+/// The registry's own connection, for [`Store::write_then_flush`]: the database is open and
+/// migrated already. It never waits for a lock (the store thread holds none when it is used;
+/// if it did, the write goes to that thread instead), never fsyncs (the store thread does,
+/// after the answer) and never checkpoints (the store thread does that too).
+fn open_inline(path: &Path) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "cache_size", PAGE_CACHE_KIB)?;
+    Ok(conn)
 }
 
 /// The write-ahead log SQLite keeps beside the database in WAL mode.
