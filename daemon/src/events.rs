@@ -275,7 +275,7 @@ impl Encoded {
         rmp::encode::write_uint(&mut buf, subscription).expect("writes to a Vec succeed");
         rmp::encode::write_str(&mut buf, "data").expect("writes to a Vec succeed");
         buf.extend_from_slice(&self.data);
-        let len = (buf.len() - frame::HEADER_LEN) as u32;
+        let len = u32::try_from(buf.len() - frame::HEADER_LEN).expect("events are under 4 GiB");
         buf[..frame::HEADER_LEN].copy_from_slice(&len.to_be_bytes());
         buf
     }

@@ -1204,6 +1204,8 @@ impl Registry {
         let turn = self.turns.get_mut(&turn_id).expect("unsettled turn");
         turn.status = TurnStatus::Running;
         turn.started_at = Some(now);
+        // A steer's stop of the turn before it is done with once it starts itself.
+        turn.interrupts = false;
         let session_id = turn.session;
         self.queues.entry(session_id).or_default().running = Some(turn_id);
         let turn = self.turns[&turn_id].clone();
@@ -1392,29 +1394,28 @@ impl Registry {
         turn.started_at = None;
         turn.stop = None;
         turn.launching = false;
-        let (session, turn) = (turn.session, turn.clone());
+        let session = turn.session;
         let queue = self.queues.entry(session).or_default();
         if queue.running == Some(turn_id) {
             queue.running = None;
         }
         queue.queued.push_front(turn_id);
         queue.paused = Some(reason.to_string());
-        let mut writes = vec![Write::Turn(turn)];
+        let mut writes = self.renumber_front(session, 0);
+        writes.push(Write::Turn(self.turns[&turn_id].clone()));
         writes.extend(self.sync_queue_length(session));
         writes.extend(self.set_activity(session, Activity::Paused, reason));
         self.publish_paused(session, reason);
-        let mut event = self.turn_event(&self.turns[&turn_id]);
-        event.position = Some(1);
-        event.reason = Some(format!("it could not start: {reason}"));
-        self.events.publish(event_kind::TURN_QUEUED, event);
+        self.publish_requeued(turn_id, format!("it could not start: {reason}"));
         drop(self.store.write(writes));
     }
 
     /// A turn steered past while it waited for a run slot never ran, so it is not interrupted:
-    /// it goes back to its queue, second, behind the steer, which takes its slot. Called by
-    /// the runner once the slot comes (not at the steer, so the steer keeps the turn's place
-    /// among the sessions waiting for slots, and no second start of this turn can race a
-    /// first one still waiting). While the daemon stops, both wait in the queue, held.
+    /// it goes back to its queue behind the steer (the last, if several came), and the head
+    /// of the queue takes its slot. Called by the runner once the slot comes (not at the
+    /// steer, so the steer keeps the turn's place among the sessions waiting for slots, and
+    /// no second start of this turn can race a first one still waiting). While the daemon
+    /// stops, all of them wait in the queue, held.
     pub fn yield_to_steer(&mut self, turn_id: TurnId) -> Yielded {
         let Some(turn) = self.turns.get_mut(&turn_id) else {
             return Yielded::No;
@@ -1427,37 +1428,34 @@ impl Registry {
         turn.stop = None;
         turn.launching = false;
         let session = turn.session;
+        // Back in line right behind the last steer that asked to stop it (a queued turn's
+        // `interrupts`); whatever the clients put at the head of the queue runs first.
         let queue = self.queues.entry(session).or_default();
         if queue.running == Some(turn_id) {
             queue.running = None;
         }
-        queue.queued.push_front(turn_id);
-        let steer = queue
+        let at = queue
             .queued
             .iter()
-            .copied()
-            .find(|t| self.turns.get(t).is_some_and(|t| t.interrupts));
-        let mut writes = Vec::new();
-        if let Some(steer) = steer {
-            self.move_to_head(steer);
-            writes.push(Write::Turn(self.turns[&steer].clone()));
-        }
+            .rposition(|t| self.turns.get(t).is_some_and(|t| t.interrupts))
+            .map_or(0, |last| last + 1);
+        queue.queued.insert(at, turn_id);
+        let steer = queue.queued.get(at.wrapping_sub(1)).copied();
+        let mut writes = self.renumber_front(session, at);
         writes.push(Write::Turn(self.turns[&turn_id].clone()));
-        let mut event = self.turn_event(&self.turns[&turn_id]);
-        event.position = self.position(turn_id);
-        event.reason = Some(match steer {
+        let reason = match steer {
             Some(steer) => format!(
                 "steer {} came before it started, and runs first",
                 steer.short()
             ),
             None => "a steer came before it started".into(),
-        });
-        self.events.publish(event_kind::TURN_QUEUED, event);
+        };
         if self.stopping {
             self.queues.entry(session).or_default().paused = Some(DAEMON_STOPPED.into());
             writes.extend(self.sync_queue_length(session));
             writes.extend(self.set_activity(session, Activity::Paused, DAEMON_STOPPED));
             self.publish_paused(session, DAEMON_STOPPED);
+            self.publish_requeued(turn_id, reason);
             drop(self.store.write(writes));
             return Yielded::Held;
         }
@@ -1476,8 +1474,41 @@ impl Registry {
             }
         };
         writes.extend(self.sync_queue_length(session));
+        self.publish_requeued(turn_id, reason);
         drop(self.store.write(writes));
         Yielded::To(order)
+    }
+
+    /// `turn_queued` for a turn that went back to its queue, at the place it has now.
+    fn publish_requeued(&mut self, turn_id: TurnId, reason: String) {
+        let mut event = self.turn_event(&self.turns[&turn_id]);
+        event.position = self.position(turn_id);
+        event.reason = Some(reason);
+        self.events.publish(event_kind::TURN_QUEUED, event);
+    }
+
+    /// Lowers order numbers among the first `upto + 1` turns of `session`'s queue, from the
+    /// back, wherever one is not below the next: a turn put back into the queue keeps its old
+    /// number, which promotes and steers since may have passed. The queue is rebuilt from
+    /// these numbers at start-up. Returns the rows to write.
+    fn renumber_front(&mut self, session: SessionId, upto: usize) -> Vec<Write> {
+        let Some(queue) = self.queues.get(&session) else {
+            return Vec::new();
+        };
+        let ids: Vec<TurnId> = queue.queued.iter().take(upto + 2).copied().collect();
+        let mut writes = Vec::new();
+        for pair in ids.windows(2).rev() {
+            let next = self.turns[&pair[1]].order;
+            let turn = self
+                .turns
+                .get_mut(&pair[0])
+                .expect("queued turns are unsettled");
+            if turn.order >= next {
+                turn.order = next - 1;
+                writes.push(Write::Turn(turn.clone()));
+            }
+        }
+        writes
     }
 
     /// Applies what a `jsonl` provider's output said: its session id (binding or rebinding the

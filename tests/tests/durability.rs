@@ -107,7 +107,13 @@ fn burst(
 /// up by a large step, so the generation a client sees next is always higher.) Returns how
 /// many contexts it checked.
 fn verify_switches(sb: &Sandbox, acked: &Acked) -> usize {
-    let db = rusqlite::Connection::open(sb.paths().state_dir.join("sessiond.db")).unwrap();
+    // Read-only: closing a read-write connection would checkpoint the log and delete it, and
+    // the restarted daemon would no longer have to recover it.
+    let db = rusqlite::Connection::open_with_flags(
+        sb.paths().state_dir.join("sessiond.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
     for (context, (generation, session)) in &acked.switches {
         let (stored, named): (i64, Option<String>) = db
             .query_row(

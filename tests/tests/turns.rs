@@ -1064,8 +1064,8 @@ fn a_steer_before_the_worker_starts_runs_first_and_the_turn_after_it() {
         turns,
         [(steer.as_str(), "completed"), (first.as_str(), "completed")]
     );
-    // Clients learn that it went back to its queue, second, and why (after the steer's own
-    // turn_queued).
+    // Clients learn that it went back to its queue, next after the steer that now runs, and
+    // why (after the steer's own turn_queued).
     let event = loop {
         let line = events
             .recv_timeout(std::time::Duration::from_secs(10))
@@ -1077,11 +1077,75 @@ fn a_steer_before_the_worker_starts_runs_first_and_the_turn_after_it() {
     };
     let _ = watch.kill();
     let _ = watch.wait();
-    assert_eq!(event["data"]["position"], 2, "{event}");
+    assert_eq!(event["data"]["position"], 1, "{event}");
     let reason = event["data"]["reason"].as_str().unwrap_or_default();
     assert!(
         reason.contains(&format!("steer {}", &steer[..8])),
         "{event}"
+    );
+}
+
+/// Two steers while the running turn waits for a slot, and the daemon stopped before the
+/// slot comes: the turn goes back behind both, the queue is held, and a restarted daemon
+/// (which rebuilds the queue from the stored order) runs the steers, newest first as steers
+/// go, then the turn.
+#[test]
+fn a_turn_two_steers_went_ahead_of_keeps_its_place_across_a_restart() {
+    let sb = Sandbox::with_config(
+        "[daemon]\nmax_concurrent_turns = 1\ninterrupt_grace_ms = 200\nterminate_grace_ms = 200\n",
+    );
+    let mut daemon = sb.start_daemon();
+    let project = shell_session(&sb);
+    let other = sb.project("q");
+    sb.ctl(&["new", "--project", path_str(&other), "--name", "other"])
+        .ok();
+    sb.ctl(&["send", "other", "touch holding; sleep 30"]).ok();
+    sessiond_tests::eventually("other's turn to hold the slot", || {
+        other.join("holding").exists()
+    });
+    sb.ctl(&["send", "job", "echo first >> order.log"]).ok();
+    sessiond_tests::eventually("the turn to wait for the slot", || {
+        sb.ctl(&["--json", "queue", "job"]).json()["running"].is_object()
+    });
+    sb.ctl(&["steer", "job", "echo steer-1 >> order.log"]).ok();
+    sb.ctl(&["steer", "job", "echo steer-2 >> order.log"]).ok();
+    // The stop ends other's turn, which frees the slot while the daemon is stopping.
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait().success());
+    let _daemon = sb.start_daemon();
+    let queue = sb.ctl(&["--json", "queue", "job"]).json();
+    let prompts: Vec<&str> = queue["queued"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["prompt"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        prompts,
+        [
+            "echo steer-2 >> order.log",
+            "echo steer-1 >> order.log",
+            "echo first >> order.log"
+        ],
+        "{queue}"
+    );
+    assert!(queue["running"].is_null(), "{queue}");
+    assert!(!project.join("order.log").exists(), "nothing ran");
+    sb.ctl(&["resume", "job"]).ok();
+    let last = sb.ctl(&["send", "--wait", "job", "echo end >> order.log"]);
+    assert_eq!(last.code(), 0, "{}", last.stderr());
+    assert_eq!(
+        std::fs::read_to_string(project.join("order.log")).unwrap(),
+        "steer-2\nsteer-1\nfirst\nend\n"
+    );
+    let log = sb.ctl(&["--json", "log", "job"]).json();
+    assert!(
+        log["turns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["turn"]["status"] == "completed"),
+        "no turn was interrupted: {log}"
     );
 }
 
