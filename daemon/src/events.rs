@@ -208,11 +208,12 @@ impl EventBus {
         self.subscribers.retain(|s| s.conn != conn);
     }
 
-    /// Publishes one session event to every matching subscriber.
-    pub fn publish(&mut self, kind: &str, data: SessionEvent) {
+    /// Publishes one session event to every matching subscriber; returns whether there was
+    /// one.
+    pub fn publish(&mut self, kind: &str, data: SessionEvent) -> bool {
         self.seq += 1;
         if self.subscribers.is_empty() {
-            return;
+            return false;
         }
         let time = sessiond_proto::now_ms();
         let mut encoded = None;
@@ -223,6 +224,7 @@ impl EventBus {
             let encoded = encoded.get_or_insert_with(|| Encoded::new(self.seq, time, kind, &data));
             sub.queue.push(self.seq, encoded.frame(sub.subscription));
         }
+        encoded.is_some()
     }
 }
 

@@ -27,7 +27,7 @@ use crate::events::EventBus;
 use crate::listing::Listing;
 use crate::provider::ProviderConfig;
 use crate::session::Session;
-use crate::store::{Commit, ContextRow, Loaded, Store, Write};
+use crate::store::{Commit, Committer, ContextRow, Loaded, Store, Write};
 use crate::turn::{Stop, Turn};
 use sessiond_proto::methods::{AttachParams, QueueResult, SteerParams, SubmitParams, SubmitResult};
 use sessiond_proto::session::{TurnId, TurnKind, TurnStatus};
@@ -975,14 +975,20 @@ impl Registry {
         session.last_active_at = now;
         session.updated_at = now;
         writes.push(Write::Session(session.clone()));
-        writes.push(self.point(&context, id));
-        // A switch is answered before its fsync, which follows at once: a person waits for it
-        // at a keystroke, and a crash of the daemon cannot lose it. A reopening is a change
-        // of the session's own state, and waits for the disk as every other change does.
+        let (context_row, heard) = self.point(&context, id);
+        writes.push(context_row);
+        // A switch is answered before its fsync, which follows within a few milliseconds: a
+        // person waits for it at a keystroke, and a crash of the daemon cannot lose it. A
+        // reopening is a change of the session's own state, and waits for the disk as every
+        // other change does. A switch someone subscribes to is committed by the store thread,
+        // so this thread goes on to deliver its event meanwhile; one nobody hears is committed
+        // here, which saves the two hand-overs between threads.
         let commit = if reopened {
             self.store.write(writes)
+        } else if heard {
+            self.store.write_then_flush(writes, Committer::StoreThread)
         } else {
-            self.store.write_then_flush(writes)
+            self.store.write_then_flush(writes, Committer::Here)
         };
         let pointer = SwitchResult {
             reopened,
@@ -992,8 +998,8 @@ impl Registry {
     }
 
     /// Points `context` at `id`, bumps its generation, publishes `session_switched`, and
-    /// returns the row to write.
-    fn point(&mut self, context: &str, id: SessionId) -> Write {
+    /// returns the row to write, and whether a subscriber will receive the event.
+    fn point(&mut self, context: &str, id: SessionId) -> (Write, bool) {
         let session = &self.sessions[&id];
         let project = session.project.to_string();
         let row = self
@@ -1012,8 +1018,8 @@ impl Registry {
         let mut event = scope_event(session);
         event.context = Some(context.to_string());
         event.generation = Some(row.generation);
-        self.events.publish(event_kind::SESSION_SWITCHED, event);
-        Write::Context(row)
+        let heard = self.events.publish(event_kind::SESSION_SWITCHED, event);
+        (Write::Context(row), heard)
     }
 
     /// Renames a session.
@@ -1158,7 +1164,7 @@ impl Registry {
         };
         let id = fresh.id;
         let (_, session_row) = self.insert(fresh);
-        let context_row = self.point(&context, id);
+        let (context_row, _) = self.point(&context, id);
         // One job: the context can never be saved pointing at a session that was not.
         let commit = self.store.write(vec![session_row, context_row]);
         Ok((self.pointer(&context), commit))

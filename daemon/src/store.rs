@@ -325,6 +325,16 @@ enum Job {
     Flush,
 }
 
+/// Which thread commits a switch when it may be either ([`Store::write_then_flush`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Committer {
+    /// The caller, on its own connection, when the store thread has nothing queued: quicker
+    /// for the switch, but the caller's thread does nothing else meanwhile.
+    Here,
+    /// The store thread, while the caller goes on (to deliver the switch's event, say).
+    StoreThread,
+}
+
 /// When a write is flushed to the disk, relative to its answer.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Flush {
@@ -405,19 +415,22 @@ impl Store {
 
     /// Writes whose answer need not wait for the disk: the [`Commit`] resolves once they are
     /// committed to the database's write-ahead log, which a crash of the daemon cannot lose,
-    /// and the log is fsynced right after. Only an OS crash or power loss in that moment can
-    /// lose them. For a switch of the current session, which a person waits for at a
-    /// keystroke and whose loss (the context points where it did before, at a lower
+    /// and the log is fsynced within [`FLUSH_DELAY`]. Only an OS crash or power loss before
+    /// then can lose them. For a switch of the current session, which a person waits for at
+    /// a keystroke and whose loss (the context points where it did before, at a lower
     /// generation than the next run's) costs nothing.
     ///
-    /// When the store thread has nothing queued they are committed here, on the caller's own
-    /// connection (a few page writes into the OS's cache, no fsync), and the store thread is
-    /// asked to fsync the log afterwards: that saves the two hand-overs between threads, each
-    /// a wake-up of a sleeping thread, which were about half of what a switch cost the daemon.
-    /// Otherwise, or if that commit fails, they queue behind the others, so writes still
-    /// commit in the order they were made.
-    pub fn write_then_flush(&mut self, writes: Vec<Write>) -> Commit {
-        if self.unanswered.load(Ordering::Acquire) == 0 && self.failure().is_none() {
+    /// With [`Committer::Here`], when the store thread has nothing queued, they are committed
+    /// on the caller's own connection (a few page writes into the OS's cache, no fsync), and
+    /// the store thread is asked to fsync the log afterwards: that saves the two hand-overs
+    /// between threads, each a wake-up of a sleeping thread. Otherwise, or if that commit
+    /// fails, they queue behind the others, so writes still commit in the order they were
+    /// made.
+    pub fn write_then_flush(&mut self, writes: Vec<Write>, committer: Committer) -> Commit {
+        if committer == Committer::Here
+            && self.unanswered.load(Ordering::Acquire) == 0
+            && self.failure().is_none()
+        {
             if let Some(conn) = self.inline.as_mut() {
                 match commit(conn, writes.iter()) {
                     Ok(()) => {
@@ -1356,7 +1369,7 @@ mod tests {
                 .blocking_recv()
                 .unwrap()
                 .unwrap();
-            let mut at_once = store.write_then_flush(vec![Write::Context(ctx(1))]);
+            let mut at_once = store.write_then_flush(vec![Write::Context(ctx(1))], Committer::Here);
             assert!(matches!(at_once.try_recv(), Ok(Ok(()))), "answered at once");
             let reader = Connection::open(dir.path().join(DB_FILE)).unwrap();
             let stored: i64 = reader
@@ -1367,7 +1380,7 @@ mod tests {
             // Made while an earlier write is queued (or, if the thread was quick, just
             // answered): either way it commits after that one.
             let earlier = store.write(vec![Write::Context(ctx(2))]);
-            let later = store.write_then_flush(vec![Write::Context(ctx(3))]);
+            let later = store.write_then_flush(vec![Write::Context(ctx(3))], Committer::Here);
             later.blocking_recv().unwrap().unwrap();
             earlier.blocking_recv().unwrap().unwrap();
         }

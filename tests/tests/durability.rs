@@ -311,44 +311,59 @@ fn sessions_contexts_and_names_survive_a_clean_restart() {
     assert_eq!(next["generation"].as_u64().unwrap(), generation + 1);
 }
 
-/// A switch is answered before its fsync (which follows at once), but only once it is in the
-/// database's log: a daemon killed the moment it answers has the switch on disk.
+/// A switch is answered before its fsync (which follows within milliseconds), but only once
+/// it is in the database's log: a daemon killed the moment it answers has the switch on disk.
+/// Both ways a switch is committed: by the thread that answers it (nobody subscribes), and
+/// by the store thread (a `watch` subscribes, so the answering thread delivers the event).
 #[test]
 fn a_switch_survives_kill_9_the_moment_it_is_answered() {
     let sb = Sandbox::new();
-    let mut daemon = sb.start_daemon();
     let project = sb.project("p");
-    let ids = [
-        sb.new_session(&project, &["--name", "a"]),
-        sb.new_session(&project, &["--name", "b"]),
-    ];
-    let mut opts = sb.connect_options();
-    opts.autostart = false;
-    let mut client = sessiond_client::BlockingClient::connect(&opts).unwrap();
-    const SWITCHES: usize = 200;
-    let mut last = None;
-    for i in 0..SWITCHES {
-        let session = &ids[i % 2];
-        let pointer = client
-            .call::<Switch>(SessionParams {
-                session: Some(session.clone()),
-                project: None,
-                context: Some("editor".into()),
-            })
-            .unwrap();
-        last = Some((pointer.generation, session.clone()));
+    for subscribed in [false, true] {
+        let mut daemon = sb.start_daemon();
+        let ids = [sb.new_session(&project, &[]), sb.new_session(&project, &[])];
+        let watch = subscribed.then(|| {
+            let (watch, _lines) = sb.spawn_lines(&["watch", "--event", "session_switched"]);
+            sessiond_tests::eventually("watch to subscribe", || {
+                sb.ctl(&["--json", "daemon", "status"]).json()["subscriptions"] == 1
+            });
+            watch
+        });
+        let mut opts = sb.connect_options();
+        opts.autostart = false;
+        let mut client = sessiond_client::BlockingClient::connect(&opts).unwrap();
+        let mut last = None;
+        for i in 0..200 {
+            let session = &ids[i % 2];
+            let pointer = client
+                .call::<Switch>(SessionParams {
+                    session: Some(session.clone()),
+                    project: None,
+                    context: Some("editor".into()),
+                })
+                .unwrap();
+            last = Some((pointer.generation, session.clone()));
+        }
+        daemon.signal(Signal::SIGKILL);
+        daemon.wait();
+        if let Some(mut watch) = watch {
+            let _ = watch.kill();
+            let _ = watch.wait();
+        }
+        let (generation, session) = last.unwrap();
+        let mut acked = Acked::default();
+        acked.switches.insert(
+            "editor".into(),
+            (generation, session.parse::<SessionId>().unwrap()),
+        );
+        verify_switches(&sb, &acked);
+        // The restarted daemon points the context at it.
+        let _daemon = sb.start_daemon();
+        let current = sb.ctl(&["--json", "--context", "editor", "current"]).json();
+        assert_eq!(
+            current["session"]["id"],
+            session.as_str(),
+            "subscribed: {subscribed}: {current}"
+        );
     }
-    daemon.signal(Signal::SIGKILL);
-    daemon.wait();
-    let (generation, session) = last.unwrap();
-    let mut acked = Acked::default();
-    acked.switches.insert(
-        "editor".into(),
-        (generation, session.parse::<SessionId>().unwrap()),
-    );
-    verify_switches(&sb, &acked);
-    // The restarted daemon points the context at it.
-    let _daemon = sb.start_daemon();
-    let current = sb.ctl(&["--json", "--context", "editor", "current"]).json();
-    assert_eq!(current["session"]["id"], session.as_str(), "{current}");
 }
