@@ -557,6 +557,10 @@ fn make_private(path: &Path) -> Result<(), String> {
 /// SQLite's page cache, in KiB given as a negative count (SQLite's convention for a size).
 const PAGE_CACHE_KIB: i64 = -256;
 
+/// How long the store thread's connection waits for a lock another process holds (a reader
+/// of the database by hand, say) before a commit fails.
+const STORE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn open_connection(path: &Path) -> Result<Connection, String> {
     make_private(path)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -572,7 +576,7 @@ fn open_connection(path: &Path) -> Result<Connection, String> {
         // The whole database is read once, at start-up; after that a commit touches a few
         // pages. SQLite's default 2 MB page cache would only keep start-up's pages resident.
         conn.pragma_update(None, "cache_size", PAGE_CACHE_KIB)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.busy_timeout(STORE_BUSY_TIMEOUT)?;
         // SQLite silently opens a write-protected file read-only; every change would then
         // fail after the daemon had started. Find out now, with a real write transaction.
         if conn.is_readonly(rusqlite::MAIN_DB)? {
@@ -1088,9 +1092,15 @@ impl LogFlush {
         }
         self.sync()?;
         if self.inline_commits >= INLINE_CHECKPOINT {
-            self.inline_commits = 0;
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::warn!(database = %path.display(), "checkpoint failed: {e}");
+            match restart_log(conn) {
+                Ok(true) => self.inline_commits = 0,
+                // Tried again half an interval later, so a reader holding on does not make
+                // every flush wait for it.
+                Ok(false) => self.inline_commits = INLINE_CHECKPOINT / 2,
+                Err(e) => {
+                    self.inline_commits = 0;
+                    tracing::warn!(database = %path.display(), "checkpoint failed: {e}");
+                }
             }
         }
         Ok(())
@@ -1101,6 +1111,29 @@ impl LogFlush {
         std::fs::File::open(&self.log).and_then(|f| f.sync_data())
     }
 }
+
+/// Checkpoints the whole log into the database so that the next commit starts the log again
+/// from its beginning; false if a writer or a reader kept it from finishing.
+///
+/// Not a passive checkpoint: switches go on committing on the registry's connection while
+/// this thread checkpoints, and a passive checkpoint lets them, so under back-to-back
+/// switches it always ended with frames it had not copied, the log never started again, and
+/// it grew by a page or two a switch without end. A `RESTART` checkpoint takes the write
+/// lock: a switch made meanwhile finds it taken (that connection never waits) and is
+/// committed by this thread after it. It waits [`CHECKPOINT_WAIT`] at most, for a switch
+/// being committed or a reader in another process, and then leaves the rest for the next.
+fn restart_log(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.busy_timeout(CHECKPOINT_WAIT)?;
+    let busy = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
+        row.get::<_, i64>(0)
+    });
+    conn.busy_timeout(STORE_BUSY_TIMEOUT)?;
+    Ok(busy? == 0)
+}
+
+/// How long a checkpoint waits for the write lock and for readers of the log: a switch being
+/// committed holds the lock for well under a millisecond.
+const CHECKPOINT_WAIT: Duration = Duration::from_millis(50);
 
 /// What the store thread shares with the [`Store`] handle.
 struct Shared {
@@ -1386,6 +1419,48 @@ mod tests {
         }
         let (_store, loaded) = Store::open(dir.path()).unwrap();
         assert_eq!(loaded.contexts, vec![ctx(3)]);
+    }
+
+    /// Switches made back to back on the registry's connection, as a script or a benchmark
+    /// makes them, while the store thread checkpoints now and then: every checkpoint must
+    /// let the log start again, so its file stops growing at about one checkpoint interval's
+    /// worth of switches. (A checkpoint that let switches commit while it copied the log
+    /// left it longer than it had copied, and the log then never started again: it grew by
+    /// two pages a switch without end.)
+    #[test]
+    fn the_log_stops_growing_under_back_to_back_switches() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = session("a");
+        let (mut store, _) = Store::open(dir.path()).unwrap();
+        store
+            .write(vec![Write::Session(s.clone())])
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        let interval = u64::from(INLINE_CHECKPOINT);
+        let switches = interval * 20;
+        for generation in 1..=switches {
+            let ctx = ContextRow {
+                name: "default".into(),
+                session: Some(s.id),
+                project: Some("/p".into()),
+                generation,
+            };
+            store
+                .write_then_flush(vec![Write::Context(ctx)], Committer::Here)
+                .blocking_recv()
+                .unwrap()
+                .unwrap();
+        }
+        let (end, page) = wal_end(dir.path());
+        let frames = end / (page + 24);
+        // A switch logs one page; one interval's worth, plus those made while a flush waits
+        // its delay and a checkpoint runs, with room for a slow machine.
+        assert!(
+            frames <= 4 * interval,
+            "the log holds {frames} frames after {switches} switches, a checkpoint every \
+             {interval}"
+        );
     }
 
     /// Where the WAL ends, and its page size (a big-endian u32 at byte 8 of its header).
