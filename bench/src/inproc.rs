@@ -15,16 +15,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::cleanup;
+use crate::placement;
 use crate::report::{Comparison, Row};
 use crate::stats::Samples;
 
 const BLOCK: usize = 100;
 
+/// What an echo reads into: larger than a frame, as the daemon's and the library's buffers
+/// are, so a read that returns the whole frame is short, and tokio takes the socket as
+/// drained without asking it again. (Reading exactly a frame's length cost the echo a
+/// system call more per round trip than the daemon pays.)
+const ECHO_BUFFER: usize = 8 * 1024;
+
 pub fn ping_vs_echo(
     rt: &tokio::runtime::Runtime,
     opts: &ConnectOptions,
+    daemon_pid: Option<u32>,
     floor_bin: &Path,
     n: usize,
+    notes: &mut Vec<String>,
 ) -> Result<Vec<Row>, String> {
     let opts = opts.clone();
     let dir = cleanup::temp_dir("sdbench-echo")?;
@@ -48,9 +57,9 @@ pub fn ping_vs_echo(
         let listener = UnixListener::bind(&local_path).map_err(|e| e.to_string())?;
         tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.expect("accept");
-            let mut buf = vec![0u8; size];
-            while s.read_exact(&mut buf).await.is_ok() {
-                if s.write_all(&buf).await.is_err() {
+            let mut buf = vec![0u8; ECHO_BUFFER];
+            while let Ok(n @ 1..) = s.read(&mut buf).await {
+                if s.write_all(&buf[..n]).await.is_err() {
                     break;
                 }
             }
@@ -71,77 +80,188 @@ pub fn ping_vs_echo(
                 Err(e) => return Err(format!("the echo process never listened: {e}")),
             }
         };
-        let out = vec![7u8; size];
-        let mut back = vec![0u8; size];
-        let (mut ping, mut remote_floor, mut local_floor) =
-            (Samples::default(), Samples::default(), Samples::default());
-        for round in 0.. {
-            // The first block of each warms its path and is not recorded.
-            let record = round > 0;
-            if record && ping.len() >= n {
-                break;
+        let mut rows = Vec::new();
+        for layout in layouts(daemon_pid, remote.0.id(), notes)? {
+            // A pinned layout is extra: one the machine refuses is left out, with why.
+            let pinned = match layout.pin() {
+                Ok(pinned) => pinned,
+                Err(why) => {
+                    notes.push(format!("{} not measured: {why}", layout.describe()));
+                    continue;
+                }
+            };
+            let (ping, remote_floor, local_floor) =
+                measure(&client, &mut remote_conn, &mut local, size, n).await?;
+            drop(pinned);
+            rows.push(row(&layout, &ping, &remote_floor, &local_floor));
+        }
+        Ok::<_, String>(rows)
+    })
+}
+
+/// Where the client (this process), the daemon and the echo process run while measured.
+enum Layout {
+    /// Wherever the scheduler puts them.
+    Unpinned,
+    /// This process on one CPU; the daemon and the echo both on another.
+    Apart {
+        client: usize,
+        server: usize,
+        pids: [u32; 3],
+    },
+    /// All three on one CPU.
+    Together { cpu: usize, pids: [u32; 3] },
+}
+
+/// The layouts to measure: unpinned always; pinned apart and together where the daemon's pid
+/// is known and this process may use two CPUs (a note says when not).
+fn layouts(
+    daemon_pid: Option<u32>,
+    echo_pid: u32,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Layout>, String> {
+    let mut all = vec![Layout::Unpinned];
+    let cpus = placement::allowed_cpus()?;
+    if cpus.len() < 2 {
+        notes.push(format!(
+            "in-process ping measured unpinned only: this process may run on {} CPU",
+            cpus.len()
+        ));
+    }
+    if let (Some(daemon), [first, second, ..]) = (daemon_pid, cpus.as_slice()) {
+        let pids = [std::process::id(), daemon, echo_pid];
+        all.push(Layout::Apart {
+            client: *first,
+            server: *second,
+            pids,
+        });
+        all.push(Layout::Together { cpu: *first, pids });
+    }
+    Ok(all)
+}
+
+impl Layout {
+    fn pin(&self) -> Result<Vec<placement::Pinned>, String> {
+        match self {
+            Layout::Unpinned => Ok(Vec::new()),
+            Layout::Apart {
+                client,
+                server,
+                pids: [me, daemon, echo],
+            } => Ok(vec![
+                placement::Pinned::new(*me, *client)?,
+                placement::Pinned::new(*daemon, *server)?,
+                placement::Pinned::new(*echo, *server)?,
+            ]),
+            Layout::Together { cpu, pids } => pids
+                .iter()
+                .map(|pid| placement::Pinned::new(*pid, *cpu))
+                .collect(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Layout::Unpinned => "in-process ping round trip (p50; p99 in note)".into(),
+            Layout::Apart { client, server, .. } => format!(
+                "in-process ping round trip, client on CPU {client}, daemon and echo on CPU \
+                 {server} (p50; p99 in note)"
+            ),
+            Layout::Together { cpu, .. } => format!(
+                "in-process ping round trip, client, daemon and echo all on CPU {cpu} (p50; \
+                 p99 in note)"
+            ),
+        }
+    }
+}
+
+/// `n` pings and as many echoes of each kind, alternating in blocks of [`BLOCK`].
+async fn measure(
+    client: &Client,
+    remote: &mut UnixStream,
+    local: &mut UnixStream,
+    size: usize,
+    n: usize,
+) -> Result<(Samples, Samples, Samples), String> {
+    let out = vec![7u8; size];
+    let mut back = vec![0u8; ECHO_BUFFER];
+    let (mut ping, mut remote_floor, mut local_floor) =
+        (Samples::default(), Samples::default(), Samples::default());
+    for round in 0.. {
+        // The first block of each warms its path and is not recorded.
+        let record = round > 0;
+        if record && ping.len() >= n {
+            break;
+        }
+        for _ in 0..BLOCK {
+            let t = Instant::now();
+            client
+                .call::<Ping>(Default::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            if record {
+                ping.push(t.elapsed());
             }
+        }
+        for (echo, samples) in [
+            (&mut *remote, &mut remote_floor),
+            (&mut *local, &mut local_floor),
+        ] {
             for _ in 0..BLOCK {
                 let t = Instant::now();
-                client
-                    .call::<Ping>(Default::default())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if record {
-                    ping.push(t.elapsed());
-                }
-            }
-            for (echo, samples) in [
-                (&mut remote_conn, &mut remote_floor),
-                (&mut local, &mut local_floor),
-            ] {
-                for _ in 0..BLOCK {
-                    let t = Instant::now();
-                    echo.write_all(&out).await.map_err(|e| e.to_string())?;
-                    echo.read_exact(&mut back)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if record {
-                        samples.push(t.elapsed());
+                echo.write_all(&out).await.map_err(|e| e.to_string())?;
+                let mut got = 0;
+                while got < size {
+                    match echo.read(&mut back).await {
+                        Ok(0) => return Err("the echo closed the connection".into()),
+                        Ok(n) => got += n,
+                        Err(e) => return Err(e.to_string()),
                     }
+                }
+                if record {
+                    samples.push(t.elapsed());
                 }
             }
         }
-        let ours = ping.summary();
-        // The ratio of the medians: the target is stated in them, and the samples are taken
-        // in blocks, not pairs.
-        let compare = |against: &str, theirs: &Samples| {
-            let summary = theirs.summary();
-            Comparison {
-                against: against.to_string(),
-                summary,
-                ratio: ours.median_ms / summary.median_ms,
-                paired: false,
-            }
-        };
-        let p99 = |s: &Samples| {
-            s.summary()
-                .p99_ms
-                .map_or("none (too few samples)".into(), |p| format!("{p:.3} ms"))
-        };
-        Ok::<_, String>(vec![Row {
-            figure: "in-process ping round trip (p50; p99 in note)".into(),
-            sessions: None,
-            runs: ping.len(),
-            warmup: BLOCK,
-            sessiond: ours,
-            compared: vec![
-                compare("raw socket echo, own process", &remote_floor),
-                compare("raw socket echo, same process", &local_floor),
-            ],
-            note: Some(format!(
-                "p99 {} vs echo p99 {} (own process), {} round trips each",
-                p99(&ping),
-                p99(&remote_floor),
-                ping.len()
-            )),
-        }])
-    })
+    }
+    Ok((ping, remote_floor, local_floor))
+}
+
+fn row(layout: &Layout, ping: &Samples, remote_floor: &Samples, local_floor: &Samples) -> Row {
+    let ours = ping.summary();
+    // The ratio of the medians: the target is stated in them, and the samples are taken in
+    // blocks, not pairs.
+    let compare = |against: &str, theirs: &Samples| {
+        let summary = theirs.summary();
+        Comparison {
+            against: against.to_string(),
+            summary,
+            ratio: ours.median_ms / summary.median_ms,
+            paired: false,
+        }
+    };
+    let p99 = |s: &Samples| {
+        s.summary()
+            .p99_ms
+            .map_or("none (too few samples)".into(), |p| format!("{p:.3} ms"))
+    };
+    Row {
+        figure: layout.describe(),
+        sessions: None,
+        runs: ping.len(),
+        warmup: BLOCK,
+        sessiond: ours,
+        compared: vec![
+            compare("raw socket echo, own process", remote_floor),
+            compare("raw socket echo, same process", local_floor),
+        ],
+        note: Some(format!(
+            "p99 {} vs echo p99 {} (own process), {} round trips each",
+            p99(ping),
+            p99(remote_floor),
+            ping.len()
+        )),
+    }
 }
 
 /// The echo process, killed when measuring ends however it ends.

@@ -4,9 +4,10 @@
 //! How the pieces meet: [`binaries`] finds (or builds) what is measured, [`subject`] runs a
 //! sessiond in temp dirs and populates it, [`peers`] runs tmux and pueue, [`rounds`] times
 //! whole processes in interleaved rounds, [`inproc`], [`throughput`] and [`idle`] measure
-//! through the library and /proc, [`stats`] summarises samples, [`report`] and [`meta`] say
-//! what was found and on what, [`cleanup`] undoes it all however the run ends, and this file
-//! decides what is measured at which size and in what order.
+//! through the library and /proc ([`placement`] pins processes to CPUs for the first),
+//! [`stats`] summarises samples, [`report`] and [`meta`] say what was found and on what,
+//! [`cleanup`] undoes it all however the run ends, and this file decides what is measured at
+//! which size and in what order.
 //!
 //! Usage: `cargo run -p sessiond-bench --release -- [--quick] [--json FILE]`.
 
@@ -16,6 +17,7 @@ mod idle;
 mod inproc;
 mod meta;
 mod peers;
+mod placement;
 mod report;
 mod rounds;
 mod stats;
@@ -380,8 +382,10 @@ fn run(plan: &Plan, report: &mut Report, info: &mut RunInfo) -> Result<(), Strin
     report.rows.extend(inproc::ping_vs_echo(
         &rt,
         &subject.options(),
+        subject.pid(),
         &bins.floor,
         plan.runs * 50,
+        &mut report.notes,
     )?);
 
     // Durable submits with 32 clients, into paused sessions.

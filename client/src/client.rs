@@ -19,6 +19,7 @@ use sessiond_proto::frame::{
 };
 use sessiond_proto::methods::Method;
 use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -121,7 +122,7 @@ impl EventStream {
 /// cost a thread wake-up per call. Whatever cannot be written at once (the socket is full, or
 /// earlier requests are still queued) goes to the writer task, which keeps the order.
 struct Outbox {
-    stream: Arc<Stream>,
+    stream: OwnedWriteHalf,
     /// Requests handed to the writer task and not yet fully written. While any are, calls
     /// queue behind them instead of writing.
     queued: Mutex<usize>,
@@ -155,21 +156,28 @@ impl Outbox {
 }
 
 /// Writes as much of `bytes` as the socket takes without blocking; returns how much that was.
-fn write_without_waiting(stream: &Stream, bytes: &[u8]) -> std::io::Result<usize> {
-    use std::task::{Context, Poll, Waker};
-    use tokio::io::AsyncWrite;
-    let mut cx = Context::from_waker(Waker::noop());
+fn write_without_waiting(stream: &OwnedWriteHalf, bytes: &[u8]) -> std::io::Result<usize> {
     let mut written = 0;
     while written < bytes.len() {
-        match std::pin::Pin::new(&mut &*stream).poll_write(&mut cx, &bytes[written..]) {
-            Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Poll::Ready(Ok(n)) => written += n,
-            Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Poll::Ready(Err(e)) => return Err(e),
-            Poll::Pending => break,
+        match stream.try_write(&bytes[written..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
         }
     }
     Ok(written)
+}
+
+/// Writes all of `bytes`, waiting for room as needed, through a half that calls share.
+async fn write_all_shared(stream: &OwnedWriteHalf, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        let written = write_without_waiting(stream, bytes)?;
+        bytes = &bytes[written..];
+    }
+    Ok(())
 }
 
 /// An async connection to the daemon.
@@ -217,9 +225,8 @@ impl Client {
                 connect_with_backoff(opts).await?
             }
         };
-        let stream = Arc::new(stream);
-        let mut reader = BufReader::new(OwnedRead(stream.clone()));
-        let mut w = &*stream;
+        let (reader, mut w) = split(stream);
+        let mut reader = BufReader::new(reader);
         // A failed hello write is not final: a daemon refusing the connection writes its
         // reason and closes, possibly before our bytes land. Read that reason first.
         let sent = w.write_all(&exchange::hello(&opts.client_name)).await;
@@ -238,7 +245,7 @@ impl Client {
         let pending: Pending = Arc::default();
         let (queue_tx, queue) = mpsc::unbounded_channel::<Vec<u8>>();
         let outbox = Arc::new(Outbox {
-            stream,
+            stream: w,
             queued: Mutex::new(0),
             queue: queue_tx,
         });
@@ -313,20 +320,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The read side of a shared stream, owned so the reader task can be `'static`.
-struct OwnedRead(Arc<Stream>);
-
-impl tokio::io::AsyncRead for OwnedRead {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut &*self.0).poll_read(cx, buf)
-    }
+/// The connection's read half, for the reader task, and its write half, for calls and the
+/// writer task.
+///
+/// Tokio's own halves, not reads and writes through a shared `&Stream`: a read through
+/// `&Stream` that returns less than it asked for leaves the socket marked readable, so after
+/// every answer the reader asked the socket again and was told "would block", one system
+/// call more per call than the round trip needs. Tokio's read takes a short read as the
+/// socket drained. (Dropping the write half, with the client, shuts down the sending side.)
+fn split(stream: Stream) -> (OwnedReadHalf, OwnedWriteHalf) {
+    let Stream::UdSocket(socket) = stream;
+    tokio::net::UnixStream::from(socket).into_split()
 }
 
-async fn read_loop(mut reader: BufReader<OwnedRead>, pending: Pending, events: Arc<EventBuffer>) {
+async fn read_loop(
+    mut reader: BufReader<OwnedReadHalf>,
+    pending: Pending,
+    events: Arc<EventBuffer>,
+) {
     let why = loop {
         match wait_readable(&mut reader).await {
             Ok(true) => {}
@@ -367,9 +378,8 @@ async fn read_loop(mut reader: BufReader<OwnedRead>, pending: Pending, events: A
 
 /// Writes what calls could not write at once, in the order they queued it.
 async fn write_loop(outbox: Arc<Outbox>, mut queue: mpsc::UnboundedReceiver<Vec<u8>>) {
-    let mut w = &*outbox.stream;
     while let Some(bytes) = queue.recv().await {
-        if w.write_all(&bytes).await.is_err() {
+        if write_all_shared(&outbox.stream, &bytes).await.is_err() {
             // As for a direct write: the reader learns why the daemon closed the connection
             // (it may have said), and ends every call with that. Until it has, calls queue
             // here unwritten, and their timeouts bound the wait.

@@ -33,6 +33,7 @@ use sessiond_proto::frame::{
 };
 use sessiond_proto::{ErrorCode, PROTOCOL_VERSION};
 use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::unix::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -114,8 +115,10 @@ pub async fn serve(ctx: Arc<Daemon>, stream: Stream, id: u64, _drain: DrainGuard
         events: Arc::new(EventQueue::default()),
     };
     let (outbox, queue) = mpsc::channel(OUTBOX_FRAMES);
-    let reader = read_loop(&ctx, &conn, &stream, outbox);
-    let writer = write_loop(&ctx, &stream, queue, &conn.events);
+    let mut stream = stream;
+    let (read_half, write_half) = halves(&mut stream);
+    let reader = read_loop(&ctx, &conn, read_half, outbox);
+    let writer = write_loop(&ctx, write_half, queue, &conn.events);
     tokio::pin!(reader, writer);
     tokio::select! {
         why = &mut reader => {
@@ -132,6 +135,17 @@ pub async fn serve(ctx: Arc<Daemon>, stream: Stream, id: u64, _drain: DrainGuard
     for order in orders {
         ctx.start_turn(order);
     }
+}
+
+/// The connection's two halves, for its reader and its writer.
+///
+/// Tokio's own halves, not reads and writes through `&Stream`: a read through `&Stream` that
+/// returns less than it asked for leaves the socket marked readable, so after every request
+/// the reader asked the socket again and was told "would block", one system call more per
+/// request than the round trip needs. Tokio's read takes a short read as the socket drained.
+fn halves(stream: &mut Stream) -> (ReadHalf<'_>, WriteHalf<'_>) {
+    let Stream::UdSocket(socket) = stream;
+    socket.inner_mut().split()
 }
 
 /// Writes a connection-level error to a client that will not be served, then drops it.
@@ -158,7 +172,7 @@ async fn send_fatal(outbox: &mpsc::Sender<Vec<u8>>, code: ErrorCode, message: St
 async fn read_loop(
     ctx: &Daemon,
     conn: &Conn,
-    stream: &Stream,
+    stream: ReadHalf<'_>,
     outbox: mpsc::Sender<Vec<u8>>,
 ) -> &'static str {
     let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
@@ -494,11 +508,10 @@ fn after_events(events: &EventQueue, answer: Vec<u8>) -> Vec<u8> {
 /// accepting bytes.
 async fn write_loop(
     ctx: &Daemon,
-    stream: &Stream,
+    mut w: WriteHalf<'_>,
     mut queue: mpsc::Receiver<Vec<u8>>,
     events: &EventQueue,
 ) -> Result<(), &'static str> {
-    let mut w = stream;
     let mut shutdown = ctx.shutdown_listener();
     // An answer taken from the queue while coalescing but too large to copy into the batch,
     // or while a write of events waited: it is written next, on its own.
@@ -612,7 +625,7 @@ const CLOSING_STALL: std::time::Duration = std::time::Duration::from_millis(500)
 /// While events alone wait, nothing polls: the write, the next answer and the closing each
 /// wake it. An answer taken from `queue` meanwhile is returned, to be written next.
 async fn write_while_accepted(
-    w: &mut &Stream,
+    w: &mut WriteHalf<'_>,
     mut bytes: &[u8],
     stall: Stall,
     queue: &mut mpsc::Receiver<Vec<u8>>,
