@@ -1389,19 +1389,9 @@ mod tests {
     fn a_switch_commits_at_once_when_nothing_is_queued_and_in_order_when_something_is() {
         let dir = tempfile::tempdir().unwrap();
         let s = session("a");
-        let ctx = |generation| ContextRow {
-            name: "default".into(),
-            session: Some(s.id),
-            project: Some("/p".into()),
-            generation,
-        };
+        let ctx = |generation| switched_to(&s, generation);
         {
-            let (mut store, _) = Store::open(dir.path()).unwrap();
-            store
-                .write(vec![Write::Session(s.clone())])
-                .blocking_recv()
-                .unwrap()
-                .unwrap();
+            let mut store = store_holding(dir.path(), &s);
             let mut at_once = store.write_then_flush(vec![Write::Context(ctx(1))], Committer::Here);
             assert!(matches!(at_once.try_recv(), Ok(Ok(()))), "answered at once");
             let reader = Connection::open(dir.path().join(DB_FILE)).unwrap();
@@ -1426,28 +1416,20 @@ mod tests {
     /// let the log start again, so its file stops growing at about one checkpoint interval's
     /// worth of switches. (A checkpoint that let switches commit while it copied the log
     /// left it longer than it had copied, and the log then never started again: it grew by
-    /// two pages a switch without end.)
+    /// a page or two a switch without end.)
     #[test]
     fn the_log_stops_growing_under_back_to_back_switches() {
         let dir = tempfile::tempdir().unwrap();
         let s = session("a");
-        let (mut store, _) = Store::open(dir.path()).unwrap();
-        store
-            .write(vec![Write::Session(s.clone())])
-            .blocking_recv()
-            .unwrap()
-            .unwrap();
+        let mut store = store_holding(dir.path(), &s);
         let interval = u64::from(INLINE_CHECKPOINT);
         let switches = interval * 20;
         for generation in 1..=switches {
-            let ctx = ContextRow {
-                name: "default".into(),
-                session: Some(s.id),
-                project: Some("/p".into()),
-                generation,
-            };
             store
-                .write_then_flush(vec![Write::Context(ctx)], Committer::Here)
+                .write_then_flush(
+                    vec![Write::Context(switched_to(&s, generation))],
+                    Committer::Here,
+                )
                 .blocking_recv()
                 .unwrap()
                 .unwrap();
@@ -1461,6 +1443,27 @@ mod tests {
             "the log holds {frames} frames after {switches} switches, a checkpoint every \
              {interval}"
         );
+    }
+
+    /// A store in `dir` with `s` saved in it.
+    fn store_holding(dir: &Path, s: &Session) -> Store {
+        let (store, _) = Store::open(dir).unwrap();
+        store
+            .write(vec![Write::Session(s.clone())])
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        store
+    }
+
+    /// The default context switched to `s`, at `generation`.
+    fn switched_to(s: &Session, generation: u64) -> ContextRow {
+        ContextRow {
+            name: "default".into(),
+            session: Some(s.id),
+            project: Some("/p".into()),
+            generation,
+        }
     }
 
     /// Where the WAL ends, and its page size (a big-endian u32 at byte 8 of its header).
